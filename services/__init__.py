@@ -1,0 +1,1 @@
+"""The three wgs services: graph, dispatch, supervisor."""

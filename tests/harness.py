@@ -1,0 +1,146 @@
+"""Start real wgs services as processes on free loopback ports, for integration tests.
+
+Each service binds 127.0.0.1:0 and reports its port through WGS_ADDRESS_FILE, so there is no race
+for free ports. Waiting is on events (the address file appearing, health SERVING), bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_database_urls() -> list[str]:
+    """Database back-ends every graph test runs on: SQLite always, PostgreSQL when configured."""
+    urls = ["sqlite"]
+    if os.environ.get("WGS_TEST_DATABASE_URL"):
+        urls.append("postgresql")
+    return urls
+
+
+@contextmanager
+def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """Yield a SQLAlchemy URL of an empty database of the given kind, dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'graph.db'}"
+        return
+    import sqlalchemy as sa
+
+    base = os.environ["WGS_TEST_DATABASE_URL"]
+    name = f"wgs_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(base).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    proc: subprocess.Popen[bytes]
+    address: str
+    stderr_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def base_env(state_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WGS_", "OTEL_"))}
+    env.update(
+        {
+            "WGS_STATE_DIR": str(state_dir),
+            "WGS_LOG_FORMAT": "json",
+            "WGS_SHUTDOWN_GRACE_SECONDS": "5",
+            "OTEL_SDK_DISABLED": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if extra:
+        env.update(extra)
+    return env
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 20.0) -> None:
+    """Block until the health service reports SERVING (uses Watch: event-driven)."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{address} not SERVING within {timeout}s")
+            try:
+                for resp in stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=remaining):
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise TimeoutError(f"{address} not SERVING within {timeout}s") from None
+                time.sleep(0.05)
+
+
+def start_service(name: str, state_dir: Path, env: dict[str, str] | None = None,
+                  timeout: float = 30.0) -> ServiceProcess:
+    """Start `wgs serve NAME` on a free port; return once it is SERVING."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = state_dir / "test-run"
+    run_dir.mkdir(exist_ok=True)
+    addr_file = run_dir / f"{name}.addr"
+    addr_file.unlink(missing_ok=True)
+    stderr_path = run_dir / f"{name}.stderr"
+    full_env = base_env(state_dir, env)
+    full_env[f"WGS_{name.upper()}_LISTEN"] = "127.0.0.1:0"
+    full_env["WGS_ADDRESS_FILE"] = str(addr_file)
+    err = open(stderr_path, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wgs.cli.main", "serve", name],
+        env=full_env, stdout=err, stderr=err, cwd=str(REPO),
+    )
+    err.close()
+    deadline = time.monotonic() + timeout
+    while not addr_file.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{stderr_path.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"{name} did not start within {timeout}s:\n{stderr_path.read_text()}")
+        time.sleep(0.02)
+    address = addr_file.read_text().strip()
+    wait_serving(address, timeout=max(1.0, deadline - time.monotonic()))
+    return ServiceProcess(name, proc, address, stderr_path, full_env)

@@ -1,0 +1,1 @@
+"""The `wgs` command-line interface."""

@@ -1,0 +1,1 @@
+"""Shared runtime of the wgs services: config, logging, telemetry, server bootstrap, clients."""

@@ -1,0 +1,146 @@
+"""Environment-variable configuration shared by every wgs process.
+
+Every variable a service reads is declared here (ENV_VARS), with its default and meaning, so the
+README, the Kubernetes manifests and the checks in tests stay in one place. Bad values fail fast
+with a ConfigError naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from wgs.common.errors import ConfigError
+
+DEFAULT_PORTS = {"graph": 50151, "dispatch": 50152, "supervisor": 50153}
+SERVICES = ("graph", "dispatch", "supervisor")
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    default: str
+    help: str
+    services: tuple[str, ...]
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("WGS_STATE_DIR", "./.wgs", "Directory for the database, chat logs, config and traces.", SERVICES + ("cli",)),
+    EnvVar("WGS_GRAPH_LISTEN", "127.0.0.1:50151", "host:port the graph service binds (port 0: any free port).", ("graph",)),
+    EnvVar("WGS_DISPATCH_LISTEN", "127.0.0.1:50152", "host:port the dispatch service binds.", ("dispatch",)),
+    EnvVar("WGS_SUPERVISOR_LISTEN", "127.0.0.1:50153", "host:port the supervisor binds.", ("supervisor",)),
+    EnvVar("WGS_GRAPH_ADDR", "127.0.0.1:50151", "Address (gRPC target) of the graph service.", ("supervisor", "cli")),
+    EnvVar("WGS_DISPATCH_ADDR", "127.0.0.1:50152", "Address of the dispatch service.", ("supervisor", "cli")),
+    EnvVar("WGS_SUPERVISOR_ADDR", "127.0.0.1:50153", "Address of the supervisor (chat API).", ("cli",)),
+    EnvVar("WGS_ADDRESS_FILE", "", "If set, the service writes its bound host:port to this file once serving.", SERVICES),
+    EnvVar("WGS_SHUTDOWN_GRACE_SECONDS", "10", "Grace period for in-flight calls on SIGTERM/SIGINT.", SERVICES),
+    EnvVar("WGS_RPC_TIMEOUT_SECONDS", "10", "Deadline of every outgoing unary call.", ("supervisor", "cli")),
+    EnvVar("WGS_LOG_LEVEL", "INFO", "Log level: DEBUG, INFO, WARNING, ERROR.", SERVICES),
+    EnvVar("WGS_LOG_FORMAT", "json", "Log format on stderr: json or text.", SERVICES),
+    EnvVar("WGS_DATABASE_URL", "sqlite:///<state dir>/graph.db",
+           "SQLAlchemy URL of the graph database (sqlite:///… or postgresql+psycopg://…).", ("graph",)),
+    EnvVar("WGS_CONFIG", "<state dir>/config.toml", "Endpoints and defaults config (TOML).", ("dispatch", "supervisor")),
+    EnvVar("WGS_MAX_LIVE_CHATS", "100", "Cap on live chats; CreateChat beyond it is RESOURCE_EXHAUSTED.", ("supervisor",)),
+    EnvVar("WGS_SUPERVISOR_ID", "<hostname>:<state dir>", "Stable id of this supervisor (owner of its chats).",
+           ("supervisor",)),
+    EnvVar("WGS_LEASE_SECONDS", "30", "Length of the supervisor's lease on its chats.", ("supervisor",)),
+    EnvVar("WGS_JAEGER_URL", "", "Base URL of a Jaeger UI; `wgs chat show` prints a link to the chat's trace.", ("cli",)),
+)
+
+
+def env_str(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value} is too small (minimum {minimum})")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} is too large (maximum {maximum})")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is too small (minimum {minimum})")
+    return value
+
+
+def parse_hostport(name: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{name}={value!r} is not host:port (for example 127.0.0.1:50151)")
+    host = host.strip("[]")
+    try:
+        port_no = int(port)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: port {port!r} is not a number") from None
+    if not 0 <= port_no <= 65535:
+        raise ConfigError(f"{name}={value!r}: port must be 0-65535")
+    return host, port_no
+
+
+def state_dir() -> Path:
+    return Path(env_str("WGS_STATE_DIR", "./.wgs")).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """Settings every service process reads."""
+
+    service: str
+    state_dir: Path
+    listen: str
+    address_file: str
+    shutdown_grace: float
+    log_level: str
+    log_format: str
+
+    @classmethod
+    def from_env(cls, service: str) -> CommonSettings:
+        listen_var = f"WGS_{service.upper()}_LISTEN"
+        listen = env_str(listen_var, f"127.0.0.1:{DEFAULT_PORTS[service]}")
+        parse_hostport(listen_var, listen)
+        level = env_str("WGS_LOG_LEVEL", "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(f"WGS_LOG_LEVEL={level!r} must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        fmt = env_str("WGS_LOG_FORMAT", "json").lower()
+        if fmt not in {"json", "text"}:
+            raise ConfigError(f"WGS_LOG_FORMAT={fmt!r} must be json or text")
+        return cls(
+            service=service,
+            state_dir=state_dir(),
+            listen=listen,
+            address_file=env_str("WGS_ADDRESS_FILE", ""),
+            shutdown_grace=env_float("WGS_SHUTDOWN_GRACE_SECONDS", 10.0),
+            log_level=level,
+            log_format=fmt,
+        )
+
+
+def rpc_timeout() -> float:
+    return env_float("WGS_RPC_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+
+
+def target(service: str) -> str:
+    """gRPC target of a service for clients."""
+    var = f"WGS_{service.upper()}_ADDR"
+    value = env_str(var, f"127.0.0.1:{DEFAULT_PORTS[service]}")
+    parse_hostport(var, value)
+    return value

@@ -1,0 +1,155 @@
+"""OpenTelemetry set-up for every wgs process, configured only by the standard OTEL_* variables.
+
+- OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set: spans go over OTLP/gRPC.
+- Otherwise (the embedded default) spans are appended to <state dir>/traces/<service>.jsonl in
+  OTLP/JSON encoding (one ExportTraceServiceRequest per line), which `wgs trace` reads.
+- OTEL_SDK_DISABLED=true turns tracing off. Sampler, resource attributes and service name come from
+  OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME as the SDK defines them.
+
+Health checks and reflection are never traced. Our own attributes live under `wgs.*`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+_provider: TracerProvider | None = None
+_instrumented: set[str] = set()
+
+HEX_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def _hexify(obj: Any) -> Any:
+    """OTLP/JSON wants trace and span ids as hex strings, not protobuf-JSON base64."""
+    import base64
+
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k in HEX_ID_FIELDS and isinstance(v, str):
+                out[k] = base64.b64decode(v).hex()
+            else:
+                out[k] = _hexify(v)
+        return out
+    if isinstance(obj, list):
+        return [_hexify(v) for v in obj]
+    return obj
+
+
+class OtlpJsonFileExporter(SpanExporter):
+    """Appends spans to a file as OTLP/JSON lines (the embedded default exporter)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        try:
+            doc = _hexify(MessageToDict(encode_spans(spans)))
+            line = json.dumps(doc, separators=(",", ":")) + "\n"
+            with self._lock:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+        except OSError:
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def _otlp_configured() -> bool:
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def setup_tracing(service: str, state_dir: Path | None, *, instrument_grpc_server: bool = False,
+                  instrument_grpc_client: bool = True, instrument_httpx: bool = False) -> TracerProvider | None:
+    """Install the global tracer provider for this process (idempotent)."""
+    global _provider
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    if _provider is None:
+        default_name = f"wgs-{service}"
+        attrs = {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or default_name}
+        resource = Resource.create(attrs)
+        provider = TracerProvider(resource=resource)
+        exporter: SpanExporter
+        if _otlp_configured():
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter()
+        elif state_dir is not None:
+            exporter = OtlpJsonFileExporter(state_dir / "traces" / f"{service}.jsonl")
+        else:
+            exporter = None  # type: ignore[assignment]
+        if exporter is not None:
+            provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        trace.set_tracer_provider(provider)
+        _provider = provider
+    _instrument(instrument_grpc_server, instrument_grpc_client, instrument_httpx)
+    return _provider
+
+
+def _instrument(server: bool, client: bool, httpx_: bool) -> None:
+    from opentelemetry.instrumentation.grpc import filters
+
+    not_health = filters.negate(
+        filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
+    )
+    if server and "grpc_server" not in _instrumented:
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+
+        GrpcAioInstrumentorServer().instrument(filter_=not_health)
+        _instrumented.add("grpc_server")
+    if client and "grpc_client" not in _instrumented:
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcInstrumentorClient
+
+        GrpcAioInstrumentorClient().instrument(filter_=not_health)
+        GrpcInstrumentorClient().instrument(filter_=not_health)
+        _instrumented.add("grpc_client")
+    if httpx_ and "httpx" not in _instrumented:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        HTTPXClientInstrumentor().instrument()
+        _instrumented.add("httpx")
+
+
+def instrument_sqlalchemy(engine: Any) -> None:
+    if _provider is None:
+        return
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    SQLAlchemyInstrumentor().instrument(engine=engine, enable_commenter=False)
+
+
+def shutdown_tracing(timeout_millis: int = 5000) -> None:
+    """Flush and stop: called on graceful shutdown so no span is lost."""
+    if _provider is not None:
+        _provider.force_flush(timeout_millis)
+        _provider.shutdown()
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)

@@ -1,0 +1,107 @@
+"""Validation of ids and fields shared by every service (one place for each rule)."""
+
+from __future__ import annotations
+
+import re
+
+from wgs.common.errors import InvalidArgument
+
+CHAT_PREFIX = ".chat-"
+CHAT_LOOP_TAG = "chat-loop"
+ARCHIVED_TAG = "archived"
+
+CHAT_ID_RE = re.compile(r"^\.chat-(0|[1-9][0-9]{0,8})$")
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+MAX_TITLE = 512
+MAX_NAME = 200
+MAX_DESCRIPTION = 64 * 1024
+MAX_MESSAGE = 256 * 1024
+MAX_LOG_MESSAGE = 8 * 1024
+MAX_MODEL = 200
+MAX_ENDPOINT = 2048
+MAX_ARGV_ITEMS = 256
+MAX_ARG_LEN = 8192
+MAX_PATH = 4096
+
+
+def _show(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def chat_id(value: str, field: str = "chat_id") -> str:
+    """Validate a chat id (".chat-N"); the id is also a path component, so this guards the state dir."""
+    if not value:
+        raise InvalidArgument(f"{field} is required (a chat id like '.chat-3')")
+    if not CHAT_ID_RE.match(value):
+        raise InvalidArgument(f"{field} {_show(value)} is not a chat id; expected '.chat-N' with N a number")
+    return value
+
+
+def chat_number(chat: str) -> int:
+    return int(chat_id(chat)[len(CHAT_PREFIX) :])
+
+
+def task_id(value: str, field: str = "id") -> str:
+    if not value:
+        raise InvalidArgument(f"{field} is required")
+    if CHAT_ID_RE.match(value):
+        return value
+    if not TASK_ID_RE.match(value):
+        raise InvalidArgument(
+            f"{field} {_show(value)} is not a valid task id: use 1-128 characters of "
+            "letters, digits, '.', '_' or '-', not starting with '.'"
+        )
+    return value
+
+
+def request_id(value: str, field: str = "request_id") -> str:
+    if value and not REQUEST_ID_RE.match(value):
+        raise InvalidArgument(
+            f"{field} {_show(value)} is not valid: use 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+        )
+    return value
+
+
+def tag(value: str, field: str = "tag") -> str:
+    if not TAG_RE.match(value):
+        raise InvalidArgument(
+            f"{field} {_show(value)} is not valid: use 1-64 characters of letters, digits, '.', '_', ':' or '-'"
+        )
+    return value
+
+
+def text(value: str, field: str, *, required: bool, max_len: int) -> str:
+    if required and not value.strip():
+        raise InvalidArgument(f"{field} must not be empty")
+    if len(value.encode("utf-8", "surrogatepass")) > max_len:
+        raise InvalidArgument(f"{field} is too long: {len(value.encode())} bytes, at most {max_len}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} must not contain NUL characters")
+    return value
+
+
+def argv(values: list[str], field: str) -> list[str]:
+    items = list(values)
+    if len(items) > MAX_ARGV_ITEMS:
+        raise InvalidArgument(f"{field} has {len(items)} arguments, at most {MAX_ARGV_ITEMS}")
+    for i, item in enumerate(items):
+        if "\x00" in item:
+            raise InvalidArgument(f"{field}[{i}] must not contain NUL characters")
+        if len(item) > MAX_ARG_LEN:
+            raise InvalidArgument(f"{field}[{i}] is too long: {len(item)} characters, at most {MAX_ARG_LEN}")
+    if items and not items[0].strip():
+        raise InvalidArgument(f"{field}[0] (the program) must not be empty")
+    return items
+
+
+def page_size(value: int, *, default: int = 100, maximum: int = 1000, field: str = "page_size") -> int:
+    if value < 0 or value > maximum:
+        raise InvalidArgument(f"{field} must be between 0 and {maximum}, got {value}")
+    return value or default
+
+
+def is_chat_id(value: str) -> bool:
+    return bool(CHAT_ID_RE.match(value))
