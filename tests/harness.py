@@ -127,7 +127,7 @@ def start_service(name: str, state_dir: Path, env: dict[str, str] | None = None,
     full_env = base_env(state_dir, env)
     full_env[f"WGS_{name.upper()}_LISTEN"] = "127.0.0.1:0"
     full_env["WGS_ADDRESS_FILE"] = str(addr_file)
-    err = open(stderr_path, "ab")  # noqa: SIM115 - handed to the child
+    err = open(stderr_path, "ab")  # handed to the child, closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "wgs.cli.main", "serve", name],
         env=full_env, stdout=err, stderr=err, cwd=str(REPO),

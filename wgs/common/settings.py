@@ -26,7 +26,7 @@ class EnvVar:
 
 
 ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("WGS_STATE_DIR", "./.wgs", "Directory for the database, chat logs, config and traces.", SERVICES + ("cli",)),
+    EnvVar("WGS_STATE_DIR", "./.wgs", "Directory for the database, chat logs, config and traces.", (*SERVICES, "cli")),
     EnvVar("WGS_GRAPH_LISTEN", "127.0.0.1:50151", "host:port the graph service binds (port 0: any free port).", ("graph",)),
     EnvVar("WGS_DISPATCH_LISTEN", "127.0.0.1:50152", "host:port the dispatch service binds.", ("dispatch",)),
     EnvVar("WGS_SUPERVISOR_LISTEN", "127.0.0.1:50153", "host:port the supervisor binds.", ("supervisor",)),
