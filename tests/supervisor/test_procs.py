@@ -1,0 +1,198 @@
+"""Process layer with real child processes: runmon + procs (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from services.supervisor import procs
+
+PY = sys.executable
+
+
+def _spawn(tmp_path: Path, code: str, number: int = 1, **kw: object) -> procs.Run:
+    env = dict(os.environ)
+    return procs.spawn(tmp_path, ".chat-1", number, [PY, "-c", textwrap.dedent(code)], env, str(tmp_path),
+                       **kw)  # type: ignore[arg-type]
+
+
+async def _wait_exit(run: procs.Run, timeout: float = 10.0) -> procs.ExitInfo:
+    fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
+    assert procs.watch(run, lambda r, info: fut.set_result(info))
+    return await asyncio.wait_for(fut, timeout)
+
+
+async def test_exit_code_and_stderr_recorded(tmp_path: Path) -> None:
+    run = _spawn(tmp_path, "import sys; sys.stderr.write('boom: endpoint refused\\n'); sys.exit(3)")
+    assert run.pid > 0 and run.monitor_pid > 0 and run.pid != run.monitor_pid
+    assert run.start_ticks > 0 and run.monitor_start_ticks > 0
+    info = await _wait_exit(run)
+    assert info.exit_code == 3 and info.signal is None
+    assert "boom: endpoint refused" in procs.tail_text(run.log_path)
+    st = os.stat(run.log_path)
+    assert st.st_mode & 0o777 == 0o600
+    assert os.stat(run.log_path.parent).st_mode & 0o777 == 0o700
+    assert json.loads(run.exit_path.read_text())["pid"] == run.pid
+
+
+async def test_signal_death_recorded(tmp_path: Path) -> None:
+    run = _spawn(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    info = await _wait_exit(run)
+    assert info.exit_code is None and info.signal == signal.SIGKILL
+    assert info.signal_name == "SIGKILL"
+    assert "SIGKILL" in info.describe()
+
+
+def test_exit_file_written_after_parent_death(tmp_path: Path) -> None:
+    """The monitor survives the death of whoever started it and still records the exit."""
+    marker = tmp_path / "go"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from pathlib import Path
+        from services.supervisor import procs
+        run = procs.spawn(Path({str(tmp_path)!r}), ".chat-1", 1,
+            [sys.executable, "-c", "import os,time\\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.02)\\nraise SystemExit(7)"],
+            dict(os.environ), {str(tmp_path)!r})
+        print(run.pid, run.monitor_pid, flush=True)
+        os._exit(0)  # the "supervisor" dies without reaping anything
+    """)
+    out = subprocess.run([PY, "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    agent_pid, monitor_pid = map(int, out.stdout.split())
+    exit_file = tmp_path / "chats" / ".chat-1" / "run-1.exit"
+    assert not exit_file.exists()
+    marker.write_text("x")
+    fd = os.pidfd_open(monitor_pid)
+    try:
+        import select
+
+        assert select.select([fd], [], [], 10)[0], "monitor did not exit"
+    finally:
+        os.close(fd)
+    info = procs.read_exit_file(exit_file)
+    assert info is not None and info.exit_code == 7
+
+
+async def test_log_cap_keeps_tail(tmp_path: Path) -> None:
+    code = """
+        import sys, time
+        for i in range(4000):
+            sys.stdout.write('line %06d xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\\n' % i)
+        sys.stdout.write('LAST LINE\\n'); sys.stdout.flush()
+        time.sleep(2.5)
+    """
+    run = _spawn(tmp_path, code, max_log_bytes=20000)
+    info = await _wait_exit(run)
+    assert info.exit_code == 0
+    size = run.log_path.stat().st_size
+    assert size <= 20000
+    text = run.log_path.read_text()
+    assert "LAST LINE" in text and "log truncated" in text and "line 000000" not in text
+
+
+def test_missing_executable_is_spawn_error_without_process(tmp_path: Path) -> None:
+    with pytest.raises(procs.SpawnError, match="executable not found: 'no-such-agent-xyz'"):
+        procs.spawn(tmp_path, ".chat-1", 1, ["no-such-agent-xyz"], dict(os.environ), str(tmp_path))
+    assert (tmp_path / "chats" / ".chat-1" / "run-1.log").exists()  # the log existed before the spawn
+    with pytest.raises(procs.SpawnError, match="not executable"):
+        f = tmp_path / "plain.txt"
+        f.write_text("x")
+        procs.spawn(tmp_path, ".chat-1", 2, [str(f)], dict(os.environ), str(tmp_path))
+
+
+def test_bad_cwd_is_spawn_error(tmp_path: Path) -> None:
+    with pytest.raises(procs.SpawnError, match="working directory does not exist"):
+        procs.spawn(tmp_path, ".chat-1", 1, [PY, "-c", "pass"], dict(os.environ), str(tmp_path / "nope"))
+
+
+def test_chat_id_cannot_escape_state_dir(tmp_path: Path) -> None:
+    from wgs.common.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument):
+        procs.spawn(tmp_path, "../../etc", 1, [PY, "-c", "pass"], dict(os.environ), str(tmp_path))
+
+
+def test_bare_name_resolved_next_to_interpreter_first(tmp_path: Path) -> None:
+    name = os.path.basename(PY)
+    assert procs.resolve_executable(name, str(tmp_path), "/usr/bin:/bin") == os.path.join(
+        os.path.dirname(PY), name)
+
+
+async def test_exec_failure_recorded(tmp_path: Path) -> None:
+    # Passes the supervisor's checks (executable file) but the kernel refuses it: bad interpreter.
+    script = tmp_path / "bad.sh"
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    run = procs.spawn(tmp_path, ".chat-1", 1, [str(script)], dict(os.environ), str(tmp_path))
+    info = await _wait_exit(run)
+    assert info.exit_code == 127 and info.error.startswith("exec failed:")
+    assert "exec failed" in procs.tail_text(run.log_path)
+
+
+async def test_stop_kills_whole_group_including_grandchild(tmp_path: Path) -> None:
+    code = """
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a stubborn agent
+        child = subprocess.Popen([sys.executable, '-c',
+            'import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])
+        print('grandchild', child.pid, flush=True)
+        time.sleep(600)
+    """
+    run = _spawn(tmp_path, code)
+    fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
+    assert procs.watch(run, lambda r, info: fut.set_result(info))
+    for _ in range(500):
+        if "grandchild" in procs.tail_text(run.log_path):
+            break
+        await asyncio.sleep(0.01)
+    grandchild = int(procs.tail_text(run.log_path).split()[-1])
+    members = procs.group_members(run.monitor_pid)
+    assert {run.monitor_pid, run.pid, grandchild} <= set(members)
+    left = await procs.stop_group(run, grace=0.3)
+    assert left == []
+    info = await asyncio.wait_for(fut, 10)
+    assert info.signal == signal.SIGKILL
+    assert procs.group_members(run.monitor_pid, include_zombies=False) == []
+    for pid in (run.pid, grandchild):
+        assert not procs.is_alive(pid, procs.start_ticks(pid) or -1)
+
+
+async def test_interrupt_reports_truthfully(tmp_path: Path) -> None:
+    run = _spawn(tmp_path, "import time\nprint('ready', flush=True)\ntry:\n    time.sleep(60)\n"
+                           "except KeyboardInterrupt:\n    raise SystemExit(130)")
+    for _ in range(1000):  # the agent says when its SIGINT handler is in place
+        if "ready" in procs.tail_text(run.log_path):
+            break
+        await asyncio.sleep(0.01)
+    fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
+    assert procs.watch(run, lambda r, info: fut.set_result(info))
+    assert procs.interrupt(run) is True
+    info = await asyncio.wait_for(fut, 10)
+    assert info.exit_code == 130
+    assert procs.interrupt(run) is False
+
+
+def test_prune_keeps_last_five(tmp_path: Path) -> None:
+    for n in range(1, 9):
+        (tmp_path / f"run-{n}.log").write_text("x")
+        (tmp_path / f"run-{n}.exit").write_text("{}")
+    procs.prune_runs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"run-{n}.{e}" for n in range(4, 9) for e in ("log", "exit")])
+
+
+def test_tail_limits(tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_text("".join(f"l{i}\n" for i in range(500)))
+    t = procs.tail_text(p)
+    assert t.splitlines()[-1] == "l499" and len(t.splitlines()) == 80
+    p.write_text("y" * 10000)
+    assert len(procs.tail_text(p)) <= 4096
