@@ -1,10 +1,18 @@
-"""`wgs` entry point: subcommands are registered by the modules in wgs.cli."""
+"""`wgs` entry point. Subcommands live in wgs.cli.stack (up/down/status), wgs.cli.chat (chat, sweep)
+and wgs.cli.trace; `wgs serve NAME` runs one service in the foreground.
+
+Errors the user can act on are one `wgs: ...` line on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from wgs.cli import chat, stack, trace
+from wgs.cli.output import CliError
+from wgs.common.errors import ConfigError
 
 SERVICES = ("graph", "dispatch", "supervisor")
 
@@ -16,17 +24,32 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wgs", description="workgraph services: supervised LLM chat agents")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run one service in the foreground")
     serve.add_argument("service", choices=SERVICES)
     serve.set_defaults(func=cmd_serve)
+    stack.add_parsers(sub)
+    chat.add_parsers(sub)
+    trace.add_parsers(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    return int(ns.func(ns))
+    try:
+        return int(ns.func(ns))
+    except CliError as exc:
+        print(f"wgs: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:
+        print(f"wgs: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wgs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""Process identity and termination helpers (Linux /proc), shared by `wgs up/down/status`.
+
+A pid alone can be reused after the process dies, so a process is identified by its pid together
+with its start time in clock ticks since boot (field 22 of /proc/<pid>/stat).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from pathlib import Path
+
+
+def start_ticks(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot, or None if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return None
+    # The command name (field 2) is in parentheses and may contain spaces or ')'.
+    rest = raw[raw.rfind(")") + 2 :].split()
+    try:
+        state = rest[0]
+        ticks = int(rest[19])  # field 22 overall; rest starts at field 3
+    except (IndexError, ValueError):
+        return None
+    if state in ("Z", "X"):
+        return None  # a zombie has exited; it only waits to be reaped
+    return ticks
+
+
+def is_alive(pid: int, ticks: int | None) -> bool:
+    """True if the process with this pid is alive and is the same one (start ticks match)."""
+    if pid <= 0:
+        return False
+    current = start_ticks(pid)
+    if current is None:
+        return False
+    return ticks is None or current == ticks
+
+
+def describe_exit(returncode: int) -> str:
+    """Popen returncode in words: "exit code 2" or "killed by SIGKILL"."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exit code {returncode}"
+
+
+def wait_gone(pid: int, ticks: int | None, timeout: float) -> bool:
+    """Wait until the process is gone (event-driven via pidfd where possible); True if it is."""
+    if not is_alive(pid, ticks):
+        return True
+    try:
+        fd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return not is_alive(pid, ticks)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return not is_alive(pid, ticks)
+            ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+            # A pidfd becomes readable when the process exits; a zombie child of ours is also "gone".
+            if ready or not is_alive(pid, ticks):
+                return True
+    finally:
+        os.close(fd)
+
+
+def terminate(pid: int, ticks: int | None, grace: float) -> str:
+    """SIGTERM, wait up to `grace`, then SIGKILL. Returns what happened, for messages."""
+    if not is_alive(pid, ticks):
+        return "not running"
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "not running"
+    if wait_gone(pid, ticks, grace):
+        return "stopped"
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return "stopped"
+    wait_gone(pid, ticks, 5.0)
+    return f"killed (did not stop within {grace:g}s of SIGTERM)"
+
+
+def tail_lines(path: Path, n: int = 20, offset: int = 0, max_bytes: int = 64 * 1024) -> list[str]:
+    """Last `n` lines of a file, reading only after byte `offset` (the current run's part)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            start = max(offset, size - max_bytes)
+            fh.seek(start)
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return [line for line in lines if line.strip()][-n:]

@@ -1,0 +1,56 @@
+"""Connections from the CLI to the services, turning every gRPC failure into one readable line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import grpc
+
+from wgs.cli.output import CliError, rpc_error_line
+from wgs.cli.stack import service_address
+from wgs.common.clients import sync_channel
+from wgs.common.settings import rpc_timeout
+from wgs.v1 import chat_pb2_grpc, graph_pb2_grpc
+
+T = TypeVar("T")
+
+
+class Conn:
+    """A channel to one service plus what is needed to explain failures."""
+
+    def __init__(self, service: str, address: str, channel: grpc.Channel, timeout: float) -> None:
+        self.service = service
+        self.address = address
+        self.channel = channel
+        self.timeout = timeout
+
+    def error(self, exc: grpc.RpcError) -> CliError:
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+        details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+        return CliError(rpc_error_line(code, details or "", service=self.service, address=self.address,
+                                       timeout=self.timeout))
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run one call; a gRPC error becomes a CliError with one line."""
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise self.error(exc) from None
+
+    def chat(self) -> chat_pb2_grpc.ChatServiceStub:
+        return chat_pb2_grpc.ChatServiceStub(self.channel)
+
+    def graph(self) -> graph_pb2_grpc.GraphServiceStub:
+        return graph_pb2_grpc.GraphServiceStub(self.channel)
+
+
+@contextmanager
+def connect(service: str, state_dir: str | None = None, timeout: float | None = None) -> Iterator[Conn]:
+    address = service_address(service, state_dir)
+    channel = sync_channel(address)
+    try:
+        yield Conn(service, address, channel, timeout if timeout is not None else rpc_timeout())
+    finally:
+        channel.close()
