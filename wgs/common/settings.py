@@ -30,7 +30,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("WGS_GRAPH_LISTEN", "127.0.0.1:50151", "host:port the graph service binds (port 0: any free port).", ("graph",)),
     EnvVar("WGS_DISPATCH_LISTEN", "127.0.0.1:50152", "host:port the dispatch service binds.", ("dispatch",)),
     EnvVar("WGS_SUPERVISOR_LISTEN", "127.0.0.1:50153", "host:port the supervisor binds.", ("supervisor",)),
-    EnvVar("WGS_GRAPH_ADDR", "127.0.0.1:50151", "Address (gRPC target) of the graph service.", ("supervisor", "cli")),
+    EnvVar("WGS_GRAPH_ADDR", "127.0.0.1:50151", "Address (gRPC target) of the graph service.",
+           ("supervisor", "cli", "agent")),
     EnvVar("WGS_DISPATCH_ADDR", "127.0.0.1:50152", "Address of the dispatch service.", ("supervisor", "cli")),
     EnvVar("WGS_SUPERVISOR_ADDR", "127.0.0.1:50153", "Address of the supervisor (chat API).", ("cli",)),
     EnvVar("WGS_ADDRESS_FILE", "", "If set, the service writes its bound host:port to this file once serving.", SERVICES),
@@ -60,6 +61,26 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("WGS_MAX_RUN_LOG_BYTES", "8388608", "Size cap of a run's stdout/stderr file (keeps the tail).",
            ("supervisor",)),
     EnvVar("WGS_JAEGER_URL", "", "Base URL of a Jaeger UI; `wgs chat show` prints a link to the chat's trace.", ("cli",)),
+    # Read by the agent processes (`wgs-agent`, wgs/agent); the supervisor sets the first five.
+    EnvVar("WGS_CHAT_ID", "", "Agent: the chat it answers (default of --chat).", ("agent",)),
+    EnvVar("WGS_RUN_NUMBER", "", "Agent: number of this run of the chat's agent (for logs).", ("agent",)),
+    EnvVar("TRACEPARENT", "", "Agent: W3C trace context of the spawn span; the agent's spans join it.", ("agent",)),
+    EnvVar("WGS_API_KEY", "", "Agent (native): bearer token for the endpoint; secret, never logged.", ("agent",)),
+    EnvVar("WGS_CA_BUNDLE", "", "Agent (native): PEM file of CA certificates for the endpoint's TLS "
+           "(verification is always on).", ("agent",)),
+    EnvVar("WGS_AGENT_CONNECT_TIMEOUT_SECONDS", "10", "Agent (native): connect timeout to the endpoint.", ("agent",)),
+    EnvVar("WGS_AGENT_READ_TIMEOUT_SECONDS", "120",
+           "Agent (native): longest silence while waiting for a reply; then SYSTEM_ERROR, no retry.", ("agent",)),
+    EnvVar("WGS_AGENT_MAX_RETRIES", "4", "Agent (native): retries on 429/5xx/connection errors per request.",
+           ("agent",)),
+    EnvVar("WGS_AGENT_BACKOFF_SECONDS", "1", "Agent (native): first retry delay (doubles each retry).", ("agent",)),
+    EnvVar("WGS_AGENT_BACKOFF_CAP_SECONDS", "30", "Agent (native): cap of a retry delay, Retry-After included.",
+           ("agent",)),
+    EnvVar("WGS_AGENT_IDLE_EXIT_SECONDS", "0",
+           "Agent: exit 0 after this long with nothing to answer (0 = never); respawned on the next message.",
+           ("agent",)),
+    EnvVar("WGS_AGENT_SYSTEM_PROMPT", "<built-in>", "Agent (native): system prompt ({chat} = chat id).",
+           ("agent",)),
 )
 
 

@@ -1,0 +1,55 @@
+"""Exit codes of `wgs-agent` and the two kinds of failure an agent distinguishes.
+
+Exit codes (documented in docs and `wgs-agent --help`; the supervisor's restart policy treats every
+non-zero code as a crash, and 0 as a clean/idle exit):
+
+  0  clean exit: SIGTERM, or idle for WGS_AGENT_IDLE_EXIT_SECONDS
+  1  unexpected internal error (a bug; traceback in the log)
+  2  usage or configuration error (bad arguments, bad WGS_* value, chat not found)
+  3  endpoint unreachable (connection refused, DNS, connect timeout, gone during the run, 5xx at start)
+  4  TLS failure (certificate verification, handshake)
+  5  authentication failure (HTTP 401/403 from the endpoint at start)
+  6  unknown model (not in the endpoint's model list)
+  7  graph service unreachable (cannot read or write the chat)
+  8  the claude/codex CLI failed (cannot be started, exited, or reported a fatal error)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_TLS = 4
+EXIT_AUTH = 5
+EXIT_UNKNOWN_MODEL = 6
+EXIT_GRAPH = 7
+EXIT_CLI_FAILED = 8
+
+EXIT_CODES_HELP = """exit codes:
+  0  clean exit (SIGTERM, or idle for WGS_AGENT_IDLE_EXIT_SECONDS)
+  1  internal error
+  2  usage or configuration error
+  3  endpoint unreachable
+  4  TLS failure
+  5  authentication failed (HTTP 401/403)
+  6  unknown model
+  7  graph service unreachable
+  8  claude/codex CLI failed"""
+
+
+class AnswerFailed(Exception):
+    """One request could not be answered; it gets a SYSTEM_ERROR message and the agent keeps running."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AgentFatal(Exception):
+    """The agent cannot work any more: one stderr line, a SYSTEM_ERROR message, exit `exit_code`."""
+
+    def __init__(self, exit_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.exit_code = exit_code
+        self.reason = reason
