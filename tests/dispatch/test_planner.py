@@ -1,0 +1,302 @@
+"""plan_spawn rules: precedence with sources, aliases, endpoint resolution without fallbacks, argv, env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.dispatch.config import Config, parse_config
+from services.dispatch.planner import PlanRequest, SpawnPlan, plan_spawn
+from wgs.common.errors import FailedPrecondition, InvalidArgument
+
+CFG_PATH = Path("/etc/wgs/config.toml")
+INCIDENT_URL = "https://lambda01.example:30000"
+
+FULL = """
+[defaults]
+executor = "native"
+model = "qwen3-coder"
+
+[[endpoints]]
+name = "default-ep"
+url = "https://default.example:8000/v1"
+api_key_env = "DEFAULT_EP_KEY"
+default = true
+context_window = 32768
+
+[[endpoints]]
+name = "lambda02"
+url = "http://lambda02.example:30000"
+provider = "vllm"
+"""
+
+
+def cfg(text: str = FULL) -> Config:
+    return parse_config(text, CFG_PATH)
+
+
+EMPTY = Config(path=CFG_PATH)
+
+
+def plan(config: Config = EMPTY, **kw: object) -> SpawnPlan:
+    kw.setdefault("chat_id", ".chat-3")
+    return plan_spawn(PlanRequest(**kw), config)  # type: ignore[arg-type]
+
+
+def value_after(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+# --- the incident ----------------------------------------------------------------------------------
+
+def test_incident_inline_endpoint_url_is_used_not_the_configured_default() -> None:
+    p = plan(cfg(), executor="native", model="qwen3-coder", endpoint=INCIDENT_URL)
+    assert p.argv == ["wgs-agent", "native", "--chat", ".chat-3", "--model", "qwen3-coder",
+                      "--endpoint", INCIDENT_URL]
+    assert p.endpoint is not None
+    assert p.endpoint.url == INCIDENT_URL
+    assert p.endpoint.source == "request"
+    assert p.endpoint.name == ""
+    assert "default.example" not in " ".join(p.argv) + p.summary
+    assert p.executor_source == "request" and p.model_source == "request"
+    assert p.summary == (f"executor=native (from request), model=qwen3-coder (from request), "
+                         f"endpoint={INCIDENT_URL} (from request)")
+    # The default endpoint's key must not be sent to another server.
+    assert all(e.name != "WGS_API_KEY" for e in p.env)
+
+
+def test_chat_origin_labels_sources_chat() -> None:
+    p = plan(cfg(), executor="native", model="m1", endpoint=INCIDENT_URL, origin="chat")
+    assert (p.executor_source, p.model_source) == ("chat", "chat")
+    assert p.endpoint is not None and p.endpoint.source == "chat"
+
+
+# --- executor --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spelling", ["nex", "NEX", "Native", "wg-nex", " native "])
+def test_native_aliases_normalize_case_insensitively(spelling: str) -> None:
+    p = plan(cfg(), executor=spelling, model="m")
+    assert p.executor == "native"
+    assert p.argv[:2] == ["wgs-agent", "native"]
+
+
+def test_unknown_executor_is_invalid_argument_listing_valid_ones() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), executor="gemini", model="m")
+    msg = err.value.message
+    assert "'gemini'" in msg
+    for name in ("native", "claude", "codex", "command", "nex"):
+        assert name in msg
+
+
+def test_executor_defaults_config_then_builtin() -> None:
+    p = plan(cfg("[defaults]\nexecutor = \"claude\"\n"))
+    assert (p.executor, p.executor_source) == ("claude", "config default")
+    p = plan(cfg(), model="m")
+    assert (p.executor, p.executor_source) == ("native", "config default")
+    p = plan(cfg(FULL.replace('executor = "native"\n', "")), model="m")
+    assert (p.executor, p.executor_source) == ("native", "built-in default")
+
+
+# --- model -----------------------------------------------------------------------------------------
+
+def test_model_defaults_and_sources() -> None:
+    p = plan(cfg())
+    assert (p.model, p.model_source) == ("qwen3-coder", "config default")
+    p = plan(cfg(), executor="claude")
+    assert (p.model, p.model_source) == ("claude:opus", "built-in default")
+    p = plan(cfg(), executor="codex")
+    assert (p.model, p.model_source) == ("codex:gpt-5", "built-in default")
+
+
+def test_native_without_model_or_default_is_failed_precondition_naming_the_config() -> None:
+    with pytest.raises(FailedPrecondition) as err:
+        plan(cfg(FULL.replace('model = "qwen3-coder"\n', "")), executor="native")
+    assert err.value.message.startswith("no model given and no default model configured")
+    assert f"[defaults] model in {CFG_PATH}" in err.value.message
+
+
+def test_default_model_of_another_executor_is_not_borrowed() -> None:
+    config = cfg('[defaults]\nexecutor = "claude"\nmodel = "claude:sonnet"\n'
+                 '[[endpoints]]\nname = "e"\nurl = "http://e:1"\ndefault = true\n')
+    with pytest.raises(FailedPrecondition) as err:
+        plan(config, executor="native")
+    assert "'claude:sonnet'" in err.value.message and "pass --model" in err.value.message
+
+
+def test_model_is_kept_as_given_for_the_agent_and_stripped_for_the_cli() -> None:
+    p = plan(cfg(), executor="native", model="nex:qwen3-coder")
+    assert value_after(p.argv, "--model") == "nex:qwen3-coder"
+    p = plan(cfg(), executor="claude", model="claude:sonnet")
+    assert p.argv.count("--model") == 2
+    assert p.argv[p.argv.index("--model") + 1] == "claude:sonnet"
+    assert p.argv[-2:] == ["--model", "sonnet"]
+
+
+@pytest.mark.parametrize("model", ["-rf", "has space", "x" * 201, "a;b"])
+def test_bad_model_is_invalid_argument(model: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), executor="native", model=model)
+    assert "model" in err.value.message
+
+
+def test_model_prefix_of_another_executor_is_rejected_not_silently_switched() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), executor="claude", model="nex:qwen3-coder")
+    assert "'nex'" in err.value.message and "'claude'" in err.value.message
+    with pytest.raises(InvalidArgument):
+        plan(cfg(), executor="native", model="claude:opus")
+    # A ':' that is not a known provider prefix is part of the model name.
+    p = plan(cfg(), executor="native", model="deepseek-coder-v2:16b")
+    assert value_after(p.argv, "--model") == "deepseek-coder-v2:16b"
+
+
+# --- endpoint --------------------------------------------------------------------------------------
+
+def test_named_endpoint_is_looked_up_with_its_provider() -> None:
+    p = plan(cfg(), executor="native", model="m", endpoint="lambda02")
+    assert p.endpoint is not None
+    assert p.endpoint.name == "lambda02"
+    assert p.endpoint.url == "http://lambda02.example:30000"
+    assert p.endpoint.source == "request: endpoint 'lambda02' from config"
+    assert "endpoint 'lambda02' from config" in p.summary
+    assert value_after(p.argv, "--endpoint") == "http://lambda02.example:30000"
+    assert {e.name: e.value for e in p.env} == {"WGS_ENDPOINT_PROVIDER": "vllm"}
+
+
+def test_unknown_endpoint_name_is_an_error_even_with_a_default() -> None:
+    with pytest.raises(FailedPrecondition) as err:
+        plan(cfg(), executor="native", model="m", endpoint="lambda01")
+    assert err.value.message.startswith("endpoint 'lambda01' is not configured (known: default-ep, lambda02)")
+    assert str(CFG_PATH) in err.value.message
+
+
+def test_configured_default_endpoint_with_context_window_and_key_env() -> None:
+    p = plan(cfg(), executor="native", model="m")
+    assert p.endpoint is not None
+    assert p.endpoint.source == "config default (endpoint 'default-ep')"
+    assert p.argv[-4:] == ["--endpoint", "https://default.example:8000/v1", "--context-window", "32768"]
+    key = [e for e in p.env if e.name == "WGS_API_KEY"]
+    assert len(key) == 1
+    assert key[0].value_from_env == "DEFAULT_EP_KEY" and key[0].secret and key[0].value == ""
+
+
+def test_defaults_endpoint_names_the_default() -> None:
+    config = cfg('[defaults]\nendpoint = "b"\n[[endpoints]]\nname = "a"\nurl = "http://a:1"\n'
+                 '[[endpoints]]\nname = "b"\nurl = "http://b:1"\n')
+    p = plan(config, model="m")
+    assert p.endpoint is not None and p.endpoint.url == "http://b:1"
+    assert p.endpoint.source == "config default (endpoint 'b')"
+
+
+def test_no_endpoint_and_no_default_is_failed_precondition() -> None:
+    with pytest.raises(FailedPrecondition) as err:
+        plan(EMPTY, executor="native", model="m")
+    assert err.value.message.startswith("no endpoint configured: pass --endpoint URL|NAME")
+    assert str(CFG_PATH) in err.value.message
+    # Endpoints without a default: the first one is NOT implied.
+    config = cfg('[[endpoints]]\nname = "only"\nurl = "http://only:1"\n')
+    with pytest.raises(FailedPrecondition) as err:
+        plan(config, executor="native", model="m")
+    assert "no endpoint configured" in err.value.message and "only" in err.value.message
+
+
+def test_inline_url_of_a_configured_endpoint_uses_its_key_env() -> None:
+    p = plan(cfg(), executor="native", model="m", endpoint="https://DEFAULT.example:8000/v1/")
+    assert p.endpoint is not None
+    assert p.endpoint.source == "request" and p.endpoint.name == "default-ep"
+    assert value_after(p.argv, "--endpoint") == "https://DEFAULT.example:8000/v1/"
+    assert any(e.value_from_env == "DEFAULT_EP_KEY" for e in p.env)
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("https://user:sk-secret@host:1", "credentials"),
+    ("https://host:1/v1?key=sk-secret", "query"),
+    ("ftp://host/x", "http"),
+    ("https://host:99999", "URL"),
+    ("https://", "host"),
+])
+def test_bad_inline_urls_are_invalid_argument_without_echoing_secrets(url: str, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), executor="native", model="m", endpoint=url)
+    assert fragment in err.value.message
+    assert "sk-secret" not in err.value.message
+
+
+def test_endpoint_for_cli_executors_is_invalid_argument() -> None:
+    for executor in ("claude", "codex"):
+        with pytest.raises(InvalidArgument) as err:
+            plan(cfg(), executor=executor, endpoint=INCIDENT_URL)
+        assert "does not use an endpoint" in err.value.message
+
+
+# --- claude / codex argv ---------------------------------------------------------------------------
+
+def test_codex_chat_gets_codex_argv_not_claude() -> None:
+    p = plan(cfg(), executor="codex", model="codex:gpt-5")
+    assert p.argv == ["wgs-agent", "codex", "--chat", ".chat-3", "--model", "codex:gpt-5", "--",
+                      "codex", "exec", "--json", "--skip-git-repo-check",
+                      "--dangerously-bypass-approvals-and-sandbox", "--model", "gpt-5"]
+    assert "claude" not in " ".join(p.argv)
+    assert p.endpoint is None and p.env == []
+    assert p.summary.endswith("endpoint=none (executor=codex)")
+
+
+def test_claude_argv() -> None:
+    p = plan(EMPTY, executor="claude")
+    assert p.argv == ["wgs-agent", "claude", "--chat", ".chat-3", "--model", "claude:opus", "--",
+                      "claude", "--print", "--input-format", "stream-json", "--output-format", "stream-json",
+                      "--verbose", "--dangerously-skip-permissions", "--model", "opus"]
+
+
+# --- command chats ---------------------------------------------------------------------------------
+
+def test_command_chat_runs_the_argv_as_given() -> None:
+    p = plan(cfg(), command=("bash", "-lc", "echo hi; cat"), working_dir="/srv/work")
+    assert (p.executor, p.executor_source) == ("command", "request")
+    assert p.argv == ["bash", "-lc", "echo hi; cat"]
+    assert p.working_dir == "/srv/work"
+    assert p.endpoint is None and p.model == "" and p.env == []
+    p = plan(cfg(), executor="Command", command=("x",), origin="chat")
+    assert (p.executor, p.executor_source) == ("command", "chat")
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    ({"command": ("bash",), "model": "m"}, "no model"),
+    ({"command": ("bash",), "endpoint": INCIDENT_URL}, "no endpoint"),
+    ({"command": ("bash",), "executor": "native"}, "cannot run a custom command"),
+    ({"executor": "command"}, "needs the command"),
+    ({"command": ("",)}, "program"),
+    ({"command": ("a\x00b",)}, "NUL"),
+])
+def test_command_conflicts_are_invalid_argument(kw: dict[str, object], fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), **kw)
+    assert fragment in err.value.message
+
+
+# --- other inputs ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chat_id", ["", "chat-3", ".chat-x", "../etc", ".chat-3/.."])
+def test_bad_chat_id_is_invalid_argument(chat_id: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), chat_id=chat_id, model="m")
+    assert "chat_id" in err.value.message
+
+
+def test_working_dir_must_be_absolute() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), model="m", working_dir="relative/dir")
+    assert "absolute" in err.value.message
+    assert plan(cfg(), model="m").working_dir == ""
+    assert plan(cfg(), model="m", working_dir="/tmp/x").working_dir == "/tmp/x"
+
+
+def test_api_key_value_never_appears_in_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFAULT_EP_KEY", "sk-live-should-not-leak")
+    p = plan(cfg(), model="m")
+    blob = repr(p)
+    assert "sk-live-should-not-leak" not in blob
+    assert "DEFAULT_EP_KEY" in blob  # only the variable's name
+    assert all("DEFAULT_EP_KEY" not in a for a in p.argv)
