@@ -403,9 +403,9 @@ def interrupt(run: Run) -> bool:
     return True
 
 
-async def _wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+async def _wait_until(pred: Callable[[], bool], limit: float, step: float = 0.02) -> bool:
     """Bounded wait on /proc state (there is no event for "a process group is empty")."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while True:
         if pred():
             return True

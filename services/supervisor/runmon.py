@@ -34,7 +34,7 @@ def _iso_now() -> str:
     t = time.time()
     secs = int(t)
     ms = int((t - secs) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + ".%03dZ" % ms
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
 
 
 def _write_exit_file(path: str, record: dict) -> None:
@@ -141,8 +141,8 @@ def main(argv: list) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             os.execv(cmd[0], cmd)
-        except BaseException as exc:  # noqa: BLE001 - anything that stops the exec is reported
-            msg = "exec failed: %s: %s" % (cmd[0], getattr(exc, "strerror", None) or exc)
+        except BaseException as exc:  # anything that stops the exec is reported
+            msg = "exec failed: {}: {}".format(cmd[0], getattr(exc, "strerror", None) or exc)
             try:
                 os.write(err_w, msg.encode("utf-8", "replace"))
                 os.write(2, ("wgs: " + msg + "\n").encode("utf-8", "replace"))

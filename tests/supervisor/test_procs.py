@@ -24,10 +24,10 @@ def _spawn(tmp_path: Path, code: str, number: int = 1, **kw: object) -> procs.Ru
                        **kw)  # type: ignore[arg-type]
 
 
-async def _wait_exit(run: procs.Run, timeout: float = 10.0) -> procs.ExitInfo:
+async def _wait_exit(run: procs.Run, limit: float = 10.0) -> procs.ExitInfo:
     fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
     assert procs.watch(run, lambda r, info: fut.set_result(info))
-    return await asyncio.wait_for(fut, timeout)
+    return await asyncio.wait_for(fut, limit)
 
 
 async def test_exit_code_and_stderr_recorded(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_exit_file_written_after_parent_death(tmp_path: Path) -> None:
         os._exit(0)  # the "supervisor" dies without reaping anything
     """)
     out = subprocess.run([PY, "-c", script], capture_output=True, text=True, timeout=30, check=True)
-    agent_pid, monitor_pid = map(int, out.stdout.split())
+    _agent_pid, monitor_pid = map(int, out.stdout.split())
     exit_file = tmp_path / "chats" / ".chat-1" / "run-1.exit"
     assert not exit_file.exists()
     marker.write_text("x")
