@@ -1,0 +1,44 @@
+"""Entry point of the graph service (`wgs serve graph`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from services.graph import db, migrate
+from services.graph.servicer import GraphServicer
+from services.graph.store import GraphStore
+from wgs.common.server import Service, main_for
+from wgs.common.settings import CommonSettings, env_str
+from wgs.v1 import graph_pb2, graph_pb2_grpc
+
+log = logging.getLogger("wgs.graph")
+
+SERVICE_NAME = graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name
+
+
+async def build(settings: CommonSettings) -> Service:
+    url = db.database_url(settings.state_dir, env_str(db.DATABASE_URL_VAR, ""))
+    engine = db.create_engine(url)
+    store = GraphStore(engine)
+
+    def register(server: grpc.aio.Server) -> None:
+        graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphServicer(store), server)
+
+    async def start() -> None:
+        # Schema first: the service reports SERVING only once the database is at head.
+        await asyncio.to_thread(migrate.upgrade, engine)
+        log.info("graph database ready (%s, revision %s)", url.render_as_string(hide_password=True),
+                 migrate.head_revision())
+
+    async def stop() -> None:
+        await store.close()
+
+    return Service(name="graph", service_names=[SERVICE_NAME], register=register, start=start, stop=stop,
+                   extra={"store": store})
+
+
+def main() -> int:
+    return main_for("graph", build)
