@@ -41,6 +41,7 @@ log = logging.getLogger("wgs.dispatch.config")
 DEFAULTS_KEYS = ("executor", "model", "endpoint")
 ENDPOINT_KEYS = ("name", "url", "provider", "api_key_env", "default", "context_window")
 TOP_KEYS = ("defaults", "endpoints")
+MIN_CONTEXT_WINDOW = 256  # the native agent refuses smaller windows
 MAX_CONTEXT_WINDOW = 10_000_000
 MAX_ENDPOINTS = 1000
 
@@ -291,10 +292,12 @@ def _parse_endpoint(raw: dict[str, Any], i: int, path: Path, lines: _Lines) -> E
         raise _error(path, line("default"), f"{what}: default must be true or false")
     window = raw.get("context_window", 0)
     if "context_window" in raw and (
-        isinstance(window, bool) or not isinstance(window, int) or not 0 < window <= MAX_CONTEXT_WINDOW
+        isinstance(window, bool) or not isinstance(window, int)
+        or not MIN_CONTEXT_WINDOW <= window <= MAX_CONTEXT_WINDOW
     ):
         raise _error(path, line("context_window"),
-                     f"{what}: context_window must be a positive integer (tokens), at most {MAX_CONTEXT_WINDOW}")
+                     f"{what}: context_window must be an integer number of tokens from {MIN_CONTEXT_WINDOW} "
+                     f"to {MAX_CONTEXT_WINDOW}")
     return Endpoint(name=name, url=url, provider=provider, api_key_env=api_key_env, default=default,
                     context_window=window)
 
@@ -334,14 +337,17 @@ class ConfigStore:
     remembered in `last_error`; the last good config stays in force until the file is fixed.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, explicit: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._signature = _signature(path)
         self._config = load_config(path)
         self.last_error: str = ""
         if self._signature is None:
-            log.info("no config file at %s; using an empty config", path, extra=fields(config=str(path)))
+            # WGS_CONFIG pointing at nothing is likely a typo: say so louder than the default location.
+            log.log(logging.WARNING if explicit else logging.INFO,
+                    "no config file at %s; using an empty config (no endpoints, built-in defaults)", path,
+                    extra=fields(config=str(path)))
         else:
             self._log_loaded("config loaded")
 
@@ -375,4 +381,4 @@ class ConfigStore:
 
 
 def store_from_env() -> ConfigStore:
-    return ConfigStore(config_path())
+    return ConfigStore(config_path(), explicit=bool(env_str("WGS_CONFIG", "")))

@@ -133,14 +133,20 @@ def url_problem(url: str) -> str | None:
 
 
 def same_url(a: str, b: str) -> bool:
-    """Whether two endpoint base URLs denote the same server path (scheme/host case, trailing '/')."""
+    """Whether two endpoint base URLs denote the same API (ignoring scheme/host case, default port, /v1)."""
     pa, pb = urlsplit(a), urlsplit(b)
     return (
         pa.scheme.lower() == pb.scheme.lower()
         and (pa.hostname or "") == (pb.hostname or "")
         and _port(pa.scheme, pa.port) == _port(pb.scheme, pb.port)
-        and pa.path.rstrip("/") == pb.path.rstrip("/")
+        and _api_path(pa.path) == _api_path(pb.path)
     )
+
+
+def _api_path(path: str) -> str:
+    """The agent appends /v1 when missing, so 'https://h:1' and 'https://h:1/v1/' are one endpoint."""
+    path = path.rstrip("/")
+    return path[:-3] if path.endswith("/v1") else path
 
 
 def _port(scheme: str, port: int | None) -> int:

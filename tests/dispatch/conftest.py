@@ -10,6 +10,7 @@ SERVING; here we confirm that with a bounded unary Health/Check instead of Watch
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -37,6 +38,9 @@ def _wait_serving_check(address: str, service: str = "", timeout: float = 20.0) 
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _health_check_instead_of_watch() -> None:
+@pytest.fixture(scope="package", autouse=True)
+def _health_check_instead_of_watch() -> Iterator[None]:
+    original = harness.wait_serving
     harness.wait_serving = _wait_serving_check  # type: ignore[assignment]
+    yield
+    harness.wait_serving = original  # type: ignore[assignment]

@@ -73,6 +73,8 @@ def test_executor_alias_in_defaults_is_normalized() -> None:
     ('[[endpoints]]\nname = "a"\nurl = "http://a:1"\napi_key_env = "sk-123"\n',
      "line 4: endpoint 'a': api_key_env 'sk-123' is not an environment variable name"),
     ('[[endpoints]]\nname = "a"\nurl = "http://a:1"\ncontext_window = -5\n', "line 4: endpoint 'a': context_window"),
+    ('[[endpoints]]\nname = "a"\nurl = "http://a:1"\ncontext_window = 100\n', "from 256"),
+    ('[[endpoints]]\nname = "a"\nurl = "http://a:1"\ncontext_window = "32k"\n', "line 4: endpoint 'a': context_window"),
     ('[[endpoints]]\nname = "a"\nurl = "http://a:1"\nprovider = "magic"\n', "line 4: endpoint 'a': provider 'magic'"),
     ('[[endpoints]]\nurl = "http://a:1"\n', "line 1: [[endpoints]] entry 1 has no 'name'"),
     ('[defaults]\nmodel = 3\n', "line 2: [defaults] model must be a string"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.dispatch.config import Config, parse_config
-from services.dispatch.planner import PlanRequest, SpawnPlan, plan_spawn
+from services.dispatch.planner import EnvVar, PlanRequest, SpawnPlan, plan_spawn
 from wgs.common.errors import FailedPrecondition, InvalidArgument
 
 CFG_PATH = Path("/etc/wgs/config.toml")
@@ -208,6 +208,13 @@ def test_inline_url_of_a_configured_endpoint_uses_its_key_env() -> None:
     assert p.endpoint.source == "request" and p.endpoint.name == "default-ep"
     assert value_after(p.argv, "--endpoint") == "https://DEFAULT.example:8000/v1/"
     assert any(e.value_from_env == "DEFAULT_EP_KEY" for e in p.env)
+    # The agent appends /v1 when missing, so these are the same API as the configured one.
+    p = plan(cfg(), executor="native", model="m", endpoint="http://lambda02.example:30000/v1")
+    assert p.endpoint is not None and p.endpoint.name == "lambda02" and p.endpoint.provider == "vllm"
+    # Another port is another server: nothing borrowed from the config.
+    p = plan(cfg(), executor="native", model="m", endpoint="https://default.example:8001/v1")
+    assert p.endpoint is not None and p.endpoint.name == "" and p.env == [
+        EnvVar(name="WGS_ENDPOINT_PROVIDER", value="oai-compat")]
 
 
 @pytest.mark.parametrize("url, fragment", [
