@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -207,6 +208,14 @@ def describe_transport_error(exc: BaseException) -> str:
         return "connect timed out"
     if isinstance(exc, httpx.ReadTimeout):
         return "no response (read timed out)"
+    seen: BaseException | None = exc
+    for _ in range(8):  # prefer the OS error at the root ("connection refused", "name not known")
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno is not None:
+            reason = os.strerror(seen.errno) if seen.errno > 0 else str(seen.strerror or seen)
+            return reason[:1].lower() + reason[1:]
+        seen = seen.__cause__ or seen.__context__
     text = str(exc) or type(exc).__name__
     text = re.sub(r"^\[Errno -?\d+\]\s*", "", text.strip())
     text = text.splitlines()[0] if text else type(exc).__name__
