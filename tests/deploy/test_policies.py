@@ -1,0 +1,212 @@
+"""Policies every rendered overlay must meet: probes, security context, images, resources,
+shutdown grace, environment variables, Service ports, ServiceAccounts and secrets."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.deploy.k8s import (
+    HEALTH_NAMES,
+    OVERLAYS,
+    WGS_SERVICES,
+    Obj,
+    containers,
+    env_map,
+    get,
+    is_wgs,
+    name,
+    of_kind,
+    pod_spec,
+    wgs_service_containers,
+    workloads,
+)
+from wgs.common.settings import DEFAULT_PORTS, ENV_VARS
+
+ENV_BY_NAME = {v.name: v for v in ENV_VARS}
+OVERLAY_NAMES = sorted(OVERLAYS)
+SECRETISH = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD|PASSWD|DATABASE_URL|_URL_WITH_PASSWORD)$")
+URL_WITH_PASSWORD = re.compile(r"://[^/@:\s]+:[^/@\s]+@")
+
+
+def _grace(env: dict[str, Obj]) -> float:
+    var = env.get("WGS_SHUTDOWN_GRACE_SECONDS")
+    return float(var["value"] if var and "value" in var else ENV_BY_NAME["WGS_SHUTDOWN_GRACE_SECONDS"].default)
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_each_service_container_has_grpc_readiness_and_liveness_probes(rendered: dict[str, list[Obj]],
+                                                                       overlay: str) -> None:
+    seen = set()
+    for service, ref in wgs_service_containers(rendered[overlay]):
+        seen.add(service)
+        c = ref.container
+        port = DEFAULT_PORTS[service]
+        assert [p["containerPort"] for p in c["ports"] if p.get("name") == "grpc"] == [port], ref.where
+        for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+            probe = c.get(kind)
+            assert probe, f"{ref.where}: no {kind}"
+            assert probe.get("grpc") == {"port": port, "service": HEALTH_NAMES[service]}, (
+                f"{ref.where}: {kind} must be a native gRPC probe of {HEALTH_NAMES[service]} on {port}")
+    assert seen == set(WGS_SERVICES), f"{overlay}: services without a container: {set(WGS_SERVICES) - seen}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_pods_and_containers_are_locked_down(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    for w in workloads(rendered[overlay]):
+        pod = pod_spec(w)
+        psc = pod.get("securityContext", {})
+        assert psc.get("runAsNonRoot") is True, f"{name(w)}: pod runAsNonRoot"
+        assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name(w)}: pod seccomp"
+        assert pod.get("automountServiceAccountToken") is False, f"{name(w)}: service account token mounted"
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), name(w)
+        if is_wgs(w):
+            assert psc.get("runAsUser") == 10001, f"{name(w)}: wgs pods run as uid 10001"
+    for ref in containers(rendered[overlay]):
+        sc = ref.container.get("securityContext", {})
+        uid = sc.get("runAsUser", ref.pod.get("securityContext", {}).get("runAsUser"))
+        assert isinstance(uid, int) and uid > 0, f"{ref.where}: numeric non-root runAsUser"
+        assert sc.get("readOnlyRootFilesystem") is True, f"{ref.where}: readOnlyRootFilesystem"
+        assert sc.get("allowPrivilegeEscalation") is False, f"{ref.where}: allowPrivilegeEscalation"
+        assert not sc.get("privileged"), f"{ref.where}: privileged"
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{ref.where}: capabilities drop ALL"
+        assert not sc.get("capabilities", {}).get("add"), f"{ref.where}: adds capabilities"
+        # A read-only root needs a writable /tmp.
+        mounts = {m["mountPath"]: m["name"] for m in ref.container.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in ref.pod.get("volumes", [])}
+        assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]], f"{ref.where}: no emptyDir /tmp"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_images_are_pinned(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    for ref in containers(rendered[overlay]):
+        image = ref.container["image"]
+        if "@sha256:" in image:
+            continue
+        repo, _, tag = image.rpartition(":")
+        assert repo and "/" not in tag, f"{ref.where}: image {image!r} has no tag"
+        assert tag != "latest", f"{ref.where}: image {image!r} uses latest"
+        assert re.fullmatch(r"v?\d+\.\d+(\.\d+)?([.-][\w.-]+)?", tag), f"{ref.where}: {image!r}: tag is not a version"
+        if is_wgs(ref.workload):
+            assert repo.rsplit("/", 1)[-1] == "wgs", f"{ref.where}: wgs workloads run the wgs image"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_every_container_has_requests_and_limits(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    for ref in containers(rendered[overlay]):
+        res = ref.container.get("resources", {})
+        for part in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                assert res.get(part, {}).get(resource), f"{ref.where}: no {part}.{resource}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_termination_grace_exceeds_the_services_shutdown_grace(rendered: dict[str, list[Obj]],
+                                                               overlay: str) -> None:
+    for _service, ref in wgs_service_containers(rendered[overlay]):
+        grace = _grace(env_map(ref.container))
+        period = ref.pod.get("terminationGracePeriodSeconds", 30)
+        assert period > grace + 5, f"{ref.where}: terminationGracePeriodSeconds {period} <= grace {grace} + 5"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_wgs_env_vars_are_known_and_meant_for_that_service(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    for ref in containers(rendered[overlay]):
+        if not is_wgs(ref.workload):
+            continue
+        # Init containers belong to the pod's service (e.g. graph's wait-for-database).
+        services = {s for s, r in wgs_service_containers(rendered[overlay]) if r.workload is ref.workload}
+        names = [e["name"] for e in ref.container.get("env", [])]
+        assert len(names) == len(set(names)), f"{ref.where}: duplicate env names"
+        for var in names:
+            if not var.startswith("WGS_"):
+                continue
+            assert var in ENV_BY_NAME, f"{ref.where}: {var} is not declared in wgs.common.settings.ENV_VARS"
+            assert services & set(ENV_BY_NAME[var].services), (
+                f"{ref.where}: {var} is not read by {services} (ENV_VARS says {ENV_BY_NAME[var].services})")
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_services_listen_on_all_interfaces_and_find_each_other(rendered: dict[str, list[Obj]],
+                                                               overlay: str) -> None:
+    objs = rendered[overlay]
+    services = {s["metadata"]["name"]: s for s in of_kind(objs, "Service")}
+    for service, ref in wgs_service_containers(objs):
+        env = env_map(ref.container)
+        listen = env[f"WGS_{service.upper()}_LISTEN"]["value"]
+        assert listen == f"0.0.0.0:{DEFAULT_PORTS[service]}", f"{ref.where}: {listen}"
+        assert env["OTEL_SERVICE_NAME"]["value"] == f"wgs-{service}", ref.where
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"].startswith("http"), ref.where
+        assert env["WGS_STATE_DIR"]["value"] in {m["mountPath"] for m in ref.container["volumeMounts"]}, (
+            f"{ref.where}: WGS_STATE_DIR is not a mounted volume")
+        for peer in ("graph", "dispatch"):
+            var = env.get(f"WGS_{peer.upper()}_ADDR")
+            if var is None:
+                continue
+            host, _, port = var["value"].rpartition(":")
+            svc = services.get(host)
+            assert svc, f"{ref.where}: {var['value']} names no Service"
+            assert any(p["port"] == int(port) and p["name"] == "grpc" for p in svc["spec"]["ports"]), ref.where
+            assert svc["spec"]["selector"] == {"app.kubernetes.io/name": f"wgs-{peer}"}, ref.where
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_service_ports_are_named_grpc(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objs = rendered[overlay]
+    for service in WGS_SERVICES:
+        svc = get(objs, "Service", f"wgs-{service}")
+        assert svc["spec"]["ports"] == [{"name": "grpc", "port": DEFAULT_PORTS[service], "targetPort": "grpc",
+                                         "protocol": "TCP", "appProtocol": "grpc"}], name(svc)
+        workload = next(w for w in workloads(objs) if w["metadata"]["name"] == f"wgs-{service}")
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()), f"{name(svc)} selects nothing"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_each_service_has_its_own_service_account_without_token(rendered: dict[str, list[Obj]],
+                                                                overlay: str) -> None:
+    objs = rendered[overlay]
+    accounts = {o["metadata"]["name"]: o for o in of_kind(objs, "ServiceAccount")}
+    used = []
+    for w in workloads(objs):
+        sa = pod_spec(w).get("serviceAccountName")
+        assert sa in accounts, f"{name(w)}: serviceAccountName {sa!r} is not defined"
+        assert accounts[sa].get("automountServiceAccountToken") is False, f"ServiceAccount/{sa}"
+        used.append(sa)
+    assert len(used) == len(set(used)), f"{overlay}: workloads share a ServiceAccount"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_secrets_only_by_reference(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    objs = rendered[overlay]
+    for ref in containers(objs):
+        for e in ref.container.get("env", []):
+            if SECRETISH.search(e["name"]) or e["name"].startswith("POSTGRES_PASSWORD"):
+                assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), (
+                    f"{ref.where}: {e['name']} must come from a secretKeyRef")
+            if "value" in e:
+                assert not URL_WITH_PASSWORD.search(e["value"]), f"{ref.where}: {e['name']} has a password"
+        assert not ref.container.get("envFrom"), f"{ref.where}: use explicit secretKeyRef env, not envFrom"
+    for cm in of_kind(objs, "ConfigMap"):
+        for key, text in cm.get("data", {}).items():
+            assert not URL_WITH_PASSWORD.search(text), f"{name(cm)}/{key} holds a credential"
+            assert not re.search(r"(?m)^\s*api_key\s*=", text), f"{name(cm)}/{key}: api_key written in config"
+
+
+def test_prod_defines_no_secret_values(rendered: dict[str, list[Obj]]) -> None:
+    assert of_kind(rendered["prod"], "Secret") == [], "prod must not carry Secrets; the operator creates them"
+    assert of_kind(rendered["base"], "Secret") == []
+
+
+def test_dev_secret_references_resolve(rendered: dict[str, list[Obj]]) -> None:
+    objs = rendered["dev"]
+    secrets = {s["metadata"]["name"]: s for s in of_kind(objs, "Secret")}
+    for ref in containers(objs):
+        for e in ref.container.get("env", []):
+            key_ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if key_ref is None or key_ref.get("optional"):
+                continue
+            secret = secrets.get(key_ref["name"])
+            assert secret, f"{ref.where}: Secret {key_ref['name']} is not generated in dev"
+            assert key_ref["key"] in secret.get("data", {}), f"{ref.where}: key {key_ref['key']} missing"
