@@ -8,6 +8,7 @@ let in-flight calls finish within the grace period, run the service's stop hook 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -76,6 +77,27 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+            # A streaming handler written as a coroutine that uses context.write() (for example the
+            # stock health Watch): wrap it as a coroutine, not as a generator.
+            inner_writer = handler.unary_stream
+
+            async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                try:
+                    await inner_writer(request, context)
+                except WgsError as exc:
+                    await context.abort(exc.code, exc.message)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    log.exception("unhandled error in %s", method, extra=fields(method=method))
+                    await context.abort(grpc.StatusCode.INTERNAL, _internal_message(self.service, exc))
+
+            return grpc.unary_stream_rpc_method_handler(
+                writer,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
