@@ -1,0 +1,142 @@
+"""Real graph + dispatch + supervisor processes for the supervisor's integration tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.harness import ServiceProcess, start_service
+from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2_grpc, runtime_pb2
+
+# Short policy timings so crash loops finish in seconds (the numbers are env-configurable).
+FAST_POLICY = {
+    "WGS_RESTART_START_SECONDS": "1",
+    "WGS_RESTART_INITIAL_BACKOFF_SECONDS": "0.1",
+    "WGS_RESTART_MAX_BACKOFF_SECONDS": "0.8",
+    "WGS_RESTART_RESET_AFTER_SECONDS": "60",
+    "WGS_RESTART_MAX_FAILURES": "3",
+    "WGS_RESTART_FAILURE_WINDOW_SECONDS": "60",
+    "WGS_STOP_GRACE_SECONDS": "1",
+}
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    graph: ServiceProcess
+    dispatch: ServiceProcess
+    supervisor: ServiceProcess
+    sup_env: dict[str, str]
+    channels: list[grpc.Channel]
+
+    def chat(self) -> chat_pb2_grpc.ChatServiceStub:
+        ch = grpc.insecure_channel(self.supervisor.address)
+        self.channels.append(ch)
+        return chat_pb2_grpc.ChatServiceStub(ch)
+
+    def graph_stub(self) -> graph_pb2_grpc.GraphServiceStub:
+        ch = grpc.insecure_channel(self.graph.address)
+        self.channels.append(ch)
+        return graph_pb2_grpc.GraphServiceStub(ch)
+
+    def restart_supervisor(self, kill9: bool = True) -> None:
+        if kill9:
+            self.supervisor.kill9()
+        else:
+            self.supervisor.terminate()
+        self.supervisor = start_service("supervisor", self.state_dir, self.sup_env)
+
+
+CONFIG = """
+[[endpoints]]
+name = "local"
+url = "http://127.0.0.1:9/v1"
+"""
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    state = tmp_path / "state"
+    state.mkdir()
+    graph = start_service("graph", state)
+    dispatch = start_service("dispatch", state)
+    env = {"WGS_GRAPH_ADDR": graph.address, "WGS_DISPATCH_ADDR": dispatch.address,
+           "WGS_SUPERVISOR_ID": "sup-test", "WGS_LEASE_SECONDS": "30", **FAST_POLICY}
+    sup = start_service("supervisor", state, env)
+    s = Stack(state, graph, dispatch, sup, env, [])
+    try:
+        yield s
+    finally:
+        for ch in s.channels:
+            ch.close()
+        # Kill every agent left (stop all chats) so no test leaks processes.
+        for p in (s.supervisor, s.dispatch, s.graph):
+            p.terminate()
+        for mon in _monitors(state):
+            try:
+                os.killpg(mon, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _monitors(state: Path) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"runmon.py" in c for c in cmd) and any(str(state).encode() in c for c in cmd):
+            out.append(int(entry))
+    return out
+
+
+def wait_chat(stub: chat_pb2_grpc.ChatServiceStub, chat_id: str, pred: Callable[[chat_pb2.Chat], bool],
+              timeout: float = 20.0) -> tuple[chat_pb2.Chat, list[chat_pb2.Chat]]:
+    """Follow WatchChat until pred holds; return the matching chat and every version seen."""
+    seen: list[chat_pb2.Chat] = []
+    stream = stub.WatchChat(chat_pb2.WatchChatRequest(chat_id=chat_id), timeout=timeout)
+    try:
+        for resp in stream:
+            seen.append(resp.chat)
+            if pred(resp.chat):
+                return resp.chat, seen
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise
+    states = [runtime_pb2.RuntimeState.Name(c.runtime.state) for c in seen]
+    raise AssertionError(f"condition not reached within {timeout}s; states seen: {states}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    fd = None
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return not pid_alive(pid)
+    import select
+
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    end = time.monotonic() + 2
+    while pid_alive(pid) and time.monotonic() < end:  # a zombie awaiting its reaper counts as gone
+        time.sleep(0.01)
+    return not pid_alive(pid)
