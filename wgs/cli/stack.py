@@ -158,8 +158,13 @@ def wait_serving(address: str, timeout: float) -> bool:
                     if resp.status == health_pb2.HealthCheckResponse.SERVING:
                         return True
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                code = exc.code()  # type: ignore[attr-defined]
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     return False
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    # Watch not usable on this server: fall back to Check.
+                    if health_status(address, min(HEALTH_TIMEOUT, remaining)) == "SERVING":
+                        return True
                 time.sleep(0.05)  # not connectable yet; the channel backs off itself
 
 

@@ -1,0 +1,138 @@
+"""The chat commands against a real stack started with `wgs up --detach`: one readable line per error,
+non-zero exits, and the agent's life visible through create/show/logs/stop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_stack import SERVICES, cli_env, recorded, service_processes, wgs
+from tests.harness import REPO
+from wgs.cli.procs import is_alive
+
+
+def test_unreachable_supervisor_is_one_line_naming_it(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, {"WGS_SUPERVISOR_ADDR": "127.0.0.1:1", "WGS_RPC_TIMEOUT_SECONDS": "2"})
+    res = wgs(tmp_path, "chat", "list", env=env)
+    assert res.returncode != 0
+    assert res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("wgs: cannot reach the supervisor service at 127.0.0.1:1")
+    assert "wgs up" in res.stderr
+
+
+def test_bad_chat_id_is_refused_before_any_call(tmp_path: Path) -> None:
+    res = wgs(tmp_path, "chat", "show", "nope", env=cli_env(tmp_path, {"WGS_SUPERVISOR_ADDR": "127.0.0.1:1"}))
+    assert res.returncode == 2
+    assert res.stderr == "wgs: invalid chat id 'nope': use .chat-N, chat-N or N (for example .chat-3)\n"
+
+
+needs_stack = pytest.mark.skipif(
+    not all((REPO / "services" / s / "server.py").exists() for s in SERVICES),
+    reason="needs services/{graph,dispatch,supervisor}/server.py, not all present in this tree yet",
+)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    state = tmp_path_factory.mktemp("stack") / "state"
+    up = wgs(state, "up", "--detach", "--state-dir", str(state))
+    assert up.returncode == 0, up.stderr
+    record = recorded(state)
+    try:
+        yield state
+    finally:
+        wgs(state, "down", "--state-dir", str(state))
+        for svc in record["services"].values():
+            assert not is_alive(svc["pid"], svc["start_ticks"])
+        assert service_processes(state) == []
+
+
+def chat_cli(state: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return wgs(state, "chat", *args, "--state-dir", str(state), timeout=timeout)
+
+
+@needs_stack
+def test_not_found_is_one_line_and_non_zero(stack: Path) -> None:
+    res = chat_cli(stack, "show", "999")
+    assert res.returncode == 1
+    assert res.stderr.startswith("wgs: not found: ")
+    assert ".chat-999" in res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+@needs_stack
+def test_invalid_argument_is_one_line_and_non_zero(stack: Path) -> None:
+    res = chat_cli(stack, "create", "--executor", "no-such-executor")
+    assert res.returncode == 1
+    assert res.stderr.startswith("wgs: invalid argument: ")
+    assert "no-such-executor" in res.stderr
+    assert res.stderr.count("\n") == 1
+
+
+@needs_stack
+def test_command_chat_lifecycle_through_the_cli(stack: Path, tmp_path: Path) -> None:
+    script = "echo agent-started >&2; exec sleep 300"
+    res = chat_cli(stack, "create", "--name", "sleeper", "--settle", "0.5", "--json", "--", "sh", "-c", script)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["state"] == "RUNNING" and doc["pid"] and doc["exit_code"] is None
+    assert doc["plan"]["executor"] == "command" and doc["plan"]["argv"][:2] == ["sh", "-c"]
+    chat_id = doc["id"]
+    assert Path(doc["stderr_path"]).exists()
+
+    shown = json.loads(chat_cli(stack, "show", chat_id.removeprefix(".chat-"), "--json").stdout)
+    assert shown["id"] == chat_id and shown["pid"] == doc["pid"]
+
+    listed = json.loads(chat_cli(stack, "list", "--json").stdout)
+    assert chat_id in [c["id"] for c in listed]
+
+    logs = chat_cli(stack, "logs", chat_id)
+    assert logs.returncode == 0 and "agent-started" in logs.stdout
+
+    stop = chat_cli(stack, "stop", chat_id)
+    assert stop.returncode == 0, stop.stderr
+    assert "STOPPED" in stop.stdout
+    assert not is_alive(doc["pid"], None)
+
+
+@needs_stack
+def test_an_agent_that_dies_at_once_fails_create_with_its_stderr(stack: Path) -> None:
+    res = chat_cli(stack, "create", "--settle", "3", "--", "sh", "-c", "echo cannot-reach-endpoint >&2; exit 3")
+    assert res.returncode == 1
+    assert "cannot-reach-endpoint" in res.stderr
+    assert "wgs chat show" in res.stderr
+
+
+@needs_stack
+def test_send_wait_times_out_loudly_when_nobody_answers(stack: Path) -> None:
+    created = chat_cli(stack, "create", "--settle", "0", "--json", "--", "sleep", "300")
+    assert created.returncode == 0, created.stderr
+    chat_id = json.loads(created.stdout)["id"]
+    try:
+        res = chat_cli(stack, "send", chat_id, "hello", "--wait", "1")
+        assert res.returncode == 1
+        assert res.stderr.startswith(f"wgs: no reply from {chat_id} within 1s")
+        history = chat_cli(stack, "history", chat_id)
+        assert "user: hello" in history.stdout
+    finally:
+        chat_cli(stack, "delete", chat_id)
+
+
+@needs_stack
+def test_sweep_dry_run_keeps_live_chats(stack: Path) -> None:
+    created = chat_cli(stack, "create", "--settle", "0", "--json", "--", "sleep", "300")
+    chat_id = json.loads(created.stdout)["id"]
+    try:
+        res = wgs(stack, "sweep", "--dry-run", "--json", "--state-dir", str(stack))
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        assert chat_id not in [a["task_id"] for a in doc["reset"]]
+        assert chat_id in [k["task_id"] for k in doc["kept"]]
+    finally:
+        chat_cli(stack, "delete", chat_id)
+
+
