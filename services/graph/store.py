@@ -204,8 +204,10 @@ class GraphStore:
     """All graph operations. Async methods run the sync transaction on a worker thread."""
 
     def __init__(self, engine: Engine, *, hostname: str | None = None, max_workers: int = 8,
-                 watch_poll_seconds: float = WATCH_POLL_SECONDS) -> None:
+                 watch_poll_seconds: float = WATCH_POLL_SECONDS,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
+        self._clock = clock
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
         self.hostname = hostname or socket.gethostname()
         self.watch_poll_seconds = watch_poll_seconds
@@ -262,9 +264,8 @@ class GraphStore:
 
     # -- shared helpers (inside a transaction) ---------------------------------------------------
 
-    @staticmethod
-    def _now() -> datetime:
-        return utcnow()
+    def _now(self) -> datetime:
+        return self._clock()
 
     @staticmethod
     def _tags_of(session: Session, ids: Sequence[str]) -> dict[str, list[str]]:
@@ -670,7 +671,7 @@ class GraphStore:
                     stmt = stmt.where(ChatRuntimeRow.supervisor_id == req.supervisor_id)
                 if states:
                     stmt = stmt.where(ChatRuntimeRow.state.in_(states))
-                rows = list(session.execute(stmt).tuples())
+                rows = [(t, rt) for t, rt in session.execute(stmt)]
                 more = len(rows) > size
                 rows = rows[:size]
                 ids = [t.id for t, _ in rows]
