@@ -49,6 +49,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = 0.0  # time.monotonic() when received
 
     @property
     def authorization(self) -> str:
@@ -69,7 +70,7 @@ class FakeOpenAI:
         self.requests: list[Recorded] = []
         self.models_status: int | None = None  # force a status on GET /v1/models
         self._script: deque[Reply] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
@@ -100,16 +101,19 @@ class FakeOpenAI:
 
     def chat_requests(self) -> list[Recorded]:
         with self._lock:
-            return [r for r in self.requests if r.path.endswith("/chat/completions")]
+            return self._chat_requests_locked()
 
     def wait_requests(self, n: int, timeout: float = 10.0) -> list[Recorded]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            reqs = self.chat_requests()
-            if len(reqs) >= n:
-                return reqs
-            time.sleep(0.01)
-        raise TimeoutError(f"expected {n} chat requests, got {len(self.chat_requests())}")
+        """Block until at least n chat requests arrived (notified by the handler, bounded)."""
+        with self._lock:
+            ok = self._lock.wait_for(lambda: len(self._chat_requests_locked()) >= n, timeout)
+            reqs = self._chat_requests_locked()
+        if not ok:
+            raise TimeoutError(f"expected {n} chat requests, got {len(reqs)}")
+        return reqs
+
+    def _chat_requests_locked(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     def start(self) -> FakeOpenAI:
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
@@ -159,7 +163,9 @@ class FakeOpenAI:
             def _record(self, body: Any) -> None:
                 with fake._lock:
                     fake.requests.append(Recorded(self.command, self.path,
-                                                  {k.lower(): v for k, v in self.headers.items()}, body))
+                                                  {k.lower(): v for k, v in self.headers.items()}, body,
+                                                  time.monotonic()))
+                    fake._lock.notify_all()
 
             def _authorized(self) -> bool:
                 if not fake.api_key:

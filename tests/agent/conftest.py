@@ -1,0 +1,166 @@
+"""Fixtures for agent integration tests: a real graph service process, chats in it, and
+`wgs-agent` run as a real process (the console script in the venv)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.harness import REPO, ServiceProcess, base_env, start_service
+from wgs.v1 import graph_pb2, graph_pb2_grpc, task_pb2
+
+USER = task_pb2.MESSAGE_ROLE_USER
+ASSISTANT = task_pb2.MESSAGE_ROLE_ASSISTANT
+SYSTEM_ERROR = task_pb2.MESSAGE_ROLE_SYSTEM_ERROR
+AGENT_BIN = str(Path(sys.executable).parent / "wgs-agent")
+FAKE_BIN = str(REPO / "tests" / "fakes" / "bin")
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    svc = start_service("graph", tmp_path_factory.mktemp("graph-state"))
+    try:
+        yield svc
+    finally:
+        svc.terminate()
+
+
+@dataclass
+class Chat:
+    stub: graph_pb2_grpc.GraphServiceStub
+    id: str
+
+    def send(self, content: str, request_id: str | None = None) -> str:
+        rid = request_id or f"req-{uuid.uuid4().hex[:12]}"
+        self.stub.AppendMessage(graph_pb2.AppendMessageRequest(
+            chat_id=self.id, role=USER, content=content, request_id=rid), timeout=10)
+        return rid
+
+    def messages(self) -> list[task_pb2.ChatMessage]:
+        return list(self.stub.ListMessages(graph_pb2.ListMessagesRequest(chat_id=self.id), timeout=10).messages)
+
+    def answers(self) -> dict[str, list[task_pb2.ChatMessage]]:
+        out: dict[str, list[task_pb2.ChatMessage]] = {}
+        for m in self.messages():
+            if m.role in (ASSISTANT, SYSTEM_ERROR):
+                out.setdefault(m.request_id, []).append(m)
+        return out
+
+    def wait_answer(self, request_id: str, timeout: float = 20.0) -> task_pb2.ChatMessage:
+        """Block on WatchMessages until the ASSISTANT/SYSTEM_ERROR answer of request_id arrives."""
+        call = self.stub.WatchMessages(graph_pb2.WatchMessagesRequest(chat_id=self.id), timeout=timeout)
+        try:
+            for resp in call:
+                m = resp.message
+                if m.role in (ASSISTANT, SYSTEM_ERROR) and m.request_id == request_id:
+                    return m
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError(f"no answer to {request_id} within {timeout}s: {self.messages()}") from None
+            raise
+        finally:
+            call.cancel()
+        raise AssertionError("message stream ended")
+
+    def wait_error_without_request(self, timeout: float = 20.0) -> task_pb2.ChatMessage:
+        call = self.stub.WatchMessages(graph_pb2.WatchMessagesRequest(chat_id=self.id), timeout=timeout)
+        try:
+            for resp in call:
+                if resp.message.role == SYSTEM_ERROR:
+                    return resp.message
+        finally:
+            call.cancel()
+        raise AssertionError("message stream ended")
+
+
+@pytest.fixture
+def stub(graph: ServiceProcess) -> Iterator[graph_pb2_grpc.GraphServiceStub]:
+    with grpc.insecure_channel(graph.address) as ch:
+        yield graph_pb2_grpc.GraphServiceStub(ch)
+
+
+@pytest.fixture
+def chat(stub: graph_pb2_grpc.GraphServiceStub) -> Chat:
+    resp = stub.CreateChatTask(graph_pb2.CreateChatTaskRequest(
+        name="agent-test", supervisor_id="agent-tests", lease_seconds=600), timeout=10)
+    return Chat(stub, resp.task.id)
+
+
+@dataclass
+class Agent:
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr().splitlines() if line.startswith("wgs-agent:")]
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"agent did not exit within {timeout}s; stderr:\n{self.stderr()}") from None
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class AgentRunner:
+    def __init__(self, graph: ServiceProcess, tmp_path: Path) -> None:
+        self.graph = graph
+        self.tmp_path = tmp_path
+        self.agents: list[Agent] = []
+
+    def start(self, args: list[str], chat: Chat, env: dict[str, str] | None = None,
+              path_fakes: bool = True) -> Agent:
+        n = len(self.agents) + 1
+        full = base_env(self.tmp_path / "state", {
+            "WGS_GRAPH_ADDR": self.graph.address,
+            "WGS_CHAT_ID": chat.id,
+            "WGS_RUN_NUMBER": str(n),
+            "WGS_AGENT_BACKOFF_SECONDS": "0.05",
+            "WGS_AGENT_BACKOFF_CAP_SECONDS": "2",
+            "WGS_AGENT_CONNECT_TIMEOUT_SECONDS": "3",
+            "WGS_AGENT_READ_TIMEOUT_SECONDS": "10",
+            "WGS_LOG_FORMAT": "text",
+        })
+        path = os.environ.get("PATH", "")
+        full["PATH"] = f"{FAKE_BIN}:{path}" if path_fakes else "/nonexistent-bin"
+        full.update(env or {})
+        stderr_path = self.tmp_path / f"agent-{n}.stderr"
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen([AGENT_BIN, *args], env=full, stdout=err, stderr=err, cwd=str(self.tmp_path))
+        agent = Agent(proc, stderr_path)
+        self.agents.append(agent)
+        return agent
+
+    def close(self) -> None:
+        for a in self.agents:
+            a.stop()
+
+
+@pytest.fixture
+def agents(graph: ServiceProcess, tmp_path: Path) -> Iterator[AgentRunner]:
+    runner = AgentRunner(graph, tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.close()

@@ -1,0 +1,224 @@
+"""`wgs-agent native` as a real process against a real graph service and the fake OpenAI server."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, Agent, AgentRunner, Chat
+from tests.fakes.fake_openai import FakeOpenAI, Reply
+from wgs.agent.errors import EXIT_AUTH, EXIT_GRAPH, EXIT_UNKNOWN_MODEL, EXIT_UNREACHABLE
+
+KEY = "sk-integration-SECRET-0123456789"
+
+
+def native(chat: Chat, endpoint: str, model: str = "nex:qwen3-coder", *extra: str) -> list[str]:
+    return ["native", "--chat", chat.id, "--model", model, "--endpoint", endpoint, *extra]
+
+
+def assert_secret_nowhere(agent: Agent, chat: Chat) -> None:
+    assert KEY not in agent.stderr()
+    assert all(KEY not in m.content for m in chat.messages())
+
+
+def test_messages_answered_in_order_by_one_process(agents: AgentRunner, chat: Chat) -> None:
+    with FakeOpenAI(models=["qwen3-coder"], api_key=KEY) as fake:
+        agent = agents.start(native(chat, fake.base_url), chat, {"WGS_API_KEY": KEY})
+        r1 = chat.send("one")
+        r2 = chat.send("two")
+        r3 = chat.send("three")
+        a3 = chat.wait_answer(r3)
+        answers = chat.answers()
+        assert [answers[r][0].content for r in (r1, r2, r3)] == ["echo: one", "echo: two", "echo: three"]
+        assert all(len(answers[r]) == 1 and answers[r][0].role == ASSISTANT for r in (r1, r2, r3))
+        assert answers[r1][0].seq < answers[r2][0].seq < a3.seq
+        reqs = fake.chat_requests()
+        assert len(reqs) == 3 and all(r.authorization == f"Bearer {KEY}" for r in reqs)
+        assert reqs[0].body["model"] == "qwen3-coder"  # provider prefix stripped
+        # The third request carries the conversation so far, in turn order.
+        convo = [(m["role"], m["content"]) for m in reqs[2].body["messages"] if m["role"] != "system"]
+        assert convo == [("user", "one"), ("assistant", "echo: one"), ("user", "two"),
+                         ("assistant", "echo: two"), ("user", "three")]
+        assert agent.proc.poll() is None
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+        assert "ready" in agent.stderr()
+        assert_secret_nowhere(agent, chat)
+
+
+def test_killed_agent_resumes_without_loss_or_duplicates(agents: AgentRunner, chat: Chat) -> None:
+    with FakeOpenAI(models=["qwen3-coder"]) as fake:
+        first = agents.start(native(chat, fake.base_url + "/v1"), chat)
+        r1 = chat.send("before the crash")
+        chat.wait_answer(r1)
+        fake.script(Reply(hang=True))  # the agent dies while this one is being generated
+        r2 = chat.send("in flight")
+        fake.wait_requests(2)
+        first.proc.kill()
+        first.wait()
+        r3 = chat.send("sent while down")
+        second = agents.start(native(chat, fake.base_url), chat)
+        a3 = chat.wait_answer(r3)
+        answers = chat.answers()
+        assert {r: [m.content for m in ms] for r, ms in answers.items()} == {
+            r1: ["echo: before the crash"], r2: ["echo: in flight"], r3: ["echo: sent while down"]}
+        assert answers[r2][0].seq < a3.seq
+        # The restarted agent asked for r2 and r3 only, never again for the answered r1.
+        asked = [r.body["messages"][-1]["content"] for r in fake.chat_requests()]
+        assert asked == ["before the crash", "in flight", "in flight", "sent while down"]
+        history = [m["content"] for m in fake.chat_requests()[-1].body["messages"] if m["role"] != "system"]
+        assert history == ["before the crash", "echo: before the crash", "in flight", "echo: in flight",
+                           "sent while down"]
+        second.signal(signal.SIGTERM)
+        assert second.wait() == 0
+
+
+def test_sigterm_mid_reply_leaves_it_for_the_next_run_and_sigint_interrupts(
+        agents: AgentRunner, chat: Chat) -> None:
+    with FakeOpenAI(models=["m"]) as fake:
+        fake.script(Reply(hang=True))
+        agent = agents.start(native(chat, fake.base_url, "m"), chat)
+        r1 = chat.send("slow one")
+        fake.wait_requests(1)
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+        assert r1 not in chat.answers()  # not answered, not marked failed: the next run answers it
+        fake.script(Reply(hang=True))
+        agent2 = agents.start(native(chat, fake.base_url, "m"), chat)
+        fake.wait_requests(2)
+        agent2.signal(signal.SIGINT)  # what InterruptChat sends
+        interrupted = chat.wait_answer(r1)
+        assert interrupted.role == SYSTEM_ERROR and "interrupted" in interrupted.content
+        r2 = chat.send("after the interrupt")
+        assert chat.wait_answer(r2).content == "echo: after the interrupt"
+        assert agent2.proc.poll() is None
+        agent2.signal(signal.SIGTERM)
+        assert agent2.wait() == 0
+
+
+def test_request_failures_become_system_errors_and_agent_keeps_running(agents: AgentRunner, chat: Chat) -> None:
+    with FakeOpenAI(models=["m"], api_key=KEY) as fake:
+        agent = agents.start(native(chat, fake.base_url, "m"), chat, {
+            "WGS_API_KEY": KEY, "WGS_AGENT_MAX_RETRIES": "2", "WGS_AGENT_READ_TIMEOUT_SECONDS": "1"})
+
+        fake.script(Reply(status=404, error="no such route"))
+        r = chat.send("404 please")
+        m = chat.wait_answer(r)
+        assert m.role == SYSTEM_ERROR and "HTTP 404" in m.content
+        assert len(fake.chat_requests()) == 1  # never retried
+
+        fake.script(Reply(status=400, error=f"context too long for key {KEY}"))
+        r = chat.send("400 please")
+        m = chat.wait_answer(r)
+        assert m.role == SYSTEM_ERROR and "HTTP 400" in m.content and KEY not in m.content
+        assert len(fake.chat_requests()) == 2
+
+        fake.script(Reply(status=429, headers={"Retry-After": "1"}, error="slow down"))
+        r = chat.send("rate limited")
+        m = chat.wait_answer(r)
+        assert m.role == ASSISTANT and m.content == "echo: rate limited"
+        limited, retried = fake.chat_requests()[2:4]
+        assert retried.at - limited.at >= 0.9  # Retry-After honoured, not the 0.05 s backoff
+
+        fake.script(*[Reply(status=500, error="boom")] * 3)
+        r = chat.send("server error")
+        m = chat.wait_answer(r)
+        assert m.role == SYSTEM_ERROR and "HTTP 500" in m.content and "3 times" in m.content
+        assert len(fake.chat_requests()) == 7  # 1 + 2 retries, bounded
+
+        fake.script(Reply(hang=True))
+        r = chat.send("hang")
+        m = chat.wait_answer(r)
+        assert m.role == SYSTEM_ERROR and "read timeout" in m.content
+        assert len(fake.chat_requests()) == 8  # a hang is not retried
+
+        fake.script(Reply(status=503), Reply(text="streamed", close_mid=True))
+        r = chat.send("flaky")
+        assert chat.wait_answer(r).content == "echo: flaky"
+
+        r = chat.send("still alive?")
+        assert chat.wait_answer(r).content == "echo: still alive?"
+        assert agent.proc.poll() is None
+        assert len(chat.answers()) == 7 and all(len(v) == 1 for v in chat.answers().values())
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+        assert_secret_nowhere(agent, chat)
+
+
+def _closed_port() -> int:
+    with FakeOpenAI() as fake:
+        return fake.port
+
+
+@pytest.mark.parametrize("case", ["unreachable", "auth", "unknown-model", "bad-model-list"])
+def test_start_failures_exit_with_one_line_and_a_system_error(
+        agents: AgentRunner, chat: Chat, case: str) -> None:
+    pending = chat.send("hello?")
+    with FakeOpenAI(models=["qwen3-coder"], api_key="the-right-key") as fake:
+        if case == "unreachable":
+            endpoint, model, key, code = f"http://127.0.0.1:{_closed_port()}", "qwen3-coder", KEY, EXIT_UNREACHABLE
+            words = ["unreachable", "connection refused"]
+        elif case == "auth":
+            endpoint, model, key, code = fake.base_url, "qwen3-coder", KEY, EXIT_AUTH
+            words = ["authentication", "401", "WGS_API_KEY"]
+        elif case == "unknown-model":
+            endpoint, model, key, code = fake.base_url, "nex:nope-7b", "the-right-key", EXIT_UNKNOWN_MODEL
+            words = ["nope-7b", "qwen3-coder"]
+        else:
+            fake.models_status = 503
+            endpoint, model, key, code = fake.base_url, "qwen3-coder", "the-right-key", EXIT_UNREACHABLE
+            words = ["503"]
+        agent = agents.start(native(chat, endpoint, model), chat,
+                             {"WGS_API_KEY": key, "WGS_AGENT_MAX_RETRIES": "1"})
+        assert agent.wait() == code
+    lines = agent.error_lines()
+    assert len(lines) == 1, agent.stderr()
+    assert all(w in lines[0] for w in words), lines[0]
+    assert "Traceback" not in agent.stderr()
+    err = chat.wait_answer(pending)
+    assert err.role == SYSTEM_ERROR and all(w in err.content for w in words)
+    assert fake.chat_requests() == []
+    assert_secret_nowhere(agent, chat)
+
+
+def test_endpoint_gone_during_run_posts_error_and_exits(agents: AgentRunner, chat: Chat) -> None:
+    fake = FakeOpenAI(models=["m"]).start()
+    agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_AGENT_MAX_RETRIES": "2"})
+    r1 = chat.send("first")
+    assert chat.wait_answer(r1).role == ASSISTANT
+    fake.stop()
+    r2 = chat.send("second")
+    err = chat.wait_answer(r2)
+    assert err.role == SYSTEM_ERROR and "unreachable" in err.content
+    assert agent.wait() == EXIT_UNREACHABLE
+    assert len(agent.error_lines()) == 1
+
+
+def test_graph_unreachable_exits_7(agents: AgentRunner, chat: Chat) -> None:
+    agent = agents.start(native(chat, "http://127.0.0.1:9", "m"), chat,
+                         {"WGS_GRAPH_ADDR": f"127.0.0.1:{_closed_port()}", "WGS_RPC_TIMEOUT_SECONDS": "2"})
+    assert agent.wait() == EXIT_GRAPH
+    lines = agent.error_lines()
+    assert len(lines) == 1 and "graph service" in lines[0]
+
+
+def test_bad_arguments_exit_2(agents: AgentRunner, chat: Chat) -> None:
+    agent = agents.start(["native", "--chat", "chat-1", "--model", "m", "--endpoint", "http://x"], chat)
+    assert agent.wait() == 2
+    assert "not a chat id" in agent.error_lines()[0]
+    agent = agents.start(native(chat, "ftp://x", "m"), chat)
+    assert agent.wait() == 2
+    assert "http(s) URL" in agent.error_lines()[0]
+
+
+def test_idle_agent_exits_0(agents: AgentRunner, chat: Chat) -> None:
+    with FakeOpenAI(models=["m"]) as fake:
+        r = chat.send("answer me, then idle")
+        started = time.monotonic()
+        agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_AGENT_IDLE_EXIT_SECONDS": "1"})
+        assert chat.wait_answer(r).role == ASSISTANT
+        assert agent.wait(15) == 0
+        assert time.monotonic() - started >= 1.0
+        assert "idle" in agent.stderr()
