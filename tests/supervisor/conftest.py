@@ -140,3 +140,17 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
     while pid_alive(pid) and time.monotonic() < end:  # a zombie awaiting its reaper counts as gone
         time.sleep(0.01)
     return not pid_alive(pid)
+
+
+def wait_output(path: str | Path, text: str, timeout: float = 20.0) -> None:
+    """Bounded wait until the agent has written `text` to its run file (the agent's readiness signal;
+    file contents have no change event here, so this re-reads every 20 ms)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if text in Path(path).read_text(errors="replace"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not written to {path} within {timeout}s")

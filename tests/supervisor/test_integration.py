@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.supervisor.conftest import Stack, pid_alive, wait_chat, wait_gone
+from tests.supervisor.conftest import Stack, pid_alive, wait_chat, wait_gone, wait_output
 from wgs.v1 import chat_pb2, graph_pb2, runtime_pb2, task_pb2
 
 PY = sys.executable
@@ -49,3 +49,268 @@ def test_agent_exit_3_recorded_with_stderr(stack: Stack) -> None:
     assert "fatal: cannot reach endpoint" in first.stderr_tail
     got = stub.GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
     assert "exit" in got.runtime.last_error or got.runtime.state == RS.RUNTIME_STATE_RUNNING
+
+
+def test_spawn_failure_reported_in_response_and_chat_persists(stack: Stack) -> None:
+    resp = create(stack, ["no-such-agent-binary-xyz", "--flag"])
+    chat = resp.chat
+    assert resp.created
+    rt = chat.runtime
+    assert rt.state == RS.RUNTIME_STATE_BACKOFF
+    assert "executable not found" in rt.last_error and "no-such-agent-binary-xyz" in rt.last_error
+    assert rt.current_run.pid == 0 and "executable not found" in rt.current_run.error
+    assert rt.HasField("next_restart_at")
+    got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
+    assert got.id == chat.id
+    # The restarts keep failing → FAILED (3 allowed failures in the test policy), and the chat remains.
+    failed, _ = wait_chat(stack.chat(), chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_FAILED)
+    assert "until RestartChat" in failed.runtime.last_error
+    with pytest.raises(grpc.RpcError) as err:
+        stack.chat().SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hi"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "RestartChat" in (err.value.details() or "")
+
+
+def test_bad_working_dir_is_invalid_argument_and_writes_nothing(stack: Stack, tmp_path: Path) -> None:
+    stub = stack.chat()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateChat(chat_pb2.CreateChatRequest(command=SLEEPER, working_dir=str(tmp_path / "missing")),
+                        timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "working_dir" in (err.value.details() or "")
+    assert list(stub.ListChats(chat_pb2.ListChatsRequest(include_ended=True), timeout=10).chats) == []
+
+
+def test_crash_loop_reaches_failed_with_growing_delays(stack: Stack) -> None:
+    code = "import sys\nsys.stderr.write('crash\\n')\nsys.exit(1)"
+    chat = create(stack, [PY, "-c", code]).chat
+    final, seen = wait_chat(stack.chat(), chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_FAILED)
+    # 3 failures allowed in the window: the 4th gives up → exactly 4 runs.
+    numbers = {final.runtime.current_run.number, *(r.number for r in final.runtime.previous_runs)}
+    assert max(numbers) == 4
+    assert final.runtime.current_run.exit_code == 1
+    assert "failed start" in final.runtime.last_error
+    delays = []
+    for c in seen:
+        if c.runtime.state == RS.RUNTIME_STATE_BACKOFF and c.runtime.HasField("next_restart_at"):
+            ex = c.runtime.current_run.exited_at.ToNanoseconds()
+            d = (c.runtime.next_restart_at.ToNanoseconds() - ex) / 1e9
+            if not delays or abs(delays[-1] - d) > 1e-3:
+                delays.append(round(d, 1))
+    assert delays == sorted(delays) and len(delays) >= 2 and delays[0] < delays[-1], delays
+    # RestartChat clears the failure history and spawns again.
+    again = stack.chat().RestartChat(chat_pb2.RestartChatRequest(chat_id=chat.id), timeout=20).chat
+    assert again.runtime.restart_count == 0
+    assert again.runtime.current_run.number == 5
+
+
+def test_idle_exit_then_lazy_respawn_on_message(stack: Stack) -> None:
+    chat = create(stack, [PY, "-c", "import time\ntime.sleep(1.1)"]).chat
+    stub = stack.chat()
+    exited, _ = wait_chat(stub, chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_EXITED)
+    assert exited.runtime.current_run.exit_code == 0 and exited.runtime.last_error == ""
+    resp = stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hello", request_id="m1"),
+                            timeout=20)
+    assert resp.respawned and resp.message.seq >= 1 and resp.message.request_id == "m1"
+    assert resp.runtime.state == RS.RUNTIME_STATE_RUNNING and resp.runtime.current_run.number == 2
+    # A message to a running agent does not respawn.
+    again = stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="more"), timeout=20)
+    assert not again.respawned or again.runtime.current_run.number == 3
+
+
+def _group_left(pgid: int) -> list[int]:
+    import os
+
+    out = []
+    for e in os.listdir("/proc"):
+        if e.isdigit():
+            try:
+                st = Path(f"/proc/{e}/stat").read_text()
+            except OSError:
+                continue
+            rest = st[st.rfind(")") + 2:].split()
+            if int(rest[2]) == pgid and rest[0] not in ("Z", "X"):
+                out.append(int(e))
+    return out
+
+
+GRANDPARENT = [PY, "-c", (
+    "import signal, subprocess, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+    "print('up', flush=True)\ntime.sleep(600)")]
+
+
+@pytest.mark.parametrize("verb", ["stop", "delete", "archive"])
+def test_stop_delete_archive_leave_no_process(stack: Stack, verb: str) -> None:
+    chat = create(stack, GRANDPARENT).chat
+    run = chat.runtime.current_run
+    stub = stack.chat()
+    wait_output(run.stderr_path, "up")
+    assert len(_group_left(run.monitor_pid)) == 3  # monitor, agent, grandchild
+    if verb == "stop":
+        after = stub.StopChat(chat_pb2.StopChatRequest(chat_id=chat.id), timeout=30).chat
+        assert after.status == task_pb2.TASK_STATUS_OPEN
+    elif verb == "delete":
+        after = stub.DeleteChat(chat_pb2.DeleteChatRequest(chat_id=chat.id), timeout=30).chat
+        assert after.status == task_pb2.TASK_STATUS_ABANDONED
+    else:
+        after = stub.ArchiveChat(chat_pb2.ArchiveChatRequest(chat_id=chat.id), timeout=30).chat
+        assert after.status == task_pb2.TASK_STATUS_DONE and "archived" in after.tags
+    assert after.runtime.state == RS.RUNTIME_STATE_STOPPED
+    assert _group_left(run.monitor_pid) == []
+    assert not pid_alive(run.pid)
+    assert after.runtime.current_run.signal == 9  # the agent ignored SIGTERM
+    if verb != "stop":
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hi"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    else:  # a stopped chat starts again on the next message
+        resp = stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hi"), timeout=20)
+        assert resp.respawned and resp.runtime.state == RS.RUNTIME_STATE_RUNNING
+
+
+def test_supervisor_kill9_adopts_and_records_exit(stack: Stack, tmp_path: Path) -> None:
+    flag = tmp_path / "exit-now"
+    code = (f"import os, sys, time\nprint('up', flush=True)\n"
+            f"while not os.path.exists({str(flag)!r}): time.sleep(0.02)\n"
+            "sys.stderr.write('leaving with 5\\n')\nsys.exit(5)")
+    chat = create(stack, [PY, "-c", code]).chat
+    run = chat.runtime.current_run
+    stack.restart_supervisor(kill9=True)
+    assert pid_alive(run.pid)  # the agent outlived the supervisor
+    stub = stack.chat()
+    got = stub.GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
+    assert got.runtime.state == RS.RUNTIME_STATE_RUNNING and got.runtime.current_run.pid == run.pid
+    listed = stub.ListChats(chat_pb2.ListChatsRequest(), timeout=10).chats
+    assert [c.id for c in listed] == [chat.id]
+    flag.write_text("x")
+    done, _ = wait_chat(stub, chat.id, lambda c: c.runtime.current_run.number >= 1
+                        and any(r.number == 1 and r.HasField("exit_code")
+                                for r in [c.runtime.current_run, *c.runtime.previous_runs]))
+    first = next(r for r in [done.runtime.current_run, *done.runtime.previous_runs] if r.number == 1)
+    assert first.exit_code == 5 and "leaving with 5" in first.stderr_tail
+
+
+def test_exit_while_supervisor_down_is_explained(stack: Stack, tmp_path: Path) -> None:
+    flag = tmp_path / "exit-now"
+    code = (f"import os, sys, time\n"
+            f"while not os.path.exists({str(flag)!r}): time.sleep(0.02)\nsys.exit(4)")
+    chat = create(stack, [PY, "-c", code]).chat
+    run = chat.runtime.current_run
+    stack.supervisor.kill9()
+    flag.write_text("x")
+    assert wait_gone(run.monitor_pid)
+    stack.supervisor = __import__("tests.harness", fromlist=["x"]).start_service(
+        "supervisor", stack.state_dir, stack.sup_env)
+    got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
+    first = next(r for r in [got.runtime.current_run, *got.runtime.previous_runs] if r.number == 1)
+    assert first.exit_code == 4
+
+
+def test_concurrent_create_and_idempotent_request_id(stack: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    stub = stack.chat()
+    with ThreadPoolExecutor(8) as pool:
+        resps = list(pool.map(lambda i: stub.CreateChat(chat_pb2.CreateChatRequest(
+            command=SLEEPER, request_id=f"req-{i % 4}"), timeout=30), range(8)))
+    ids = {r.chat.id for r in resps}
+    assert len(ids) == 4
+    assert sum(r.created for r in resps) == 4
+    pids = {r.chat.runtime.current_run.pid for r in resps}
+    assert len(pids) == 4 and all(pid_alive(p) for p in pids)
+    listed = stub.ListChats(chat_pb2.ListChatsRequest(), timeout=10).chats
+    assert len(listed) == 4
+    again = stub.CreateChat(chat_pb2.CreateChatRequest(command=SLEEPER, request_id="req-0"), timeout=10)
+    assert not again.created and again.chat.id in ids
+
+
+def test_bad_input_on_every_rpc(stack: Stack) -> None:
+    stub = stack.chat()
+    bad = "../etc"
+
+    def code(fn, req) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+        try:
+            r = fn(req, timeout=10)
+            if hasattr(r, "__iter__") and not hasattr(r, "ListFields"):
+                next(iter(r))
+        except grpc.RpcError as exc:
+            assert "Traceback" not in (exc.details() or "")
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    inv = grpc.StatusCode.INVALID_ARGUMENT
+    assert code(stub.CreateChat, chat_pb2.CreateChatRequest(executor="bogus")) == inv
+    assert code(stub.CreateChat, chat_pb2.CreateChatRequest(command=["x"], model="m")) == inv
+    assert code(stub.CreateChat, chat_pb2.CreateChatRequest(name="x" * 300)) == inv
+    assert code(stub.CreateChat, chat_pb2.CreateChatRequest(request_id="bad id!")) == inv
+    assert code(stub.CreateChat, chat_pb2.CreateChatRequest(command=[""])) == inv
+    assert code(stub.CreateChat, chat_pb2.CreateChatRequest(working_dir="relative/dir", command=["x"])) == inv
+    assert code(stub.GetChat, chat_pb2.GetChatRequest(chat_id=bad)) == inv
+    assert code(stub.GetChat, chat_pb2.GetChatRequest(chat_id="")) == inv
+    assert code(stub.GetChat, chat_pb2.GetChatRequest(chat_id=".chat-999")) == grpc.StatusCode.NOT_FOUND
+    assert code(stub.ListChats, chat_pb2.ListChatsRequest(page_size=-1)) == inv
+    assert code(stub.SendMessage, chat_pb2.SendMessageRequest(chat_id=bad, text="x")) == inv
+    assert code(stub.SendMessage, chat_pb2.SendMessageRequest(chat_id=".chat-1", text="")) == inv
+    assert code(stub.SendMessage, chat_pb2.SendMessageRequest(chat_id=".chat-999", text="x")) == \
+        grpc.StatusCode.NOT_FOUND
+    assert code(stub.ListChatMessages, chat_pb2.ListChatMessagesRequest(chat_id=bad)) == inv
+    assert code(stub.ListChatMessages, chat_pb2.ListChatMessagesRequest(chat_id=".chat-1", limit=5000)) == inv
+    assert code(stub.WatchChatMessages, chat_pb2.WatchChatMessagesRequest(chat_id=bad)) == inv
+    assert code(stub.StopChat, chat_pb2.StopChatRequest(chat_id=bad)) == inv
+    assert code(stub.StopChat, chat_pb2.StopChatRequest(chat_id=".chat-999")) == grpc.StatusCode.NOT_FOUND
+    assert code(stub.DeleteChat, chat_pb2.DeleteChatRequest(chat_id=bad)) == inv
+    assert code(stub.ArchiveChat, chat_pb2.ArchiveChatRequest(chat_id=bad)) == inv
+    assert code(stub.InterruptChat, chat_pb2.InterruptChatRequest(chat_id=bad)) == inv
+    assert code(stub.RestartChat, chat_pb2.RestartChatRequest(chat_id=bad)) == inv
+    assert code(stub.WatchChat, chat_pb2.WatchChatRequest(chat_id=bad)) == inv
+    # Nothing was written by any of these.
+    assert list(stub.ListChats(chat_pb2.ListChatsRequest(include_ended=True), timeout=10).chats) == []
+
+
+def test_interrupt_is_truthful(stack: Stack) -> None:
+    code = ("import time\nprint('ready', flush=True)\ntry:\n    time.sleep(600)\n"
+            "except KeyboardInterrupt:\n    raise SystemExit(0)")
+    chat = create(stack, [PY, "-c", code]).chat
+    stub = stack.chat()
+    wait_output(chat.runtime.current_run.stderr_path, "ready")
+    r = stub.InterruptChat(chat_pb2.InterruptChatRequest(chat_id=chat.id), timeout=10)
+    assert r.delivered and r.pid == chat.runtime.current_run.pid
+    wait_chat(stub, chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_EXITED)
+    r = stub.InterruptChat(chat_pb2.InterruptChatRequest(chat_id=chat.id), timeout=10)
+    assert not r.delivered and r.pid == 0 and "EXITED" in r.detail
+
+
+def test_incident_replay_native_endpoint(stack: Stack) -> None:
+    """.chat-32: qwen3-coder, native, inline endpoint → planned with source request, spawned at once."""
+    url = "https://lambda01.example:30000"
+    resp = stack.chat().CreateChat(chat_pb2.CreateChatRequest(
+        model="qwen3-coder", executor="native", endpoint=url), timeout=20)
+    chat = resp.chat
+    rt = chat.runtime
+    assert rt.plan.executor == "native" and rt.plan.model == "qwen3-coder"
+    assert rt.plan.endpoint.url.startswith(url) and rt.plan.endpoint.source == "request"
+    argv = list(rt.current_run.argv)
+    assert argv[0].endswith("wgs-agent") and "--endpoint" in argv and argv[argv.index("--endpoint") + 1] == \
+        rt.plan.endpoint.url
+    # Spawned at once, without any message.
+    assert rt.current_run.number == 1 and rt.current_run.started_at.seconds > 0
+    assert rt.current_run.pid > 0 or rt.current_run.error
+    assert Path(rt.current_run.stderr_path).exists()
+    assert chat.trace_id == rt.trace_id
+    # The sweep leaves it alone (the supervisor's lease is valid).
+    rec = stack.graph_stub().Reconcile(graph_pb2.ReconcileRequest(dry_run=False), timeout=10)
+    assert chat.id not in [a.task_id for a in rec.actions]
+    got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
+    assert got.status == task_pb2.TASK_STATUS_IN_PROGRESS
+
+
+def test_unknown_endpoint_name_keeps_chat_with_error(stack: Stack) -> None:
+    resp = stack.chat().CreateChat(chat_pb2.CreateChatRequest(
+        model="qwen3-coder", executor="native", endpoint="no-such-endpoint"), timeout=20)
+    assert resp.created
+    rt = resp.chat.runtime
+    assert rt.state == RS.RUNTIME_STATE_FAILED and "no-such-endpoint" in rt.last_error
+    got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=resp.chat.id), timeout=10).chat
+    assert got.runtime.state == RS.RUNTIME_STATE_FAILED
