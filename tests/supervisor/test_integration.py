@@ -90,7 +90,7 @@ def test_crash_loop_reaches_failed_with_growing_delays(stack: Stack) -> None:
     assert max(numbers) == 4
     assert final.runtime.current_run.exit_code == 1
     assert "failed start" in final.runtime.last_error
-    delays = []
+    delays: list[float] = []
     for c in seen:
         if c.runtime.state == RS.RUNTIME_STATE_BACKOFF and c.runtime.HasField("next_restart_at"):
             ex = c.runtime.current_run.exited_at.ToNanoseconds()

@@ -131,8 +131,9 @@ class ChatServiceServicer:
 
     def SendMessage(self, request, context):
         """Stores a user message and returns at once; the agent answers through
-        the conversation. A chat whose agent exited idle is respawned. A FAILED,
-        stopped or deleted chat is FAILED_PRECONDITION.
+        the conversation. A chat whose agent exited idle (EXITED) or was stopped
+        by StopChat (STOPPED, task OPEN) is respawned. A FAILED, deleted or
+        archived chat is FAILED_PRECONDITION (FAILED: call RestartChat).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

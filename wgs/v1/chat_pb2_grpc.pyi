@@ -48,8 +48,9 @@ class ChatServiceStub:
     """Lists chats with their runtimes, ordered by chat number."""
     SendMessage: _grpc.UnaryUnaryMultiCallable[_chat_pb2.SendMessageRequest, _chat_pb2.SendMessageResponse]
     """Stores a user message and returns at once; the agent answers through
-    the conversation. A chat whose agent exited idle is respawned. A FAILED,
-    stopped or deleted chat is FAILED_PRECONDITION.
+    the conversation. A chat whose agent exited idle (EXITED) or was stopped
+    by StopChat (STOPPED, task OPEN) is respawned. A FAILED, deleted or
+    archived chat is FAILED_PRECONDITION (FAILED: call RestartChat).
     """
     ListChatMessages: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ListChatMessagesRequest, _chat_pb2.ListChatMessagesResponse]
     """Lists a chat's messages."""
@@ -92,8 +93,9 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """Lists chats with their runtimes, ordered by chat number."""
     SendMessage: _aio.UnaryUnaryMultiCallable[_chat_pb2.SendMessageRequest, _chat_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Stores a user message and returns at once; the agent answers through
-    the conversation. A chat whose agent exited idle is respawned. A FAILED,
-    stopped or deleted chat is FAILED_PRECONDITION.
+    the conversation. A chat whose agent exited idle (EXITED) or was stopped
+    by StopChat (STOPPED, task OPEN) is respawned. A FAILED, deleted or
+    archived chat is FAILED_PRECONDITION (FAILED: call RestartChat).
     """
     ListChatMessages: _aio.UnaryUnaryMultiCallable[_chat_pb2.ListChatMessagesRequest, _chat_pb2.ListChatMessagesResponse]  # type: ignore[assignment]
     """Lists a chat's messages."""
@@ -157,8 +159,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.SendMessageResponse, _abc.Awaitable[_chat_pb2.SendMessageResponse]]:
         """Stores a user message and returns at once; the agent answers through
-        the conversation. A chat whose agent exited idle is respawned. A FAILED,
-        stopped or deleted chat is FAILED_PRECONDITION.
+        the conversation. A chat whose agent exited idle (EXITED) or was stopped
+        by StopChat (STOPPED, task OPEN) is respawned. A FAILED, deleted or
+        archived chat is FAILED_PRECONDITION (FAILED: call RestartChat).
         """
 
     @_abc_1.abstractmethod
