@@ -104,8 +104,13 @@ def test_every_container_has_requests_and_limits(rendered: dict[str, list[Obj]],
 @pytest.mark.parametrize("overlay", OVERLAY_NAMES)
 def test_termination_grace_exceeds_the_services_shutdown_grace(rendered: dict[str, list[Obj]],
                                                                overlay: str) -> None:
-    for _service, ref in wgs_service_containers(rendered[overlay]):
-        grace = _grace(env_map(ref.container))
+    for service, ref in wgs_service_containers(rendered[overlay]):
+        env = env_map(ref.container)
+        grace = _grace(env)
+        if service == "supervisor":
+            # It may still be stopping agents (SIGTERM, then SIGKILL after WGS_STOP_GRACE_SECONDS).
+            stop = env.get("WGS_STOP_GRACE_SECONDS", {}).get("value", ENV_BY_NAME["WGS_STOP_GRACE_SECONDS"].default)
+            grace += float(stop)
         period = ref.pod.get("terminationGracePeriodSeconds", 30)
         assert period > grace + 5, f"{ref.where}: terminationGracePeriodSeconds {period} <= grace {grace} + 5"
 
@@ -115,8 +120,11 @@ def test_wgs_env_vars_are_known_and_meant_for_that_service(rendered: dict[str, l
     for ref in containers(rendered[overlay]):
         if not is_wgs(ref.workload):
             continue
-        # Init containers belong to the pod's service (e.g. graph's wait-for-database).
+        # Init containers belong to the pod's service (e.g. graph's wait-for-database). Agents run in
+        # the supervisor's container and inherit its environment, so agent settings belong there.
         services = {s for s, r in wgs_service_containers(rendered[overlay]) if r.workload is ref.workload}
+        if "supervisor" in services:
+            services.add("agent")
         names = [e["name"] for e in ref.container.get("env", [])]
         assert len(names) == len(set(names)), f"{ref.where}: duplicate env names"
         for var in names:
