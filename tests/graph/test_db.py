@@ -1,0 +1,72 @@
+"""Schema, migrations and engine configuration of the graph database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from services.graph import db, migrate
+from wgs.common.errors import ConfigError
+
+TABLES = {"tasks", "task_tags", "task_log", "chat_messages", "chat_runtime", "chat_runs", "counters"}
+
+
+def test_migrations_from_empty_to_head_are_idempotent(db_url: str) -> None:
+    engine = db.create_engine(db_url)
+    try:
+        assert migrate.current_revision(engine) is None
+        migrate.upgrade(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision() is not None
+        assert TABLES <= set(sa.inspect(engine).get_table_names())
+        migrate.upgrade(engine)  # already at head: nothing to do, no error
+        with engine.connect() as conn:
+            counters = {name: value for name, value in conn.execute(sa.text("SELECT name, value FROM counters"))}
+        assert counters == {"chat": 0, "task": 0}
+    finally:
+        engine.dispose()
+
+
+def test_models_match_migrations_and_downgrade_to_empty(db_url: str) -> None:
+    engine = db.create_engine(db_url)
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), db.Base.metadata)
+        assert diff == [], f"ORM models and migrations differ: {diff}"
+        cfg = migrate.alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "base")
+        assert not TABLES & set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_default_url_is_sqlite_in_state_dir(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "nested"
+    url = db.database_url(state, None)
+    assert url.get_backend_name() == "sqlite" and url.database == str(state / "graph.db")
+    assert state.is_dir()
+
+
+@pytest.mark.parametrize("raw", ["mysql://u@h/db", "postgresql://u@h/db", "sqlite://", "sqlite:///:memory:",
+                                 "not a url"])
+def test_unsupported_urls_are_config_errors_naming_the_variable(raw: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="WGS_DATABASE_URL"):
+        db.database_url(tmp_path, raw)
+
+
+def test_sqlite_engine_uses_wal_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:
+    engine = db.create_engine(db.database_url(tmp_path, None))
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
+    finally:
+        engine.dispose()

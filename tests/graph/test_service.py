@@ -1,0 +1,269 @@
+"""The graph service as a real process, through the generated client, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from tests.harness import REPO, ServiceProcess, base_env, start_service
+from wgs.v1 import graph_pb2 as g
+from wgs.v1 import graph_pb2_grpc, runtime_pb2, task_pb2
+
+S = task_pb2
+R = runtime_pb2
+T = 10  # deadline of every call, seconds
+
+
+class Graph:
+    def __init__(self, proc: ServiceProcess) -> None:
+        self.proc = proc
+        self.channel = grpc.insecure_channel(proc.address)
+        self.stub = graph_pb2_grpc.GraphServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@pytest.fixture
+def graph(db_url: str, tmp_path: Path) -> Iterator[Graph]:
+    proc = start_service("graph", tmp_path / "state", env={"WGS_DATABASE_URL": db_url})
+    client = Graph(proc)
+    try:
+        yield client
+    finally:
+        client.close()
+        assert proc.terminate() == 0, proc.stderr()
+
+
+def chat_req(**kw: Any) -> g.CreateChatTaskRequest:
+    base: dict[str, Any] = {"supervisor_id": "sup-a", "lease_seconds": 30}
+    base.update(kw)
+    return g.CreateChatTaskRequest(**base)
+
+
+def code_of(fn: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
+    try:
+        fn()
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def test_health_and_reflection(graph: Graph) -> None:
+    health = health_pb2_grpc.HealthStub(graph.channel)
+    for name in ("", "wgs.v1.GraphService"):
+        resp = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=T)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    services = set(ProtoReflectionDescriptorDatabase(graph.channel).get_services())
+    assert {"wgs.v1.GraphService", "grpc.health.v1.Health"} <= services
+
+
+def test_bad_input_on_every_rpc_is_rejected_and_writes_nothing(graph: Graph) -> None:
+    s = graph.stub
+    chat = s.CreateChatTask(chat_req(), timeout=T).task.id
+    s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_USER, content="hi"), timeout=T)
+    before_chat = s.GetChatRecord(g.GetChatRecordRequest(chat_id=chat), timeout=T)
+    INV, NF, FP = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                   grpc.StatusCode.FAILED_PRECONDITION)
+    run = runtime_pb2.Run(number=1, pid=10)
+    long = "x" * 300_000
+    cases: list[tuple[str, Callable[[], Any], grpc.StatusCode]] = [
+        ("CreateTask empty title", lambda: s.CreateTask(g.CreateTaskRequest(), timeout=T), INV),
+        ("CreateTask oversized", lambda: s.CreateTask(g.CreateTaskRequest(title="t", description=long), timeout=T), INV),
+        ("CreateTask bad id", lambda: s.CreateTask(g.CreateTaskRequest(id="a b", title="t"), timeout=T), INV),
+        ("GetTask empty", lambda: s.GetTask(g.GetTaskRequest(), timeout=T), INV),
+        ("GetTask bad id", lambda: s.GetTask(g.GetTaskRequest(id="../etc"), timeout=T), INV),
+        ("GetTask unknown", lambda: s.GetTask(g.GetTaskRequest(id="nope"), timeout=T), NF),
+        ("ListTasks bad token", lambda: s.ListTasks(g.ListTasksRequest(page_token="%%%"), timeout=T), INV),
+        ("ListTasks bad size", lambda: s.ListTasks(g.ListTasksRequest(page_size=5000), timeout=T), INV),
+        ("UpdateTask empty id", lambda: s.UpdateTask(g.UpdateTaskRequest(), timeout=T), INV),
+        ("UpdateTask unknown", lambda: s.UpdateTask(g.UpdateTaskRequest(
+            id="nope", update=g.TaskUpdate(title="x")), timeout=T), NF),
+        ("UpdateTask bad status", lambda: s.UpdateTask(g.UpdateTaskRequest(
+            id=chat, update=g.TaskUpdate(status=S.TASK_STATUS_UNSPECIFIED)), timeout=T), INV),
+        ("UpdateTask bad tag", lambda: s.UpdateTask(g.UpdateTaskRequest(
+            id=chat, update=g.TaskUpdate(add_tags=["no spaces"])), timeout=T), INV),
+        ("AppendTaskLog empty", lambda: s.AppendTaskLog(g.AppendTaskLogRequest(id=chat), timeout=T), INV),
+        ("AppendTaskLog unknown", lambda: s.AppendTaskLog(g.AppendTaskLogRequest(id="nope", message="m"),
+                                                          timeout=T), NF),
+        ("CreateChatTask no supervisor", lambda: s.CreateChatTask(g.CreateChatTaskRequest(lease_seconds=5),
+                                                                  timeout=T), INV),
+        ("CreateChatTask bad lease", lambda: s.CreateChatTask(chat_req(lease_seconds=0), timeout=T), INV),
+        ("CreateChatTask oversized name", lambda: s.CreateChatTask(chat_req(name="n" * 1000), timeout=T), INV),
+        ("GetChatRecord empty", lambda: s.GetChatRecord(g.GetChatRecordRequest(), timeout=T), INV),
+        ("GetChatRecord ill-formed", lambda: s.GetChatRecord(g.GetChatRecordRequest(chat_id="chat-1"), timeout=T),
+         INV),
+        ("GetChatRecord unknown", lambda: s.GetChatRecord(g.GetChatRecordRequest(chat_id=".chat-999"), timeout=T),
+         NF),
+        ("ListChatRecords bad state", lambda: s.ListChatRecords(g.ListChatRecordsRequest(states=[0]), timeout=T),
+         INV),
+        ("ListChatRecords bad token", lambda: s.ListChatRecords(g.ListChatRecordsRequest(page_token="LmNoYXQ="),
+                                                                timeout=T), INV),
+        ("AppendMessage empty", lambda: s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=1), timeout=T),
+         INV),
+        ("AppendMessage oversized", lambda: s.AppendMessage(g.AppendMessageRequest(
+            chat_id=chat, role=1, content=long), timeout=T), INV),
+        ("AppendMessage ill-formed chat", lambda: s.AppendMessage(g.AppendMessageRequest(
+            chat_id=".chat-x", role=1, content="m"), timeout=T), INV),
+        ("AppendMessage unknown chat", lambda: s.AppendMessage(g.AppendMessageRequest(
+            chat_id=".chat-999", role=1, content="m"), timeout=T), NF),
+        ("ListMessages unknown", lambda: s.ListMessages(g.ListMessagesRequest(chat_id=".chat-999"), timeout=T), NF),
+        ("ListMessages negative", lambda: s.ListMessages(g.ListMessagesRequest(chat_id=chat, after_seq=-1),
+                                                         timeout=T), INV),
+        ("WatchMessages ill-formed", lambda: list(s.WatchMessages(g.WatchMessagesRequest(chat_id="x"), timeout=T)),
+         INV),
+        ("WatchMessages unknown", lambda: list(s.WatchMessages(g.WatchMessagesRequest(chat_id=".chat-999"),
+                                                               timeout=T)), NF),
+        ("RecordRunStarted no run", lambda: s.RecordRunStarted(g.RecordRunStartedRequest(
+            chat_id=chat, supervisor_id="sup-a"), timeout=T), INV),
+        ("RecordRunStarted not owner", lambda: s.RecordRunStarted(g.RecordRunStartedRequest(
+            chat_id=chat, run=run, supervisor_id="sup-b"), timeout=T), FP),
+        ("RecordRunStarted unknown", lambda: s.RecordRunStarted(g.RecordRunStartedRequest(
+            chat_id=".chat-999", run=run, supervisor_id="sup-a"), timeout=T), NF),
+        ("RecordRunExited bad state", lambda: s.RecordRunExited(g.RecordRunExitedRequest(
+            chat_id=chat, run=run, state=R.RUNTIME_STATE_RUNNING, supervisor_id="sup-a"), timeout=T), INV),
+        ("RecordRunExited not owner", lambda: s.RecordRunExited(g.RecordRunExitedRequest(
+            chat_id=chat, run=run, state=R.RUNTIME_STATE_EXITED, supervisor_id="sup-b"), timeout=T), FP),
+        ("UpdateChatRuntime no state", lambda: s.UpdateChatRuntime(g.UpdateChatRuntimeRequest(
+            chat_id=chat, supervisor_id="sup-a"), timeout=T), INV),
+        ("UpdateChatRuntime unknown", lambda: s.UpdateChatRuntime(g.UpdateChatRuntimeRequest(
+            chat_id=".chat-999", state=R.RUNTIME_STATE_STOPPED, supervisor_id="sup-a"), timeout=T), NF),
+        ("RenewLeases empty", lambda: s.RenewLeases(g.RenewLeasesRequest(), timeout=T), INV),
+        ("RenewLeases oversized lease", lambda: s.RenewLeases(g.RenewLeasesRequest(
+            supervisor_id="sup-a", lease_seconds=100_000), timeout=T), INV),
+        ("ClaimChat empty", lambda: s.ClaimChat(g.ClaimChatRequest(), timeout=T), INV),
+        ("ClaimChat unknown", lambda: s.ClaimChat(g.ClaimChatRequest(
+            chat_id=".chat-999", supervisor_id="sup-b", lease_seconds=5), timeout=T), NF),
+        ("ClaimChat held", lambda: s.ClaimChat(g.ClaimChatRequest(
+            chat_id=chat, supervisor_id="sup-b", lease_seconds=5), timeout=T), FP),
+    ]
+    for name, call, expected in cases:
+        code, details = code_of(call)
+        assert code == expected, f"{name}: got {code} {details!r}"
+        assert details and "Traceback" not in details, f"{name}: unhelpful message {details!r}"
+    tasks = s.ListTasks(g.ListTasksRequest(), timeout=T).tasks
+    assert [t.id for t in tasks] == [chat]
+    after_chat = s.GetChatRecord(g.GetChatRecordRequest(chat_id=chat), timeout=T)
+    assert after_chat == before_chat
+    assert len(s.ListMessages(g.ListMessagesRequest(chat_id=chat), timeout=T).messages) == 1
+    assert "Traceback" not in graph.proc.stderr()
+
+
+def test_racing_updates_exactly_one_wins(graph: Graph) -> None:
+    s = graph.stub
+    task = s.CreateTask(g.CreateTaskRequest(id="race", title="R"), timeout=T).task
+    for round_ in range(3):
+        futures = [s.UpdateTask.future(g.UpdateTaskRequest(id="race", expected_version=task.version,
+                                                           update=g.TaskUpdate(title=f"{round_}-{i}")), timeout=T)
+                   for i in range(2)]
+        codes = [code_of(f.result) for f in futures]
+        assert sorted(c.name for c, _ in codes) == ["ABORTED", "OK"], codes
+        aborted = next(d for c, d in codes if c == grpc.StatusCode.ABORTED)
+        assert f"expected {task.version}" in aborted and f"current version is {task.version + 1}" in aborted
+        task = s.GetTask(g.GetTaskRequest(id="race"), timeout=T).task
+        assert task.version == 2 + round_
+
+
+def test_fifty_concurrent_chat_creations_get_distinct_ids(graph: Graph) -> None:
+    futures = [graph.stub.CreateChatTask.future(chat_req(name=f"c{i}"), timeout=30) for i in range(50)]
+    ids = [f.result().task.id for f in futures]
+    assert len(set(ids)) == 50
+    assert sorted(int(i.rsplit("-", 1)[1]) for i in ids) == list(range(1, 51))
+
+
+def test_ids_survive_restart_and_are_never_reused(db_url: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {"WGS_DATABASE_URL": db_url}
+    proc = start_service("graph", state, env=env)
+    with grpc.insecure_channel(proc.address) as ch:
+        stub = graph_pb2_grpc.GraphServiceStub(ch)
+        first = [stub.CreateChatTask(chat_req(), timeout=T).task.id for _ in range(2)]
+        stub.AppendMessage(g.AppendMessageRequest(chat_id=first[0], role=1, content="kept"), timeout=T)
+    assert proc.terminate() == 0
+    proc = start_service("graph", state, env=env)  # migrations run again: a no-op at head
+    try:
+        with grpc.insecure_channel(proc.address) as ch:
+            stub = graph_pb2_grpc.GraphServiceStub(ch)
+            assert stub.CreateChatTask(chat_req(), timeout=T).task.id == ".chat-3"
+            msgs = stub.ListMessages(g.ListMessagesRequest(chat_id=first[0]), timeout=T).messages
+            assert [m.content for m in msgs] == ["kept"]
+    finally:
+        assert proc.terminate() == 0
+
+
+def test_sigterm_ends_watch_streams_refuses_new_calls_and_exits_zero(graph: Graph) -> None:
+    s = graph.stub
+    chat = s.CreateChatTask(chat_req(), timeout=T).task.id
+    s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=1, content="one"), timeout=T)
+    stream = s.WatchMessages(g.WatchMessagesRequest(chat_id=chat), timeout=30)
+    received: list[str] = []
+    ended: list[grpc.RpcError] = []
+    got_two = threading.Event()
+
+    def consume() -> None:
+        try:
+            for resp in stream:
+                received.append(resp.message.content)
+                if len(received) == 2:
+                    got_two.set()
+        except grpc.RpcError as exc:
+            ended.append(exc)
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=2, content="two"), timeout=T)
+    assert got_two.wait(10), received
+    started = time.monotonic()
+    graph.proc.proc.send_signal(signal.SIGTERM)
+    reader.join(10)
+    assert not reader.is_alive()
+    # The stream ends promptly (not after the 5 s grace) with a status telling the client to reconnect.
+    assert time.monotonic() - started < 4
+    assert received == ["one", "two"]
+    assert ended and ended[0].code() == grpc.StatusCode.UNAVAILABLE
+    assert "after_seq=2" in (ended[0].details() or "")
+    assert graph.proc.proc.wait(15) == 0
+    code, _ = code_of(lambda: s.GetChatRecord(g.GetChatRecordRequest(chat_id=chat), timeout=2))
+    assert code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_reconcile_resets_only_chats_whose_lease_expired(graph: Graph) -> None:
+    s = graph.stub
+    short = s.CreateChatTask(chat_req(lease_seconds=1, supervisor_id="sup-dying"), timeout=T).task.id
+    long = s.CreateChatTask(chat_req(lease_seconds=600), timeout=T).task.id
+    s.CreateTask(g.CreateTaskRequest(id="worker", title="W", status=S.TASK_STATUS_IN_PROGRESS), timeout=T)
+    deadline = time.monotonic() + 10
+    while True:  # wait for the 1 s lease to run out, observed through dry runs
+        dry = s.Reconcile(g.ReconcileRequest(dry_run=True), timeout=T)
+        if dry.actions or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [(a.task_id, a.applied) for a in dry.actions] == [(short, False)]
+    assert {k.task_id for k in dry.kept} == {long, "worker"}
+    assert s.GetTask(g.GetTaskRequest(id=short), timeout=T).task.status == S.TASK_STATUS_IN_PROGRESS
+    done = s.Reconcile(g.ReconcileRequest(), timeout=T)
+    assert [(a.task_id, a.applied) for a in done.actions] == [(short, True)]
+    rec = s.GetChatRecord(g.GetChatRecordRequest(chat_id=short), timeout=T)
+    assert rec.task.status == S.TASK_STATUS_OPEN and rec.runtime.state == R.RUNTIME_STATE_STOPPED
+    assert rec.task.log[-1].actor == "reconcile"
+    assert s.GetTask(g.GetTaskRequest(id=long), timeout=T).task.status == S.TASK_STATUS_IN_PROGRESS
+    assert s.GetTask(g.GetTaskRequest(id="worker"), timeout=T).task.status == S.TASK_STATUS_IN_PROGRESS
+
+
+def test_unsupported_database_url_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    env = base_env(tmp_path, {"WGS_DATABASE_URL": "mysql://root@localhost/wgs", "WGS_GRAPH_LISTEN": "127.0.0.1:0"})
+    done = subprocess.run([sys.executable, "-m", "wgs.cli.main", "serve", "graph"], env=env, cwd=str(REPO),
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "WGS_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr
