@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, Agent, AgentRunner, Chat
 from tests.fakes.fake_openai import FakeOpenAI, Reply
-from wgs.agent.errors import EXIT_AUTH, EXIT_GRAPH, EXIT_UNKNOWN_MODEL, EXIT_UNREACHABLE
+from wgs.agent.errors import EXIT_AUTH, EXIT_GRAPH, EXIT_TLS, EXIT_UNKNOWN_MODEL, EXIT_UNREACHABLE
 
 KEY = "sk-integration-SECRET-0123456789"
 
@@ -222,3 +225,30 @@ def test_idle_agent_exits_0(agents: AgentRunner, chat: Chat) -> None:
         assert agent.wait(15) == 0
         assert time.monotonic() - started >= 1.0
         assert "idle" in agent.stderr()
+
+
+def _self_signed(tmp_path: Path) -> tuple[str, str]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make a certificate")
+def test_tls_verified_custom_ca_bundle(agents: AgentRunner, chat: Chat, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    with FakeOpenAI(models=["m"], tls=(cert, key)) as fake:
+        assert fake.base_url.startswith("https://")
+        pending = chat.send("over tls")
+        agent = agents.start(native(chat, fake.base_url, "m"), chat)
+        assert agent.wait() == EXIT_TLS
+        lines = agent.error_lines()
+        assert len(lines) == 1 and "TLS failure: certificate verify failed" in lines[0], agent.stderr()
+        assert "WGS_CA_BUNDLE" in lines[0]
+        assert chat.wait_answer(pending).role == SYSTEM_ERROR
+        trusted = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_CA_BUNDLE": cert})
+        r = chat.send("over tls, trusted")
+        assert chat.wait_answer(r).content == "echo: over tls, trusted"
+        trusted.signal(signal.SIGTERM)
+        assert trusted.wait() == 0

@@ -212,6 +212,10 @@ def describe_transport_error(exc: BaseException) -> str:
     for _ in range(8):  # prefer the OS error at the root ("connection refused", "name not known")
         if seen is None:
             break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {seen.verify_message or seen.reason}"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS error: {seen.reason or seen}"
         if isinstance(seen, OSError) and seen.errno is not None:
             reason = os.strerror(seen.errno) if seen.errno > 0 else str(seen.strerror or seen)
             return reason[:1].lower() + reason[1:]
