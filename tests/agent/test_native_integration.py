@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -252,3 +253,65 @@ def test_tls_verified_custom_ca_bundle(agents: AgentRunner, chat: Chat, tmp_path
         assert chat.wait_answer(r).content == "echo: over tls, trusted"
         trusted.signal(signal.SIGTERM)
         assert trusted.wait() == 0
+
+
+def test_sigterm_during_the_start_check_exits_0_promptly(agents: AgentRunner, chat: Chat) -> None:
+    with FakeOpenAI(models=["m"]) as fake:
+        fake.models_hang = True
+        agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_AGENT_READ_TIMEOUT_SECONDS": "60"})
+        fake.wait_path("/v1/models")
+        started = time.monotonic()
+        agent.signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+        assert time.monotonic() - started < 5
+        assert chat.messages() == []
+
+
+def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> None:
+    """The message stream is re-opened after the graph service restarts; nothing is lost."""
+    import grpc
+
+    from tests.agent.conftest import Chat as ChatHandle
+    from tests.harness import base_env, wait_serving
+    from wgs.v1 import graph_pb2, graph_pb2_grpc
+
+    state = tmp_path / "own-graph"
+    state.mkdir()
+
+    def serve(port: int) -> tuple[subprocess.Popen[bytes], str]:
+        addr_file = state / f"addr-{time.monotonic_ns()}"
+        env = base_env(state, {"WGS_GRAPH_LISTEN": f"127.0.0.1:{port}", "WGS_ADDRESS_FILE": str(addr_file)})
+        with open(state / "graph.stderr", "ab") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "wgs.cli.main", "serve", "graph"], env=env,
+                                    stdout=err, stderr=err)
+        deadline = time.monotonic() + 30
+        while not addr_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (state / "graph.stderr").read_text()
+            time.sleep(0.02)
+        address = addr_file.read_text().strip()
+        wait_serving(address)
+        return proc, address
+
+    proc, address = serve(0)
+    port = int(address.rsplit(":", 1)[1])
+    try:
+        with grpc.insecure_channel(address) as ch, FakeOpenAI(models=["m"]) as fake:
+            stub = graph_pb2_grpc.GraphServiceStub(ch)
+            cid = stub.CreateChatTask(graph_pb2.CreateChatTaskRequest(
+                supervisor_id="t", lease_seconds=600), timeout=10).task.id
+            chat = ChatHandle(stub, cid)
+            agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_GRAPH_ADDR": address})
+            r1 = chat.send("before restart")
+            assert chat.wait_answer(r1).role == ASSISTANT
+            proc.terminate()
+            proc.wait(15)
+            proc, _ = serve(port)
+            r2 = chat.send("after restart")
+            assert chat.wait_answer(r2, timeout=30).content == "echo: after restart"
+            assert agent.proc.poll() is None
+            assert "re-opening" in agent.stderr()
+            agent.signal(signal.SIGTERM)
+            assert agent.wait() == 0
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -69,6 +69,7 @@ class FakeOpenAI:
         self.chunk_size = chunk_size
         self.requests: list[Recorded] = []
         self.models_status: int | None = None  # force a status on GET /v1/models
+        self.models_hang = False  # GET /v1/models never answers (until the server stops)
         self._script: deque[Reply] = deque()
         self._lock = threading.Condition()
         self._stop = threading.Event()
@@ -111,6 +112,18 @@ class FakeOpenAI:
         if not ok:
             raise TimeoutError(f"expected {n} chat requests, got {len(reqs)}")
         return reqs
+
+    def wait_path(self, suffix: str, timeout: float = 10.0) -> Recorded:
+        """Block until a request whose path ends with `suffix` arrived."""
+        def found() -> Recorded | None:
+            return next((r for r in self.requests if r.path.endswith(suffix)), None)
+
+        with self._lock:
+            if not self._lock.wait_for(lambda: found() is not None, timeout):
+                raise TimeoutError(f"no request to {suffix} within {timeout}s")
+            hit = found()
+        assert hit is not None
+        return hit
 
     def _chat_requests_locked(self) -> list[Recorded]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
@@ -180,6 +193,9 @@ class FakeOpenAI:
                 self._record(None)
                 if self.path.rstrip("/") != "/v1/models":
                     self._error(404, f"no route {self.path}")
+                    return
+                if fake.models_hang:
+                    fake._stop.wait()
                     return
                 if fake.models_status is not None:
                     self._error(fake.models_status, "forced status")

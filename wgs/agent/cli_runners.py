@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -21,6 +22,8 @@ import sys
 from wgs.agent.cli_protocol import claude_event, claude_user_line, codex_reply, parse_json_line, transcript_prompt
 from wgs.agent.conversation import Turn
 from wgs.agent.errors import EXIT_CLI_FAILED, AgentFatal, AnswerFailed
+
+log = logging.getLogger("wgs.agent.cli")
 
 STREAM_LIMIT = 32 * 1024 * 1024  # one JSON event line may be large
 STDERR_TAIL = 2000
@@ -74,7 +77,10 @@ class ClaudeBackend:
         self._fresh = True
 
     async def answer(self, turns: list[Turn], prompt: str) -> str:
-        if self._proc is None or self._proc.returncode is not None:
+        if self._proc is not None and self._proc.returncode is not None:
+            log.warning("claude exited with code %s while idle; starting it again", self._proc.returncode)
+            self._proc = None
+        if self._proc is None:
             await self._spawn()
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None

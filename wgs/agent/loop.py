@@ -81,6 +81,7 @@ class AgentLoop:
         self._wake = asyncio.Event()
         self._stopping = False
         self._current: asyncio.Task[str] | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._interrupted = False
         self._watch_error: BaseException | None = None
 
@@ -94,8 +95,9 @@ class AgentLoop:
     def stop(self) -> None:
         log.info("SIGTERM: stopping")
         self._stopping = True
-        if self._current is not None:
-            self._current.cancel()
+        for task in (self._current, self._starting):
+            if task is not None:
+                task.cancel()
         self._wake.set()
 
     def interrupt(self) -> None:
@@ -138,10 +140,17 @@ class AgentLoop:
             except AgentFatal as exc:
                 print(f"wgs-agent: {self.redact(one_line(exc.reason))}", file=sys.stderr, flush=True)
                 return exc.exit_code
+            self._starting = asyncio.create_task(self.backend.start())
             try:
-                await self.backend.start()
+                await self._starting
             except AgentFatal as exc:
                 return await self._report_fatal(exc, None)
+            except asyncio.CancelledError:
+                if self._stopping:
+                    return EXIT_OK
+                raise
+            finally:
+                self._starting = None
             log.info("ready", extra=fields(chat_id=self.graph.chat_id, backend=self.backend.description,
                                            history=len(self.conv.users), pending=len(self.conv.pending())))
             watcher = asyncio.create_task(self._watch())
