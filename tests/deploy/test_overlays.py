@@ -216,6 +216,12 @@ def test_prod_network_paths(rendered: dict[str, list[Obj]]) -> None:
         assert not _allowed(policies, caller, graph, p["graph"])
     for caller in (graph, user, stranger_here):
         assert not _allowed(policies, caller, dispatch, p["dispatch"])
+    # The same holds at the receiving end alone (not only because the callers' egress is closed).
+    for caller in (dispatch, user, stranger_here, graph):
+        if caller is not graph:
+            assert not _direction_allows(policies, "Ingress", graph[1], caller, p["graph"], "TCP")
+        if caller is not dispatch:
+            assert not _direction_allows(policies, "Ingress", dispatch[1], caller, p["dispatch"], "TCP")
     # Users and the CLI reach the supervisor's gRPC port, nothing else.
     assert _allowed(policies, user, supervisor, p["supervisor"])
     assert not _allowed(policies, user, supervisor, 8080)
