@@ -119,8 +119,8 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str
         if remaining <= 0 or proc.poll() is not None:
             raise AssertionError(f"{marker!r} not printed; got: {seen!r}")
         if sel.select(remaining):
-            line = proc.stdout.readline()
-            seen += line
+            chunk = os.read(proc.stdout.fileno(), 4096)  # not readline: it would buffer ahead of select
+            seen += chunk.decode(errors="replace")
     return seen
 
 
@@ -200,3 +200,19 @@ def test_foreground_up_reports_a_service_killed_later(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_down_also_stops_chat_agents(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert wgs(state, "up", "--detach", "--state-dir", str(state)).returncode == 0
+    created = wgs(state, "chat", "create", "--settle", "0", "--json", "--state-dir", str(state), "--", "sleep", "300")
+    assert created.returncode == 0, created.stderr
+    doc = json.loads(created.stdout)
+    agent = doc["pid"]
+    monitor = doc["current_run"]["monitor_pid"]
+    assert is_alive(agent, None)
+    down = wgs(state, "down", "--state-dir", str(state))
+    assert down.returncode == 0, down.stderr
+    assert f"({doc['id']} run #1)" in down.stdout
+    assert not is_alive(agent, None) and not is_alive(monitor, None)
+    assert service_processes(state) == []

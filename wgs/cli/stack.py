@@ -13,6 +13,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,8 +26,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from wgs.cli.output import CliError, dumps
-from wgs.cli.procs import describe_exit, is_alive, start_ticks, tail_lines, terminate
-from wgs.common.settings import DEFAULT_PORTS, SERVICES, env_float, env_str
+from wgs.cli.procs import describe_exit, is_alive, start_ticks, tail_lines, terminate, wait_gone
+from wgs.common.clients import sync_channel
+from wgs.common.settings import DEFAULT_PORTS, SERVICES, env_float, env_str, rpc_timeout
+from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_pb2
 
 STACK_FILE = "stack.json"
 START_TIMEOUT = 60.0  # per phase: a fresh SQLite/PostgreSQL migration can take a few seconds
@@ -291,11 +294,15 @@ class Stack:
             },
         )
 
-    def stop_all(self) -> None:
-        """Supervisor first (it still needs graph and dispatch to record its chats), then the rest."""
+    def stop_all(self, agents: bool = True) -> None:
+        """Supervisor first (it still needs graph and dispatch to record its chats), then its agents
+        (unless kept for adoption), then the rest."""
         grace = grace_seconds()
         order = [n for n in ("supervisor", "dispatch", "graph") if n in self.children]
         for name in order:
+            graph = self.children.get("graph")
+            if name == "dispatch" and agents and graph is not None and graph.address and graph.proc.poll() is None:
+                stop_agents(graph.address, grace, self.out)
             child = self.children[name]
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
@@ -403,7 +410,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
     try:
         code = stack.watch()
     finally:
-        stack.stop_all()
+        stack.stop_all(agents=not ns.keep_agents)
         remove_stack(state)
     if code == 0:
         print("wgs: all services stopped", file=out, flush=True)
@@ -418,6 +425,53 @@ def _state_flag(arg: str | None) -> str:
 # wgs down / status
 
 
+def live_agent_runs(graph_address: str, timeout: float) -> list[tuple[str, runtime_pb2.Run]]:
+    """(chat id, run) of every agent run on this host that the graph records as not yet exited."""
+    host = socket.gethostname()
+    out: list[tuple[str, runtime_pb2.Run]] = []
+    with sync_channel(graph_address) as ch:
+        stub = graph_pb2_grpc.GraphServiceStub(ch)
+        token = ""
+        while True:
+            resp = stub.ListChatRecords(
+                graph_pb2.ListChatRecordsRequest(include_ended=True, page_size=1000, page_token=token), timeout=timeout
+            )
+            for rec in resp.chats:
+                run = rec.runtime.current_run
+                if (rec.runtime.HasField("current_run") and run.monitor_pid and not run.HasField("exited_at")
+                        and run.hostname == host and is_alive(run.monitor_pid, run.monitor_start_ticks or None)):
+                    out.append((rec.task.id, run))
+            token = resp.next_page_token
+            if not token:
+                return out
+
+
+def stop_agent_group(run: runtime_pb2.Run, grace: float) -> str:
+    """SIGTERM the run's process group (the per-run monitor leads it and records the exit), then SIGKILL."""
+    pgid, ticks = run.monitor_pid, run.monitor_start_ticks or None
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "not running"
+    if wait_gone(pgid, ticks, grace):
+        return "stopped"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    wait_gone(pgid, ticks, 5.0)
+    return f"killed (did not stop within {grace:g}s of SIGTERM)"
+
+
+def stop_agents(graph_address: str, grace: float, out: TextIO) -> None:
+    try:
+        runs = live_agent_runs(graph_address, rpc_timeout())
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") else "error"  # type: ignore[attr-defined]
+        print(f"wgs: could not list agents from the graph ({code}); agents may still run", file=sys.stderr)
+        return
+    for chat_id, run in runs:
+        print(f"  agent      pid {run.pid:<8} {stop_agent_group(run, grace)} ({chat_id} run #{run.number})", file=out)
+
+
 def cmd_down(ns: argparse.Namespace) -> int:
     state = resolve_state_dir(ns.state_dir)
     record = read_stack(state)
@@ -427,9 +481,18 @@ def cmd_down(ns: argparse.Namespace) -> int:
     grace = grace_seconds()
     if record.owner_pid and is_alive(record.owner_pid, record.owner_start_ticks):
         # A foreground `wgs up`: it stops its services in order itself and removes the record.
-        result = terminate(record.owner_pid, record.owner_start_ticks, grace * 2)
+        result = terminate(record.owner_pid, record.owner_start_ticks, grace * 2 + 10)
         print(f"  wgs up     pid {record.owner_pid:<8} {result}")
-    for name in ("supervisor", "dispatch", "graph"):
+    sup = record.services.get("supervisor")
+    if sup is not None:
+        result = terminate(sup.pid, sup.start_ticks, grace)
+        print(f"  {'supervisor':<10} pid {sup.pid:<8} {result}")
+    graph = record.services.get("graph")
+    if not ns.keep_agents and graph is not None and is_alive(graph.pid, graph.start_ticks):
+        # The supervisor leaves agents running on purpose (a restarted supervisor adopts them);
+        # `wgs down` means nothing of the stack keeps running, so stop them here.
+        stop_agents(graph.address, grace, sys.stdout)
+    for name in ("dispatch", "graph"):
         svc = record.services.get(name)
         if svc is None:
             continue
@@ -478,9 +541,13 @@ def add_parsers(sub: Any) -> None:
     up = sub.add_parser("up", help="start graph, dispatch and supervisor as a local stack")
     up.add_argument("--state-dir", help="state directory (default: $WGS_STATE_DIR or ./.wgs)")
     up.add_argument("--detach", action="store_true", help="return once all services serve; stop with `wgs down`")
+    up.add_argument("--keep-agents", action="store_true",
+                    help="foreground: on Ctrl-C leave chat agents running for the next `wgs up` to adopt")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the stack started by `wgs up`")
     down.add_argument("--state-dir", help="state directory (default: $WGS_STATE_DIR or ./.wgs)")
+    down.add_argument("--keep-agents", action="store_true",
+                      help="leave chat agents running; the next `wgs up` adopts them")
     down.set_defaults(func=cmd_down)
     status = sub.add_parser("status", help="address, pid and health of each service")
     status.add_argument("--state-dir", help="state directory (default: $WGS_STATE_DIR or ./.wgs)")
