@@ -154,3 +154,35 @@ def wait_output(path: str | Path, text: str, timeout: float = 20.0) -> None:
             pass
         time.sleep(0.02)
     raise AssertionError(f"{text!r} not written to {path} within {timeout}s")
+
+
+def start_without_health_wait(name: str, state_dir: Path, env: dict[str, str],
+                              timeout: float = 30.0) -> ServiceProcess:
+    """Like harness.start_service, but ready = the address file (written once SERVING).
+
+    Needed with OTEL enabled: the OTel aio server interceptor breaks health Watch (reported to the
+    lead), so harness.wait_serving cannot be used there.
+    """
+    import subprocess
+    import sys
+
+    from tests.harness import REPO, base_env
+
+    run_dir = state_dir / "test-run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    addr_file = run_dir / f"{name}.addr"
+    addr_file.unlink(missing_ok=True)
+    stderr_path = run_dir / f"{name}.stderr"
+    full_env = base_env(state_dir, env)
+    full_env[f"WGS_{name.upper()}_LISTEN"] = "127.0.0.1:0"
+    full_env["WGS_ADDRESS_FILE"] = str(addr_file)
+    with open(stderr_path, "ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "wgs.cli.main", "serve", name], env=full_env,
+                                stdout=err, stderr=err, cwd=str(REPO))
+    end = time.monotonic() + timeout
+    while not addr_file.exists():
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            raise RuntimeError(f"{name} did not start:\n{stderr_path.read_text()}")
+        time.sleep(0.02)
+    return ServiceProcess(name, proc, addr_file.read_text().strip(), stderr_path, full_env)

@@ -314,3 +314,65 @@ def test_unknown_endpoint_name_keeps_chat_with_error(stack: Stack) -> None:
     assert rt.state == RS.RUNTIME_STATE_FAILED and "no-such-endpoint" in rt.last_error
     got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=resp.chat.id), timeout=10).chat
     assert got.runtime.state == RS.RUNTIME_STATE_FAILED
+
+
+def test_spawn_span_and_traceparent_reach_the_agent(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from tests.harness import start_service
+    from tests.supervisor.conftest import FAST_POLICY, start_without_health_wait
+
+    state = tmp_path / "state"
+    graph = start_service("graph", state)
+    dispatch = start_service("dispatch", state)
+    env = {"WGS_GRAPH_ADDR": graph.address, "WGS_DISPATCH_ADDR": dispatch.address, "OTEL_SDK_DISABLED": "false",
+           **FAST_POLICY}
+    sup = start_without_health_wait("supervisor", state, env)
+    try:
+        with grpc.insecure_channel(sup.address) as ch:
+            from wgs.v1 import chat_pb2_grpc
+
+            stub = chat_pb2_grpc.ChatServiceStub(ch)
+            code = "import os\nprint('TP=' + os.environ.get('TRACEPARENT', ''), flush=True)"
+            chat = stub.CreateChat(chat_pb2.CreateChatRequest(command=[PY, "-c", code]), timeout=20).chat
+            assert len(chat.trace_id) == 32 and chat.trace_id == chat.runtime.trace_id
+            wait_output(chat.runtime.current_run.stderr_path, "TP=00-")
+            tp = Path(chat.runtime.current_run.stderr_path).read_text().split("TP=")[1].split()[0]
+            assert tp.split("-")[1] == chat.trace_id
+            spawn_span_id = tp.split("-")[2]
+            stub.StopChat(chat_pb2.StopChatRequest(chat_id=chat.id), timeout=20)
+        traces = state / "traces" / "supervisor.jsonl"
+        end = time.monotonic() + 15
+        span = None
+        while span is None and time.monotonic() < end:  # the batch exporter flushes every 0.5 s
+            if traces.exists():
+                for line in traces.read_text().splitlines():
+                    for rs in json.loads(line).get("resourceSpans", []):
+                        for ss in rs.get("scopeSpans", []):
+                            for sp in ss.get("spans", []):
+                                if sp.get("spanId") == spawn_span_id:
+                                    span = sp
+            if span is None:
+                time.sleep(0.1)
+        assert span is not None, "spawn span not exported"
+        assert span["name"] == Path(PY).name and span["kind"] == "SPAN_KIND_CLIENT"
+        attrs = {a["key"]: a["value"] for a in span["attributes"]}
+        assert attrs["wgs.chat.id"]["stringValue"] == chat.id
+        assert attrs["wgs.stderr.path"]["stringValue"] == chat.runtime.current_run.stderr_path
+        assert int(attrs["process.pid"]["intValue"]) == chat.runtime.current_run.pid
+        assert "process.command_args" in attrs
+    finally:
+        sup.terminate()
+        dispatch.terminate()
+        graph.terminate()
+
+
+def test_watch_all_chats_streams_changes(stack: Stack) -> None:
+    stub = stack.chat()
+    stream = stub.WatchChat(chat_pb2.WatchChatRequest(), timeout=20)
+    chat = create(stack, [PY, "-c", "pass"]).chat
+    for resp in stream:
+        if resp.chat.id == chat.id and resp.chat.runtime.state == RS.RUNTIME_STATE_EXITED:
+            break
+    stream.cancel()
