@@ -217,3 +217,22 @@ async def test_non_streaming_server_reply_is_accepted() -> None:
                      transport=httpx.MockTransport(handler))
     assert await c.complete([{"role": "user", "content": "x"}]) == "plain"
     await c.aclose()
+
+
+async def test_reply_complete_at_finish_reason_even_if_the_stream_stays_open() -> None:
+    import asyncio
+
+    import httpx
+
+    class Stream(httpx.AsyncByteStream):
+        async def __aiter__(self):  # type: ignore[override]
+            yield b'data: {"choices":[{"delta":{"content":"done"},"finish_reason":"stop"}]}\n\n'
+            await asyncio.Event().wait()  # the server never sends [DONE] nor closes
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Stream())
+
+    c = OpenAIClient(HttpSettings(endpoint="http://x", base_url="http://x/v1", model="m"),
+                     transport=httpx.MockTransport(handler))
+    assert await asyncio.wait_for(c.complete([{"role": "user", "content": "x"}]), 5) == "done"
+    await c.aclose()

@@ -394,7 +394,9 @@ class OpenAIClient:
                     text, finish = chunk_text(item)
                     parts.append(text)
                     if finish:
+                        # Done, even if the server is slow to send [DONE] or to close.
                         complete = True
+                        break
                 if not complete:
                     raise _Retryable("the connection closed in the middle of the reply")
                 return "".join(parts)
