@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from wgs.cli import chat, stack, trace
+from wgs.cli import chat, envvars, stack, trace
 from wgs.cli.output import CliError
 from wgs.common.errors import ConfigError
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_parsers(sub)
     chat.add_parsers(sub)
     trace.add_parsers(sub)
+    envvars.add_parsers(sub)
     return parser
 
 

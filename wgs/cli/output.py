@@ -361,8 +361,8 @@ def chat_failure(chat: chat_pb2.Chat) -> str | None:
     what = run_outcome(run) if run is not None else "no run"
     reason = one_line(rt.last_error) if rt.last_error else what
     text = f"agent of {chat.id} is {state_name(state)}: {reason}"
-    if reason != what and run is not None:
+    if reason != what and run is not None and what.split()[-1] not in reason:
         text += f" ({what})"
-    if state == runtime_pb2.RUNTIME_STATE_BACKOFF and rt.HasField("next_restart_at"):
+    if state == runtime_pb2.RUNTIME_STATE_BACKOFF and rt.HasField("next_restart_at") and "restart" not in reason:
         text += f"; restart {rt.restart_count} scheduled {ago(rt.next_restart_at)}"
     return text
