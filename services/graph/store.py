@@ -310,7 +310,9 @@ class GraphStore:
     def _get_task(session: Session, task_id: str, *, lock: bool = False) -> TaskRow:
         stmt = sa.select(TaskRow).where(TaskRow.id == task_id)
         if lock:
-            stmt = stmt.with_for_update()
+            # FOR NO KEY UPDATE: serializes writers of this task without blocking the foreign-key
+            # checks of inserts into task_log/chat_runs/chat_messages (no lock-order deadlocks).
+            stmt = stmt.with_for_update(key_share=True)
         row = session.scalars(stmt).one_or_none()
         if row is None:
             what = "chat" if v.is_chat_id(task_id) else "task"
@@ -651,7 +653,7 @@ class GraphStore:
         size = v.page_size(req.page_size)
         after = -1
         if req.page_token:
-            after = int(_decode_token(req.page_token, lambda s: s.isdigit() and len(s) <= 18))
+            after = int(_decode_token(req.page_token, lambda s: bool(re.fullmatch(r"[0-9]{1,18}", s))))
 
         def op() -> graph_pb2.ListChatRecordsResponse:
             with self._read() as session:
@@ -979,7 +981,7 @@ class GraphStore:
                                                                 int]:
             stmt = sa.select(TaskRow).where(TaskRow.status == S.TASK_STATUS_IN_PROGRESS).order_by(TaskRow.id)
             if lock:
-                stmt = stmt.with_for_update()
+                stmt = stmt.with_for_update(key_share=True)
             tasks = list(session.scalars(stmt))
             ids = [t.id for t in tasks]
             rt_stmt = sa.select(ChatRuntimeRow).where(ChatRuntimeRow.chat_id.in_(ids))

@@ -267,3 +267,36 @@ def test_unsupported_database_url_exits_2_naming_the_variable(tmp_path: Path) ->
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "WGS_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_calls_in_flight_at_sigterm_complete_and_nothing_is_half_written(db_url: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {"WGS_DATABASE_URL": db_url}
+    proc = start_service("graph", state, env=env)
+    with grpc.insecure_channel(proc.address) as ch:
+        stub = graph_pb2_grpc.GraphServiceStub(ch)
+        futures = [stub.CreateChatTask.future(chat_req(request_id=f"req-{i}"), timeout=20) for i in range(30)]
+        futures[0].result()  # the server is working through the batch: signal it now
+        proc.proc.send_signal(signal.SIGTERM)
+        outcomes = [code_of(f.result) for f in futures]
+        ok_ids = [f.result().task.id for f in futures if f.exception() is None]
+    assert proc.proc.wait(15) == 0
+    # Calls that had not started when shutdown began are refused (grpc reports UNAVAILABLE or
+    # CANCELLED); none fails any other way.
+    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert {c for c, _ in outcomes} <= {grpc.StatusCode.OK} | refused, outcomes
+    proc = start_service("graph", state, env=env)
+    try:
+        with grpc.insecure_channel(proc.address) as ch:
+            stub = graph_pb2_grpc.GraphServiceStub(ch)
+            chats = stub.ListChatRecords(g.ListChatRecordsRequest(page_size=1000), timeout=T).chats
+            stored = {c.task.id for c in chats}
+            assert stored == set(ok_ids), "a refused call left a chat behind, or a confirmed one is missing"
+            assert all(c.runtime.state == R.RUNTIME_STATE_STARTING and c.runtime.supervisor_id == "sup-a"
+                       for c in chats)
+            # A client retrying a refused call with its request_id gets exactly one chat per request.
+            again = [stub.CreateChatTask(chat_req(request_id=f"req-{i}"), timeout=T) for i in range(30)]
+            assert len({r.task.id for r in again}) == 30
+            assert {r.task.id for r in again if not r.created} == stored
+    finally:
+        assert proc.terminate() == 0
