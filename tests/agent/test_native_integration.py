@@ -315,3 +315,12 @@ def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> 
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_repeated_start_failure_without_pending_posts_one_error(agents: AgentRunner, chat: Chat) -> None:
+    with FakeOpenAI(models=["m"]) as fake:
+        for _ in range(2):
+            agent = agents.start(native(chat, fake.base_url, "missing-model"), chat)
+            assert agent.wait() == EXIT_UNKNOWN_MODEL
+    errors = [m for m in chat.messages() if m.role == SYSTEM_ERROR]
+    assert len(errors) == 1 and errors[0].request_id == "" and "missing-model" in errors[0].content

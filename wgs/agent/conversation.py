@@ -47,6 +47,7 @@ class Conversation:
     users: list[Msg] = field(default_factory=list)  # USER messages in seq order
     answers: dict[str, Msg] = field(default_factory=dict)  # request key -> first answer
     last_seq: int = 0
+    last: Msg | None = None  # the message with the highest seq
     _seen: set[int] = field(default_factory=set)
 
     def add(self, m: Msg) -> None:
@@ -54,7 +55,8 @@ class Conversation:
         if m.seq in self._seen:
             return
         self._seen.add(m.seq)
-        self.last_seq = max(self.last_seq, m.seq)
+        if m.seq > self.last_seq:
+            self.last_seq, self.last = m.seq, m
         if m.role == USER:
             self.users.append(m)
             self.users.sort(key=lambda u: u.seq)

@@ -121,7 +121,9 @@ class AgentLoop:
             if targets:
                 for m in targets:
                     await self._append(SYSTEM_ERROR, text, m.key)
-            else:
+            elif not (self.conv.last is not None and self.conv.last.role == SYSTEM_ERROR
+                      and self.conv.last.content == text):
+                # Not again if the previous run already said the same (a failing restart loop).
                 await self._append(SYSTEM_ERROR, text, "")
         return exc.exit_code
 
