@@ -768,6 +768,11 @@ class ChatManager:
         rt = rec.runtime
         live.redactor = Redactor(_secret_values(rt.plan))
         async with live.lock:
+            live_states = (RS.RUNTIME_STATE_RUNNING, RS.RUNTIME_STATE_STARTING, RS.RUNTIME_STATE_BACKOFF)
+            if rt.state in live_states and rec.task.status == task_pb2.TASK_STATUS_OPEN:
+                # Reconcile reset it while we were away (our lease expired); we are back: it is live.
+                await self._update_task(chat_id, graph_pb2.TaskUpdate(status=task_pb2.TASK_STATUS_IN_PROGRESS),
+                                        "supervisor restarted and adopted the chat")
             cur = rt.current_run
             if rt.state in (RS.RUNTIME_STATE_RUNNING, RS.RUNTIME_STATE_STARTING) and cur.monitor_pid:
                 if cur.exited_at.seconds:

@@ -376,3 +376,14 @@ def test_watch_all_chats_streams_changes(stack: Stack) -> None:
         if resp.chat.id == chat.id and resp.chat.runtime.state == RS.RUNTIME_STATE_EXITED:
             break
     stream.cancel()
+
+
+def test_live_chat_cap_is_resource_exhausted(stack: Stack) -> None:
+    stack.sup_env["WGS_MAX_LIVE_CHATS"] = "1"
+    stack.restart_supervisor(kill9=False)
+    first = create(stack, SLEEPER).chat
+    with pytest.raises(grpc.RpcError) as err:
+        create(stack, SLEEPER)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    listed = stack.chat().ListChats(chat_pb2.ListChatsRequest(include_ended=True), timeout=10).chats
+    assert [c.id for c in listed] == [first.id]
