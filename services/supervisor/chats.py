@@ -768,15 +768,9 @@ class ChatManager:
         rt = rec.runtime
         live.redactor = Redactor(_secret_values(rt.plan))
         async with live.lock:
-            live_states = (RS.RUNTIME_STATE_RUNNING, RS.RUNTIME_STATE_STARTING, RS.RUNTIME_STATE_BACKOFF)
-            if rt.state in live_states and rec.task.status == task_pb2.TASK_STATUS_OPEN:
-                # Reconcile reset it while we were away (our lease expired); we are back: it is live.
-                await self._update_task(chat_id, graph_pb2.TaskUpdate(status=task_pb2.TASK_STATUS_IN_PROGRESS),
-                                        "supervisor restarted and adopted the chat")
             cur = rt.current_run
-            if rt.state in (RS.RUNTIME_STATE_RUNNING, RS.RUNTIME_STATE_STARTING) and cur.monitor_pid:
-                if cur.exited_at.seconds:
-                    return
+            if cur.monitor_pid > 0 and not cur.HasField("exited_at"):
+                # A run that was live when the last supervisor went away: the process is the truth.
                 log_path, exit_path = procs.run_paths(self.s.state_dir, chat_id, cur.number)
                 run = procs.Run(chat_id=chat_id, number=cur.number, pid=cur.pid, start_ticks=cur.process_start_ticks,
                                 monitor_pid=cur.monitor_pid, monitor_start_ticks=cur.monitor_start_ticks,
@@ -786,20 +780,37 @@ class ChatManager:
                     live.run = run
                     log.info("adopted %s run %d: agent pid %d (monitor %d)", chat_id, cur.number, cur.pid,
                              cur.monitor_pid, extra=fields(chat_id=chat_id, pid=cur.pid, run=cur.number))
+                    if rt.state != RS.RUNTIME_STATE_RUNNING:
+                        # e.g. Reconcile marked it STOPPED because our lease expired while we were down.
+                        await self._update_runtime(chat_id, RS.RUNTIME_STATE_RUNNING, last_error="")
+                    await self._mark_live(rec.task)
                     return
                 info = procs.read_exit_file(exit_path) or procs.ExitInfo(None, None, datetime.now(UTC),
                                                                           procs.UNKNOWN_EXIT)
                 log.info("%s run %d ended while the supervisor was down: %s", chat_id, cur.number, info.describe(),
                          extra=fields(chat_id=chat_id, run=cur.number))
-                await self._record_exit(run, info, stopped=False)
+                stopped = rt.state == RS.RUNTIME_STATE_STOPPED
+                if not stopped:
+                    await self._mark_live(rec.task)
+                await self._record_exit(run, info, stopped=stopped)
             elif rt.state in (RS.RUNTIME_STATE_STARTING, RS.RUNTIME_STATE_RUNNING):
                 # Created (or restarted) but the supervisor died before the spawn: start it now.
-                await self._start(chat_id, rec.task, dispatch_pb2.SETTINGS_ORIGIN_CHAT)
+                task = await self._mark_live(rec.task)
+                await self._start(chat_id, task, dispatch_pb2.SETTINGS_ORIGIN_CHAT)
             elif rt.state == RS.RUNTIME_STATE_BACKOFF:
+                await self._mark_live(rec.task)
                 due = from_ts(rt.next_restart_at)
                 delay = max(0.0, (due - datetime.now(UTC)).total_seconds()) if due else 0.0
                 live.history = policy.History(restart_count=rt.restart_count)
                 self._schedule(chat_id, policy.Decision(RS.RUNTIME_STATE_BACKOFF, delay, live.history, ""))
+
+    async def _mark_live(self, task: task_pb2.Task) -> task_pb2.Task:
+        """A chat with a live (or to-be-restarted) agent is IN_PROGRESS; Reconcile may have reset it
+        to OPEN while this supervisor was down and its lease expired."""
+        if task.status != task_pb2.TASK_STATUS_OPEN:
+            return task
+        return await self._update_task(task.id, graph_pb2.TaskUpdate(status=task_pb2.TASK_STATUS_IN_PROGRESS),
+                                       "supervisor restarted and adopted the chat")
 
     async def _renew_leases(self) -> None:
         interval = max(1.0, self.s.lease_seconds / 3)

@@ -387,3 +387,46 @@ def test_live_chat_cap_is_resource_exhausted(stack: Stack) -> None:
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     listed = stack.chat().ListChats(chat_pb2.ListChatsRequest(include_ended=True), timeout=10).chats
     assert [c.id for c in listed] == [first.id]
+
+
+def test_backoff_chat_restarted_after_supervisor_restart(stack: Stack, tmp_path: Path) -> None:
+    flag = tmp_path / "healthy"
+    code = (f"import os, sys, time\nif not os.path.exists({str(flag)!r}): sys.exit(2)\n"
+            "print('healthy', flush=True)\ntime.sleep(600)")
+    stack.sup_env["WGS_RESTART_INITIAL_BACKOFF_SECONDS"] = "2"
+    stack.restart_supervisor(kill9=False)
+    chat = create(stack, [PY, "-c", code]).chat
+    backoff, _ = wait_chat(stack.chat(), chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_BACKOFF)
+    stack.supervisor.kill9()
+    flag.write_text("x")
+    stack.supervisor = __import__("tests.harness", fromlist=["x"]).start_service(
+        "supervisor", stack.state_dir, stack.sup_env)
+    running, _ = wait_chat(stack.chat(), chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_RUNNING
+                           and c.runtime.current_run.number > backoff.runtime.current_run.number)
+    assert pid_alive(running.runtime.current_run.pid)
+
+
+def test_expired_lease_reconciled_then_adopted_back(stack: Stack, tmp_path: Path) -> None:
+    import time
+
+    stack.sup_env["WGS_LEASE_SECONDS"] = "3"
+    stack.restart_supervisor(kill9=False)
+    chat = create(stack, SLEEPER).chat
+    stack.supervisor.kill9()
+    graph = stack.graph_stub()
+    end = time.monotonic() + 20
+    actions: list[graph_pb2.ReconcileAction] = []
+    while time.monotonic() < end and not actions:  # bounded: until the lease has expired
+        actions = [a for a in graph.Reconcile(graph_pb2.ReconcileRequest(dry_run=False), timeout=10).actions
+                   if a.task_id == chat.id]
+        if not actions:
+            time.sleep(0.2)
+    assert actions and actions[0].to_status == task_pb2.TASK_STATUS_OPEN
+    assert pid_alive(chat.runtime.current_run.pid)  # the agent itself lived on
+    stack.supervisor = __import__("tests.harness", fromlist=["x"]).start_service(
+        "supervisor", stack.state_dir, stack.sup_env)
+    got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
+    assert got.status == task_pb2.TASK_STATUS_IN_PROGRESS
+    assert got.runtime.state == RS.RUNTIME_STATE_RUNNING
+    assert got.runtime.current_run.pid == chat.runtime.current_run.pid
+    assert got.runtime.lease_expires_at.seconds > time.time()
