@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +137,36 @@ def test_sweep_dry_run_keeps_live_chats(stack: Path) -> None:
         chat_cli(stack, "delete", chat_id)
 
 
+
+
+@needs_stack
+def test_send_wait_ends_at_once_when_the_chat_is_stopped(stack: Path) -> None:
+    import grpc
+
+    from wgs.v1 import chat_pb2, chat_pb2_grpc
+
+    created = chat_cli(stack, "create", "--settle", "0", "--json", "--", "sleep", "300")
+    chat_id = json.loads(created.stdout)["id"]
+    address = recorded(stack)["services"]["supervisor"]["address"]
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "wgs.cli.main", "chat", "send", chat_id, "hello", "--wait", "60",
+         "--state-dir", str(stack)],
+        env=cli_env(stack), cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        with grpc.insecure_channel(address) as ch:
+            stream = chat_pb2_grpc.ChatServiceStub(ch).WatchChatMessages(
+                chat_pb2.WatchChatMessagesRequest(chat_id=chat_id), timeout=30)
+            first = next(iter(stream))  # the message is stored: the CLI is now waiting for a reply
+            stream.cancel()
+        assert first.message.content == "hello"
+        assert chat_cli(stack, "stop", chat_id).returncode == 0
+        _out, err = waiting.communicate(timeout=30)  # far less than --wait 60
+        assert waiting.returncode == 1
+        assert err.startswith(f"wgs: no reply from {chat_id}: its agent is STOPPED")
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+        chat_cli(stack, "delete", chat_id)

@@ -236,20 +236,49 @@ def _copy(fh: Any) -> bool:
 
 
 def _await_answer(conn: Conn, chat_id: str, after_seq: int, request_id: str, timeout: float) -> task_pb2.ChatMessage | None:
-    """The ASSISTANT or SYSTEM_ERROR message answering `request_id`, or None after `timeout`."""
+    """The ASSISTANT or SYSTEM_ERROR message answering `request_id`, or None after `timeout`.
+
+    The chat's runtime is watched alongside: if the agent ends up FAILED or STOPPED no answer can
+    come, so the wait ends at once with the reason instead of running into the timeout."""
     req = chat_pb2.WatchChatMessagesRequest(chat_id=chat_id, after_seq=after_seq)
     stream = conn.chat().WatchChatMessages(req, timeout=timeout)
+    runtime_stream = conn.chat().WatchChat(chat_pb2.WatchChatRequest(chat_id=chat_id), timeout=timeout)
+    dead: list[chat_pb2.Chat] = []
+
+    def watch_runtime() -> None:
+        hopeless = (runtime_pb2.RUNTIME_STATE_FAILED, runtime_pb2.RUNTIME_STATE_STOPPED)
+        try:
+            for resp in runtime_stream:
+                if resp.chat.runtime.state in hopeless:
+                    dead.append(resp.chat)
+                    stream.cancel()
+                    return
+        except grpc.RpcError:
+            return  # cancelled, deadline, or no WatchChat: the message stream still decides
+
+    watcher = threading.Thread(target=watch_runtime, daemon=True)
+    watcher.start()
     try:
         for resp in stream:
             m = resp.message
             if m.role in ANSWER_ROLES and m.request_id == request_id:
                 return m
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+        code = exc.code()  # type: ignore[attr-defined]
+        if dead:
+            rt = dead[0].runtime
+            raise CliError(
+                f"no reply from {chat_id}: its agent is {state_name(rt.state)}"
+                + (f" ({one_line(rt.last_error)})" if rt.last_error else "")
+                + f"; see `wgs chat show {chat_id}`"
+            ) from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return None
         raise conn.error(exc) from None
     finally:
         stream.cancel()
+        runtime_stream.cancel()
+        watcher.join(2)
     return None
 
 
