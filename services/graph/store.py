@@ -21,7 +21,7 @@ import re
 import socket
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -739,7 +739,9 @@ class GraphStore:
         msgs = await self._run(self._messages, req.chat_id, req.after_seq, limit)
         return graph_pb2.ListMessagesResponse(messages=msgs)
 
-    async def watch_messages(self, req: graph_pb2.WatchMessagesRequest) -> AsyncIterator[task_pb2.ChatMessage]:
+    async def watch_messages(
+        self, req: graph_pb2.WatchMessagesRequest
+    ) -> AsyncGenerator[task_pb2.ChatMessage, None]:
         """Stored messages after after_seq, then each new one; ends with Unavailable on shutdown.
 
         Appends in this process wake the watcher at once; a re-query every watch_poll_seconds

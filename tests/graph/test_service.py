@@ -106,18 +106,18 @@ def test_bad_input_on_every_rpc_is_rejected_and_writes_nothing(graph: Graph) -> 
          INV),
         ("GetChatRecord unknown", lambda: s.GetChatRecord(g.GetChatRecordRequest(chat_id=".chat-999"), timeout=T),
          NF),
-        ("ListChatRecords bad state", lambda: s.ListChatRecords(g.ListChatRecordsRequest(states=[0]), timeout=T),
+        ("ListChatRecords bad state", lambda: s.ListChatRecords(g.ListChatRecordsRequest(states=[R.RUNTIME_STATE_UNSPECIFIED]), timeout=T),
          INV),
         ("ListChatRecords bad token", lambda: s.ListChatRecords(g.ListChatRecordsRequest(page_token="LmNoYXQ="),
                                                                 timeout=T), INV),
-        ("AppendMessage empty", lambda: s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=1), timeout=T),
+        ("AppendMessage empty", lambda: s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_USER), timeout=T),
          INV),
         ("AppendMessage oversized", lambda: s.AppendMessage(g.AppendMessageRequest(
-            chat_id=chat, role=1, content=long), timeout=T), INV),
+            chat_id=chat, role=S.MESSAGE_ROLE_USER, content=long), timeout=T), INV),
         ("AppendMessage ill-formed chat", lambda: s.AppendMessage(g.AppendMessageRequest(
-            chat_id=".chat-x", role=1, content="m"), timeout=T), INV),
+            chat_id=".chat-x", role=S.MESSAGE_ROLE_USER, content="m"), timeout=T), INV),
         ("AppendMessage unknown chat", lambda: s.AppendMessage(g.AppendMessageRequest(
-            chat_id=".chat-999", role=1, content="m"), timeout=T), NF),
+            chat_id=".chat-999", role=S.MESSAGE_ROLE_USER, content="m"), timeout=T), NF),
         ("ListMessages unknown", lambda: s.ListMessages(g.ListMessagesRequest(chat_id=".chat-999"), timeout=T), NF),
         ("ListMessages negative", lambda: s.ListMessages(g.ListMessagesRequest(chat_id=chat, after_seq=-1),
                                                          timeout=T), INV),
@@ -189,7 +189,7 @@ def test_ids_survive_restart_and_are_never_reused(db_url: str, tmp_path: Path) -
     with grpc.insecure_channel(proc.address) as ch:
         stub = graph_pb2_grpc.GraphServiceStub(ch)
         first = [stub.CreateChatTask(chat_req(), timeout=T).task.id for _ in range(2)]
-        stub.AppendMessage(g.AppendMessageRequest(chat_id=first[0], role=1, content="kept"), timeout=T)
+        stub.AppendMessage(g.AppendMessageRequest(chat_id=first[0], role=S.MESSAGE_ROLE_USER, content="kept"), timeout=T)
     assert proc.terminate() == 0
     proc = start_service("graph", state, env=env)  # migrations run again: a no-op at head
     try:
@@ -205,7 +205,7 @@ def test_ids_survive_restart_and_are_never_reused(db_url: str, tmp_path: Path) -
 def test_sigterm_ends_watch_streams_refuses_new_calls_and_exits_zero(graph: Graph) -> None:
     s = graph.stub
     chat = s.CreateChatTask(chat_req(), timeout=T).task.id
-    s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=1, content="one"), timeout=T)
+    s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_USER, content="one"), timeout=T)
     stream = s.WatchMessages(g.WatchMessagesRequest(chat_id=chat), timeout=30)
     received: list[str] = []
     ended: list[grpc.RpcError] = []
@@ -222,7 +222,7 @@ def test_sigterm_ends_watch_streams_refuses_new_calls_and_exits_zero(graph: Grap
 
     reader = threading.Thread(target=consume)
     reader.start()
-    s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=2, content="two"), timeout=T)
+    s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_ASSISTANT, content="two"), timeout=T)
     assert got_two.wait(10), received
     started = time.monotonic()
     graph.proc.proc.send_signal(signal.SIGTERM)

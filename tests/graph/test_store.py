@@ -252,7 +252,7 @@ async def test_messages_seq_gap_free_under_concurrency_and_idempotent(store: Gra
     listed = await store.list_messages(g.ListMessagesRequest(chat_id=chat, after_seq=20))
     assert [m.seq for m in listed.messages] == [21, 22]
     with pytest.raises(NotFound, match=r"chat '\.chat-99' does not exist"):
-        await store.append_message(g.AppendMessageRequest(chat_id=".chat-99", role=1, content="x"))
+        await store.append_message(g.AppendMessageRequest(chat_id=".chat-99", role=S.MESSAGE_ROLE_USER, content="x"))
     with pytest.raises(InvalidArgument, match="role"):
         await store.append_message(g.AppendMessageRequest(chat_id=chat, content="x"))
     assert await count_rows(store, "chat_messages") == 22
@@ -261,14 +261,14 @@ async def test_messages_seq_gap_free_under_concurrency_and_idempotent(store: Gra
 async def test_watch_streams_stored_then_new_then_ends_on_shutdown(store: GraphStore) -> None:
     chat = (await store.create_chat_task(chat_req())).task.id
     for i in range(3):
-        await store.append_message(g.AppendMessageRequest(chat_id=chat, role=1, content=f"old{i}"))
+        await store.append_message(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_USER, content=f"old{i}"))
     got: list[task_pb2.ChatMessage] = []
     gen = store.watch_messages(g.WatchMessagesRequest(chat_id=chat, after_seq=1))
     for _ in range(2):
         got.append(await asyncio.wait_for(anext(gen), 5))
     pending = asyncio.ensure_future(asyncio.wait_for(anext(gen), 5))
     await asyncio.sleep(0)
-    await store.append_message(g.AppendMessageRequest(chat_id=chat, role=2, content="new"))
+    await store.append_message(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_ASSISTANT, content="new"))
     got.append(await pending)
     assert [(m.seq, m.content) for m in got] == [(2, "old1"), (3, "old2"), (4, "new")]
     store.begin_shutdown()
@@ -282,7 +282,7 @@ async def test_watch_sees_writes_from_another_process(store: GraphStore, db_url:
     try:
         gen = store.watch_messages(g.WatchMessagesRequest(chat_id=chat))
         pending = asyncio.ensure_future(asyncio.wait_for(anext(gen), 5))
-        await other.append_message(g.AppendMessageRequest(chat_id=chat, role=1, content="from elsewhere"))
+        await other.append_message(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_USER, content="from elsewhere"))
         assert (await pending).content == "from elsewhere"
         await gen.aclose()
     finally:
