@@ -9,11 +9,13 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # ---- build: wheel of the project, installed with its dependencies into /opt/venv -----------------
 FROM ${PYTHON_IMAGE} AS build
+# Bytecode is compiled at install time here, so the read-only runtime never needs to write it.
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python -m venv /opt/venv
+# A current pip in the venv: older resolvers give up on the OpenTelemetry instrumentation pins.
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install "pip==26.3"
 # README.m[d]: the wheel metadata reads README.md; the glob keeps the build working without it.
 COPY pyproject.toml README.m[d] ./
 COPY wgs ./wgs
