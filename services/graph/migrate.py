@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
+
+from services.graph.db import WRITE_OPTION
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -25,10 +28,20 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return cfg
 
 
+# Arbitrary constant naming the PostgreSQL advisory lock held while migrating.
+_MIGRATION_LOCK_KEY = 0x77677367  # "wgsg"
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision` (idempotent; a no-op when already there)."""
+    """Bring the schema to `revision` (idempotent; a no-op when already there).
+
+    Several graph replicas may start at once: on PostgreSQL they queue on an advisory lock, on
+    SQLite on the write lock (BEGIN IMMEDIATE), and the later ones find the schema at head.
+    """
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
+    with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 

@@ -55,7 +55,7 @@ from wgs.common.errors import (
 )
 from wgs.common.logs import fields
 from wgs.common.timeutil import from_ts, to_ts, utcnow
-from wgs.v1 import graph_pb2, runtime_pb2, task_pb2
+from wgs.v1 import graph_pb2, plan_pb2, runtime_pb2, task_pb2
 
 log = logging.getLogger("wgs.graph.store")
 
@@ -181,6 +181,12 @@ def _validate_run(run: runtime_pb2.Run) -> None:
     _trace_id(run.trace_id, "run.trace_id")
     if run.HasField("signal") and not 1 <= run.signal <= 128:
         raise InvalidArgument(f"run.signal must be a signal number (1-128), got {run.signal}")
+
+
+def _plan_for(plan: plan_pb2.SpawnPlan | None, chat_id: str) -> None:
+    """A plan stored with a chat must be that chat's plan (a mix-up would show the wrong argv)."""
+    if plan is not None and plan.chat_id and plan.chat_id != chat_id:
+        raise InvalidArgument(f"plan.chat_id {plan.chat_id[:40]!r} does not match chat_id {chat_id!r}")
 
 
 def _iso(value: datetime | None) -> str:
@@ -821,6 +827,7 @@ class GraphStore:
             raise InvalidArgument("run is required (at least its number and pid)")
         _validate_run(req.run)
         state = R.RUNTIME_STATE_RUNNING if req.state == R.RUNTIME_STATE_UNSPECIFIED else _state(req.state)
+        _plan_for(req.plan if req.HasField("plan") else None, req.chat_id)
 
         def op(session: Session) -> graph_pb2.RecordRunStartedResponse:
             rt = self._owned_runtime(session, req.chat_id, supervisor)
@@ -851,6 +858,7 @@ class GraphStore:
             )
         _non_negative(req.restart_count, "restart_count")
         v.text(req.last_error, "last_error", required=False, max_len=MAX_ERROR)
+        _plan_for(req.plan if req.HasField("plan") else None, req.chat_id)
 
         def op(session: Session) -> graph_pb2.RecordRunExitedResponse:
             rt = self._owned_runtime(session, req.chat_id, supervisor)
@@ -888,6 +896,7 @@ class GraphStore:
             _non_negative(req.restart_count, "restart_count")
         if req.HasField("last_error"):
             v.text(req.last_error, "last_error", required=False, max_len=MAX_ERROR)
+        _plan_for(req.plan if req.HasField("plan") else None, req.chat_id)
 
         def op(session: Session) -> graph_pb2.UpdateChatRuntimeResponse:
             rt = self._owned_runtime(session, req.chat_id, supervisor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,18 @@ def test_migrations_from_empty_to_head_are_idempotent(db_url: str) -> None:
         assert counters == {"chat": 0, "task": 0}
     finally:
         engine.dispose()
+
+
+def test_concurrent_migrations_from_empty_all_succeed(db_url: str) -> None:
+    """Replicas starting together: one migrates, the others wait and find the schema at head."""
+    engines = [db.create_engine(db_url) for _ in range(3)]
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(migrate.upgrade, engines))
+        assert migrate.current_revision(engines[0]) == migrate.head_revision()
+    finally:
+        for engine in engines:
+            engine.dispose()
 
 
 def test_models_match_migrations_and_downgrade_to_empty(db_url: str) -> None:

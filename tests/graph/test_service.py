@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from tests.harness import REPO, ServiceProcess, base_env, start_service
 from wgs.v1 import graph_pb2 as g
-from wgs.v1 import graph_pb2_grpc, runtime_pb2, task_pb2
+from wgs.v1 import graph_pb2_grpc, plan_pb2, runtime_pb2, task_pb2
 
 S = task_pb2
 R = runtime_pb2
@@ -131,6 +131,9 @@ def test_bad_input_on_every_rpc_is_rejected_and_writes_nothing(graph: Graph) -> 
             chat_id=chat, run=run, supervisor_id="sup-b"), timeout=T), FP),
         ("RecordRunStarted unknown", lambda: s.RecordRunStarted(g.RecordRunStartedRequest(
             chat_id=".chat-999", run=run, supervisor_id="sup-a"), timeout=T), NF),
+        ("RecordRunStarted plan of another chat", lambda: s.RecordRunStarted(g.RecordRunStartedRequest(
+            chat_id=chat, run=run, supervisor_id="sup-a", plan=plan_pb2.SpawnPlan(chat_id=".chat-77")), timeout=T),
+         INV),
         ("RecordRunExited bad state", lambda: s.RecordRunExited(g.RecordRunExitedRequest(
             chat_id=chat, run=run, state=R.RUNTIME_STATE_RUNNING, supervisor_id="sup-a"), timeout=T), INV),
         ("RecordRunExited not owner", lambda: s.RecordRunExited(g.RecordRunExitedRequest(
