@@ -170,3 +170,64 @@ def test_send_wait_ends_at_once_when_the_chat_is_stopped(stack: Path) -> None:
             waiting.kill()
             waiting.wait()
         chat_cli(stack, "delete", chat_id)
+
+
+@needs_stack
+def test_native_chat_conversation_through_send_and_attach(stack: Path) -> None:
+    from tests.fakes.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(models=["qwen3-coder"]) as fake:
+        created = chat_cli(stack, "create", "--executor", "native", "--model", "qwen3-coder",
+                           "--endpoint", fake.base_url, "--settle", "0.5", "--json")
+        assert created.returncode == 0, created.stderr
+        doc = json.loads(created.stdout)
+        assert doc["plan"]["endpoint"]["url"] == fake.base_url and doc["plan"]["endpoint"]["source"]
+        chat_id = doc["id"]
+        try:
+            reply = chat_cli(stack, "send", chat_id, "hello there", "--wait", "60")
+            assert reply.returncode == 0, reply.stderr
+            assert reply.stdout == "echo: hello there\n"
+
+            attach = subprocess.run(
+                [sys.executable, "-m", "wgs.cli.main", "chat", "attach", chat_id, "--wait", "60",
+                 "--state-dir", str(stack)],
+                env=cli_env(stack), cwd=str(REPO), input="second line\n", capture_output=True, text=True,
+                timeout=90,
+            )
+            assert attach.returncode == 0, attach.stderr
+            assert "echo: second line" in attach.stdout
+
+            history = chat_cli(stack, "history", chat_id).stdout
+            assert "user: hello there" in history and "assistant: echo: hello there" in history
+        finally:
+            chat_cli(stack, "delete", chat_id)
+
+
+@needs_stack
+def test_incident_unreachable_endpoint_fails_create_with_the_reason(stack: Path) -> None:
+    res = chat_cli(stack, "create", "--executor", "native", "--model", "qwen3-coder",
+                   "--endpoint", "http://127.0.0.1:1", "--settle", "5", "--json")
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    assert doc["plan"]["endpoint"]["url"] == "http://127.0.0.1:1"
+    assert doc["exit_code"] not in (None, 0)
+    assert "127.0.0.1:1" in doc["stderr_tail"]
+    assert res.stderr.startswith(f"wgs: agent of {doc['id']} is ")
+    chat_cli(stack, "delete", doc["id"])
+
+
+@needs_stack
+def test_logs_follow_prints_until_the_run_ends(stack: Path) -> None:
+    created = chat_cli(stack, "create", "--settle", "0", "--json", "--",
+                       "sh", "-c", "echo first >&2; sleep 1.5; echo second >&2")
+    assert created.returncode == 0, created.stderr
+    chat_id = json.loads(created.stdout)["id"]
+    try:
+        follow = chat_cli(stack, "logs", chat_id, "--follow", timeout=60)
+        assert follow.returncode == 0, follow.stderr
+        assert follow.stdout == "first\nsecond\n"
+        assert "ended; state EXITED" in follow.stderr
+        shown = json.loads(chat_cli(stack, "show", chat_id, "--json").stdout)
+        assert shown["state"] == "EXITED" and shown["exit_code"] == 0
+    finally:
+        chat_cli(stack, "delete", chat_id)
