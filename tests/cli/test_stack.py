@@ -216,3 +216,24 @@ def test_down_also_stops_chat_agents(tmp_path: Path) -> None:
     assert f"({doc['id']} run #1)" in down.stdout
     assert not is_alive(agent, None) and not is_alive(monitor, None)
     assert service_processes(state) == []
+
+
+def test_trace_shows_the_create_chat_trace_across_services(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = cli_env(state)
+    env.pop("OTEL_SDK_DISABLED")  # the embedded default: spans to <state>/traces/*.jsonl
+    assert wgs(state, "up", "--detach", "--state-dir", str(state), env=env).returncode == 0
+    created = wgs(state, "chat", "create", "--settle", "0", "--json", "--state-dir", str(state),
+                  "--", "sleep", "300", env=env)
+    down = wgs(state, "down", "--state-dir", str(state), env=env)  # flushes every service's spans
+    assert created.returncode == 0, created.stderr
+    assert down.returncode == 0, down.stderr
+    doc = json.loads(created.stdout)
+    shown = wgs(state, "trace", doc["id"], "--state-dir", str(state), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"trace {doc['trace_id']}" in shown.stdout
+    for service in ("wgs-supervisor", "wgs-graph", "wgs-dispatch"):
+        assert f"[{service}]" in shown.stdout
+    assert "CreateChat" in shown.stdout and "sleep" in shown.stdout
+    missing = wgs(state, "trace", "424242", "--state-dir", str(state), env=env)
+    assert missing.returncode == 1 and missing.stderr.startswith("wgs: no trace found for .chat-424242")
