@@ -204,7 +204,9 @@ class GraphServiceServicer:
 
     def WatchMessages(self, request, context):
         """Streams a chat's messages with seq > after_seq: first those stored, then
-        each new one as it is appended, until the client cancels.
+        each new one as it is appended, until the client cancels. When the graph
+        shuts down the stream ends with UNAVAILABLE: reconnect with the last seq
+        received as after_seq.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -63,7 +63,9 @@ class GraphServiceStub:
     """Lists a chat's messages with seq > after_seq, oldest first."""
     WatchMessages: _grpc.UnaryStreamMultiCallable[_graph_pb2.WatchMessagesRequest, _graph_pb2.WatchMessagesResponse]
     """Streams a chat's messages with seq > after_seq: first those stored, then
-    each new one as it is appended, until the client cancels.
+    each new one as it is appended, until the client cancels. When the graph
+    shuts down the stream ends with UNAVAILABLE: reconnect with the last seq
+    received as after_seq.
     """
     RecordRunStarted: _grpc.UnaryUnaryMultiCallable[_graph_pb2.RecordRunStartedRequest, _graph_pb2.RecordRunStartedResponse]
     """Records that a run of a chat's agent started (pid, process start time,
@@ -122,7 +124,9 @@ class GraphServiceAsyncStub(GraphServiceStub):
     """Lists a chat's messages with seq > after_seq, oldest first."""
     WatchMessages: _aio.UnaryStreamMultiCallable[_graph_pb2.WatchMessagesRequest, _graph_pb2.WatchMessagesResponse]  # type: ignore[assignment]
     """Streams a chat's messages with seq > after_seq: first those stored, then
-    each new one as it is appended, until the client cancels.
+    each new one as it is appended, until the client cancels. When the graph
+    shuts down the stream ends with UNAVAILABLE: reconnect with the last seq
+    received as after_seq.
     """
     RecordRunStarted: _aio.UnaryUnaryMultiCallable[_graph_pb2.RecordRunStartedRequest, _graph_pb2.RecordRunStartedResponse]  # type: ignore[assignment]
     """Records that a run of a chat's agent started (pid, process start time,
@@ -244,7 +248,9 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_graph_pb2.WatchMessagesResponse], _abc.AsyncIterator[_graph_pb2.WatchMessagesResponse]]:
         """Streams a chat's messages with seq > after_seq: first those stored, then
-        each new one as it is appended, until the client cancels.
+        each new one as it is appended, until the client cancels. When the graph
+        shuts down the stream ends with UNAVAILABLE: reconnect with the last seq
+        received as after_seq.
         """
 
     @_abc_1.abstractmethod
