@@ -410,6 +410,9 @@ def cmd_up(ns: argparse.Namespace) -> int:
     try:
         code = stack.watch()
     finally:
+        # Finish the orderly stop even if the user presses Ctrl-C again or `wgs down` signals us.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop_all(agents=not ns.keep_agents)
         remove_stack(state)
     if code == 0:
