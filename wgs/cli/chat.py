@@ -433,13 +433,18 @@ def add_parsers(sub: Any) -> None:
     chat = sub.add_parser("chat", help="create, inspect and talk to chats")
     csub = chat.add_subparsers(dest="chat_command", required=True, metavar="COMMAND")
 
-    p = csub.add_parser("create", help="create a chat and start its agent; fails loudly if the agent dies")
+    p = csub.add_parser(
+        "create", help="create a chat and start its agent; fails loudly if the agent dies",
+        epilog="A custom program as the agent: wgs chat create [options] -- PROGRAM ARGS... "
+               "(or --command PROGRAM ARGS... as the last option). Exit 1 if the agent is not running "
+               "(or exited 0) after --settle seconds; the reason and its stderr tail go to stderr.",
+    )
     _common(p)
     p.add_argument("--name", help="display name")
     p.add_argument("--model", help="model, e.g. qwen3-coder or claude:opus")
     p.add_argument("--executor", help="native (alias nex), claude, codex or command")
     p.add_argument("--endpoint", help="endpoint URL or name from config.toml")
-    p.add_argument("--command", nargs=argparse.REMAINDER, help="run this argv as the agent (rest of the line)")
+    p.add_argument("--command", nargs=argparse.REMAINDER, metavar="ARGV", help="run this argv as the agent (rest of the line)")
     p.add_argument("--request-id", help="idempotency key: repeating it returns the same chat")
     p.add_argument("--cwd", help="working directory of the agent (must exist)")
     p.add_argument("--settle", type=float, default=2.0,
