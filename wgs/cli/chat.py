@@ -436,8 +436,8 @@ def add_parsers(sub: Any) -> None:
     p = csub.add_parser(
         "create", help="create a chat and start its agent; fails loudly if the agent dies",
         epilog="A custom program as the agent: wgs chat create [options] -- PROGRAM ARGS... "
-               "(or --command PROGRAM ARGS... as the last option). Exit 1 if the agent is not running "
-               "(or exited 0) after --settle seconds; the reason and its stderr tail go to stderr.",
+               "(or --command PROGRAM ARGS... as the last option). Exit 1 unless the agent is running "
+               "(or exited with status 0) after --settle seconds; then the reason and its stderr tail go to stderr.",
     )
     _common(p)
     p.add_argument("--name", help="display name")
