@@ -508,60 +508,80 @@ class ChatManager:
         self._spawn_task(self._on_exit(run, info))
 
     async def _on_exit(self, run: procs.Run, info: procs.ExitInfo) -> None:
+        """Record an exit; while the graph is unavailable, retry (1 s doubling to 30 s, ~2 min).
+        Should it stay down longer, the exit file remains and the next adoption records it."""
         live = self.live(run.chat_id)
-        async with live.lock:
-            if run.extra.get("handled"):
-                return
-            try:
-                await self._record_exit(run, info, stopped=False)
-            except errors.WgsError as exc:
-                log.error("could not record the exit of %s run %d: %s", run.chat_id, run.number, exc.message,
-                          extra=fields(chat_id=run.chat_id, run=run.number))
+        delay = 1.0
+        for attempt in range(8):
+            async with live.lock:
+                if run.extra.get("handled"):
+                    return
+                try:
+                    await self._record_exit(run, info, stopped=False)
+                    return
+                except errors.Unavailable as exc:
+                    run.extra.pop("handled", None)
+                    log.warning("could not record the exit of %s run %d (attempt %d): %s", run.chat_id, run.number,
+                                attempt + 1, exc.message, extra=fields(chat_id=run.chat_id, run=run.number))
+                except errors.WgsError as exc:
+                    log.error("could not record the exit of %s run %d: %s", run.chat_id, run.number, exc.message,
+                              extra=fields(chat_id=run.chat_id, run=run.number))
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def _record_exit(self, run: procs.Run, info: procs.ExitInfo, *, stopped: bool,
                            state_override: int | None = None) -> runtime_pb2.ChatRuntime:
         """Log, trace and record a run's end; decide and schedule what comes next (lock held)."""
         run.extra["handled"] = True
         live = self.live(run.chat_id)
-        if live.run is run:
-            live.run = None
-        tail = live.redactor.text(procs.tail_text(run.log_path))
-        now = datetime.now(UTC)
-        decision = policy.on_end(history=live.history, cfg=self.s.policy, now=now, started_at=run.started_at,
-                                 exit_code=info.exit_code, stop_requested=stopped or run.stop_requested,
-                                 describe=f"agent {info.describe()}")
-        live.history = decision.history
-        state: Any = state_override if state_override is not None else decision.state
-        log.info("agent for %s run %d (pid %d) %s -> %s", run.chat_id, run.number, run.pid, info.describe(),
-                 state_name(state), extra=fields(chat_id=run.chat_id, run=run.number, pid=run.pid,
-                                                 exit_code=info.exit_code, signal=info.signal_name or None,
-                                                 error=info.error or None, state=state_name(state),
-                                                 stderr_path=str(run.log_path)))
-        span_ctx = run.extra.get("span")
-        links = [Link(span_ctx)] if isinstance(span_ctx, trace.SpanContext) else []
-        if live.create_span is not None and live.create_span.is_valid:
-            links.append(Link(live.create_span))
-        with tracer.start_as_current_span("agent exit", links=links, attributes={
-            "wgs.chat.id": run.chat_id, "process.pid": run.pid, "wgs.run.number": run.number,
-            "process.exit.code": info.exit_code if info.exit_code is not None else -1,
-            "wgs.exit.signal": info.signal_name, "wgs.stderr.path": str(run.log_path),
-            "wgs.runtime.state": state_name(state),
-        }):
-            pass
-        rec = runtime_pb2.Run(number=run.number, pid=run.pid, stderr_tail=tail, error=info.error,
-                              signal_name=info.signal_name)
-        rec.exited_at.CopyFrom(_ts(info.exited_at))
-        if info.exit_code is not None:
-            rec.exit_code = info.exit_code
-        if info.signal is not None:
-            rec.signal = info.signal
-        req = graph_pb2.RecordRunExitedRequest(
-            chat_id=run.chat_id, run=rec, state=state, restart_count=decision.history.restart_count,
-            last_error=decision.reason if state in (RS.RUNTIME_STATE_BACKOFF, RS.RUNTIME_STATE_FAILED) else "",
-            supervisor_id=self.me)
-        restart_at = decision.restart_at(now) if state == decision.state else None
-        if restart_at is not None:
-            req.next_restart_at.CopyFrom(_ts(restart_at))
+        cached = run.extra.get("exit_record")  # set when an earlier attempt could not reach the graph
+        req: graph_pb2.RecordRunExitedRequest
+        decision: policy.Decision
+        state: Any
+        if isinstance(cached, tuple):
+            req, decision, state = cached
+        else:
+            if live.run is run:
+                live.run = None
+            tail = live.redactor.text(procs.tail_text(run.log_path))
+            now = datetime.now(UTC)
+            decision = policy.on_end(history=live.history, cfg=self.s.policy, now=now, started_at=run.started_at,
+                                     exit_code=info.exit_code, stop_requested=stopped or run.stop_requested,
+                                     describe=f"agent {info.describe()}")
+            live.history = decision.history
+            state = state_override if state_override is not None else decision.state
+            log.info("agent for %s run %d (pid %d) %s -> %s", run.chat_id, run.number, run.pid, info.describe(),
+                     state_name(state), extra=fields(chat_id=run.chat_id, run=run.number, pid=run.pid,
+                                                     exit_code=info.exit_code, signal=info.signal_name or None,
+                                                     error=info.error or None, state=state_name(state),
+                                                     stderr_path=str(run.log_path)))
+            span_ctx = run.extra.get("span")
+            links = [Link(span_ctx)] if isinstance(span_ctx, trace.SpanContext) else []
+            if live.create_span is not None and live.create_span.is_valid:
+                links.append(Link(live.create_span))
+            with tracer.start_as_current_span("agent exit", links=links, attributes={
+                "wgs.chat.id": run.chat_id, "process.pid": run.pid, "wgs.run.number": run.number,
+                "process.exit.code": info.exit_code if info.exit_code is not None else -1,
+                "wgs.exit.signal": info.signal_name, "wgs.stderr.path": str(run.log_path),
+                "wgs.runtime.state": state_name(state),
+            }):
+                pass
+            rec = runtime_pb2.Run(number=run.number, pid=run.pid, stderr_tail=tail, error=info.error,
+                                  signal_name=info.signal_name)
+            rec.exited_at.CopyFrom(_ts(info.exited_at))
+            if info.exit_code is not None:
+                rec.exit_code = info.exit_code
+            if info.signal is not None:
+                rec.signal = info.signal
+            req = graph_pb2.RecordRunExitedRequest(
+                chat_id=run.chat_id, run=rec, state=state, restart_count=decision.history.restart_count,
+                last_error=decision.reason if state in (RS.RUNTIME_STATE_BACKOFF, RS.RUNTIME_STATE_FAILED) else "",
+                supervisor_id=self.me)
+            restart_at = decision.restart_at(now) if state == decision.state else None
+            if restart_at is not None:
+                req.next_restart_at.CopyFrom(_ts(restart_at))
+            run.extra["exit_record"] = (req, decision, state)
         resp = await call("graph RecordRunExited", self.graph.RecordRunExited(req, timeout=deadline()))
         if state == decision.state:
             self._schedule(run.chat_id, decision)
