@@ -301,7 +301,8 @@ class Stack:
         order = [n for n in ("supervisor", "dispatch", "graph") if n in self.children]
         for name in order:
             graph = self.children.get("graph")
-            if name == "dispatch" and agents and graph is not None and graph.address and graph.proc.poll() is None:
+            if (name == "dispatch" and agents and "supervisor" in self.children and graph is not None
+                    and graph.address and graph.proc.poll() is None):
                 stop_agents(graph.address, grace, self.out)
             child = self.children[name]
             if child.proc.poll() is None:
