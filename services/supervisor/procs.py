@@ -414,34 +414,67 @@ async def _wait_until(pred: Callable[[], bool], limit: float, step: float = 0.02
         await asyncio.sleep(step)
 
 
-async def stop_group(run: Run, grace: float) -> list[int]:
-    """SIGTERM the run's process group, SIGKILL what is left after `grace` seconds.
+def descendants(root: int) -> list[tuple[int, int]]:
+    """(pid, start ticks) of every live descendant of `root`, whatever its process group/session."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = _stat_fields(int(entry))
+        if st is None or len(st) < 20 or st[0] in (b"Z", b"X"):
+            continue
+        children.setdefault(int(st[1]), []).append(int(entry))
+        ticks[int(entry)] = int(st[19])
+    out: list[tuple[int, int]] = []
+    todo = list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        out.append((pid, ticks[pid]))
+        todo.extend(children.get(pid, ()))
+    return out
 
+
+def _signal_all(pgid: int, escaped: list[tuple[int, int]], sig: int, *, spare: int = 0) -> None:
+    for pid in group_members(pgid):
+        if pid != spare:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    for pid, ticks in escaped:
+        if pid != spare and is_alive(pid, ticks):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+async def stop_group(run: Run, grace: float) -> list[int]:
+    """SIGTERM the run's processes, SIGKILL what is left after `grace` seconds.
+
+    The run's processes are its process group (the monitor's session) plus any descendant that
+    moved to a group of its own (setsid/setpgid), found by walking /proc before signalling.
     The monitor ignores SIGTERM and outlives the agent so it can record the exit; at the SIGKILL
-    stage the agent and its descendants are killed first, then the monitor gets a moment to write
-    its record before it is killed too. Returns pids of the group still alive at the end (none
-    expected); zombies count as gone.
+    stage everything but the monitor is killed first, then the monitor gets a moment to write its
+    record before it is killed too. Returns pids still alive at the end (none expected); zombies
+    count as gone. Limitation: a descendant that escaped the group *and* whose parent died before
+    the stop (re-parented to init) is no longer found.
     """
     pgid = run.monitor_pid
     if not is_alive(pgid, run.monitor_start_ticks) and not group_members(pgid):
         return []
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
+    escaped = [(p, t) for p, t in descendants(pgid) if p not in set(group_members(pgid))]
+
+    def left() -> list[int]:
+        return group_members(pgid) + [p for p, t in escaped if is_alive(p, t)]
+
+    _signal_all(pgid, escaped, signal.SIGTERM)
+    if await _wait_until(lambda: not left(), grace):
         return []
-    if await _wait_until(lambda: not group_members(pgid), grace):
+    _signal_all(pgid, escaped, signal.SIGKILL, spare=pgid)
+    if await _wait_until(lambda: not left(), 2.0):
         return []
-    for pid in group_members(pgid):
-        if pid != pgid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    if await _wait_until(lambda: not group_members(pgid), 2.0):
-        return []
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    await _wait_until(lambda: not group_members(pgid), 2.0)
-    return group_members(pgid)
+    _signal_all(pgid, escaped, signal.SIGKILL)
+    await _wait_until(lambda: not left(), 2.0)
+    return left()

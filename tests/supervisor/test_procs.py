@@ -196,3 +196,25 @@ def test_tail_limits(tmp_path: Path) -> None:
     assert t.splitlines()[-1] == "l499" and len(t.splitlines()) == 80
     p.write_text("y" * 10000)
     assert len(procs.tail_text(p)) <= 4096
+
+
+async def test_stop_also_kills_descendant_that_left_the_group(tmp_path: Path) -> None:
+    code = """
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)
+        print('escaped', child.pid, flush=True)
+        time.sleep(600)
+    """
+    run = _spawn(tmp_path, code)
+    fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
+    assert procs.watch(run, lambda r, info: fut.set_result(info))
+    for _ in range(500):
+        if "escaped" in procs.tail_text(run.log_path):
+            break
+        await asyncio.sleep(0.01)
+    escaped = int(procs.tail_text(run.log_path).split()[-1])
+    ticks = procs.start_ticks(escaped)
+    assert ticks and escaped not in procs.group_members(run.monitor_pid)
+    assert await procs.stop_group(run, grace=2.0) == []
+    await asyncio.wait_for(fut, 10)
+    assert not procs.is_alive(escaped, ticks)
