@@ -257,6 +257,19 @@ class ChatManager:
         resp = await call("graph UpdateChatRuntime", self.graph.UpdateChatRuntime(req, timeout=deadline()))
         return resp.runtime
 
+    async def _ensure_owner(self, rec: graph_pb2.GetChatRecordResponse) -> None:
+        """Take over a chat another supervisor owned (e.g. one with a different id before a restart)
+        before acting on it; the graph refuses with FAILED_PRECONDITION while that owner's lease
+        is valid, and that message reaches the caller."""
+        if rec.runtime.supervisor_id == self.me:
+            return
+        resp = await call("graph ClaimChat", self.graph.ClaimChat(graph_pb2.ClaimChatRequest(
+            chat_id=rec.task.id, supervisor_id=self.me, lease_seconds=self.s.lease_seconds), timeout=deadline()))
+        log.info("took over %s from supervisor %r", rec.task.id, resp.previous_supervisor_id,
+                 extra=fields(chat_id=rec.task.id, previous_supervisor_id=resp.previous_supervisor_id))
+        await self._adopt_locked(rec.task, resp.runtime)
+        rec.CopyFrom(await self._record(rec.task.id))
+
     async def _update_task(self, chat_id: str, update: graph_pb2.TaskUpdate, message: str) -> task_pb2.Task:
         resp = await call("graph UpdateTask", self.graph.UpdateTask(graph_pb2.UpdateTaskRequest(
             id=chat_id, update=update, log_message=message, actor="supervisor"), timeout=deadline()))
@@ -655,8 +668,9 @@ class ChatManager:
         live = self.live(req.chat_id)
         async with live.lock:
             rec = await self._record(req.chat_id)
+            _check_usable(rec.task)
+            await self._ensure_owner(rec)
             task, runtime = rec.task, rec.runtime
-            _check_usable(task)
             if runtime.state == RS.RUNTIME_STATE_FAILED:
                 raise errors.FailedPrecondition(
                     f"chat {task.id} has FAILED ({runtime.last_error or 'too many failures'}); fix the cause and "
@@ -709,6 +723,7 @@ class ChatManager:
                 _check_usable(rec.task)
             elif verb == "archive" and is_deleted(rec.task):
                 raise errors.FailedPrecondition(f"chat {chat_id} was deleted; a deleted chat cannot be archived")
+            await self._ensure_owner(rec)
             stopped = await self._stop_run(chat_id)
             if stopped is None and rec.runtime.state != RS.RUNTIME_STATE_STOPPED:
                 await self._update_runtime(chat_id, RS.RUNTIME_STATE_STOPPED, last_error="")
@@ -748,6 +763,7 @@ class ChatManager:
         async with live.lock:
             rec = await self._record(chat_id)
             _check_usable(rec.task)
+            await self._ensure_owner(rec)
             await self._stop_run(chat_id)
             live.history = policy.History()
             await self._update_runtime(chat_id, RS.RUNTIME_STATE_STARTING, last_error="", restart_count=0)
@@ -785,44 +801,50 @@ class ChatManager:
         await call("graph ClaimChat", self.graph.ClaimChat(graph_pb2.ClaimChatRequest(
             chat_id=chat_id, supervisor_id=self.me, lease_seconds=self.s.lease_seconds), timeout=deadline()))
         live = self.live(chat_id)
-        rt = rec.runtime
-        live.redactor = Redactor(_secret_values(rt.plan))
         async with live.lock:
-            cur = rt.current_run
-            if cur.monitor_pid > 0 and not cur.HasField("exited_at"):
-                # A run that was live when the last supervisor went away: the process is the truth.
-                log_path, exit_path = procs.run_paths(self.s.state_dir, chat_id, cur.number)
-                run = procs.Run(chat_id=chat_id, number=cur.number, pid=cur.pid, start_ticks=cur.process_start_ticks,
-                                monitor_pid=cur.monitor_pid, monitor_start_ticks=cur.monitor_start_ticks,
-                                log_path=log_path, exit_path=exit_path, argv=list(cur.argv),
-                                started_at=from_ts(cur.started_at) or datetime.now(UTC))
-                if procs.is_alive(cur.monitor_pid, cur.monitor_start_ticks) and procs.watch(run, self._on_exit_cb):
-                    live.run = run
-                    log.info("adopted %s run %d: agent pid %d (monitor %d)", chat_id, cur.number, cur.pid,
-                             cur.monitor_pid, extra=fields(chat_id=chat_id, pid=cur.pid, run=cur.number))
-                    if rt.state != RS.RUNTIME_STATE_RUNNING:
-                        # e.g. Reconcile marked it STOPPED because our lease expired while we were down.
-                        await self._update_runtime(chat_id, RS.RUNTIME_STATE_RUNNING, last_error="")
-                    await self._mark_live(rec.task)
-                    return
-                info = procs.read_exit_file(exit_path) or procs.ExitInfo(None, None, datetime.now(UTC),
-                                                                          procs.UNKNOWN_EXIT)
-                log.info("%s run %d ended while the supervisor was down: %s", chat_id, cur.number, info.describe(),
-                         extra=fields(chat_id=chat_id, run=cur.number))
-                stopped = rt.state == RS.RUNTIME_STATE_STOPPED
-                if not stopped:
-                    await self._mark_live(rec.task)
-                await self._record_exit(run, info, stopped=stopped)
-            elif rt.state in (RS.RUNTIME_STATE_STARTING, RS.RUNTIME_STATE_RUNNING):
-                # Created (or restarted) but the supervisor died before the spawn: start it now.
-                task = await self._mark_live(rec.task)
-                await self._start(chat_id, task, dispatch_pb2.SETTINGS_ORIGIN_CHAT)
-            elif rt.state == RS.RUNTIME_STATE_BACKOFF:
+            await self._adopt_locked(rec.task, rec.runtime)
+
+    async def _adopt_locked(self, task: task_pb2.Task, rt: runtime_pb2.ChatRuntime) -> None:
+        """Resume supervising a chat this process did not start (lock held, chat claimed)."""
+        chat_id = task.id
+        live = self.live(chat_id)
+        live.redactor = Redactor(_secret_values(rt.plan))
+        rec = graph_pb2.ChatRecord(task=task, runtime=rt)
+        cur = rt.current_run
+        if cur.monitor_pid > 0 and not cur.HasField("exited_at"):
+            # A run that was live when the last supervisor went away: the process is the truth.
+            log_path, exit_path = procs.run_paths(self.s.state_dir, chat_id, cur.number)
+            run = procs.Run(chat_id=chat_id, number=cur.number, pid=cur.pid, start_ticks=cur.process_start_ticks,
+                            monitor_pid=cur.monitor_pid, monitor_start_ticks=cur.monitor_start_ticks,
+                            log_path=log_path, exit_path=exit_path, argv=list(cur.argv),
+                            started_at=from_ts(cur.started_at) or datetime.now(UTC))
+            if procs.is_alive(cur.monitor_pid, cur.monitor_start_ticks) and procs.watch(run, self._on_exit_cb):
+                live.run = run
+                log.info("adopted %s run %d: agent pid %d (monitor %d)", chat_id, cur.number, cur.pid,
+                         cur.monitor_pid, extra=fields(chat_id=chat_id, pid=cur.pid, run=cur.number))
+                if rt.state != RS.RUNTIME_STATE_RUNNING:
+                    # e.g. Reconcile marked it STOPPED because our lease expired while we were down.
+                    await self._update_runtime(chat_id, RS.RUNTIME_STATE_RUNNING, last_error="")
                 await self._mark_live(rec.task)
-                due = from_ts(rt.next_restart_at)
-                delay = max(0.0, (due - datetime.now(UTC)).total_seconds()) if due else 0.0
-                live.history = policy.History(restart_count=rt.restart_count)
-                self._schedule(chat_id, policy.Decision(RS.RUNTIME_STATE_BACKOFF, delay, live.history, ""))
+                return
+            info = procs.read_exit_file(exit_path) or procs.ExitInfo(None, None, datetime.now(UTC),
+                                                                      procs.UNKNOWN_EXIT)
+            log.info("%s run %d ended while the supervisor was down: %s", chat_id, cur.number, info.describe(),
+                     extra=fields(chat_id=chat_id, run=cur.number))
+            stopped = rt.state == RS.RUNTIME_STATE_STOPPED
+            if not stopped:
+                await self._mark_live(rec.task)
+            await self._record_exit(run, info, stopped=stopped)
+        elif rt.state in (RS.RUNTIME_STATE_STARTING, RS.RUNTIME_STATE_RUNNING):
+            # Created (or restarted) but the supervisor died before the spawn: start it now.
+            task = await self._mark_live(rec.task)
+            await self._start(chat_id, task, dispatch_pb2.SETTINGS_ORIGIN_CHAT)
+        elif rt.state == RS.RUNTIME_STATE_BACKOFF:
+            await self._mark_live(rec.task)
+            due = from_ts(rt.next_restart_at)
+            delay = max(0.0, (due - datetime.now(UTC)).total_seconds()) if due else 0.0
+            live.history = policy.History(restart_count=rt.restart_count)
+            self._schedule(chat_id, policy.Decision(RS.RUNTIME_STATE_BACKOFF, delay, live.history, ""))
 
     async def _mark_live(self, task: task_pb2.Task) -> task_pb2.Task:
         """A chat with a live (or to-be-restarted) agent is IN_PROGRESS; Reconcile may have reset it

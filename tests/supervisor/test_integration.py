@@ -430,3 +430,38 @@ def test_expired_lease_reconciled_then_adopted_back(stack: Stack, tmp_path: Path
     assert got.runtime.state == RS.RUNTIME_STATE_RUNNING
     assert got.runtime.current_run.pid == chat.runtime.current_run.pid
     assert got.runtime.lease_expires_at.seconds > time.time()
+
+
+def test_other_supervisor_takes_over_only_after_lease_expiry(stack: Stack) -> None:
+    import time
+
+    stack.sup_env["WGS_LEASE_SECONDS"] = "3"
+    stack.restart_supervisor(kill9=False)
+    chat = create(stack, SLEEPER).chat
+    run = chat.runtime.current_run
+    stack.supervisor.kill9()
+    stack.sup_env["WGS_SUPERVISOR_ID"] = "sup-other"
+    stack.supervisor = __import__("tests.harness", fromlist=["x"]).start_service(
+        "supervisor", stack.state_dir, stack.sup_env)
+    stub = stack.chat()
+    # The first owner's lease is still valid: no takeover, and the message is refused with the reason.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hi", request_id="r1"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    end = time.monotonic() + 20
+    resp = None
+    while resp is None and time.monotonic() < end:  # bounded: until the old lease has expired
+        try:
+            resp = stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hi", request_id="r1"),
+                                    timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc.details()
+            time.sleep(0.2)
+    assert resp is not None
+    got = stub.GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
+    assert got.runtime.supervisor_id == "sup-other"
+    # The live agent was adopted, not duplicated.
+    assert got.runtime.state == RS.RUNTIME_STATE_RUNNING and got.runtime.current_run.pid == run.pid
+    assert not resp.respawned
+    stopped = stub.StopChat(chat_pb2.StopChatRequest(chat_id=chat.id), timeout=20).chat
+    assert stopped.runtime.state == RS.RUNTIME_STATE_STOPPED and wait_gone(run.pid)
