@@ -252,7 +252,7 @@ class GraphStore:
     async def close(self) -> None:
         """Stop watchers (they end with UNAVAILABLE) and release threads and connections."""
         self.begin_shutdown()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
         self.engine.dispose()
 
     def begin_shutdown(self) -> None:
