@@ -116,13 +116,13 @@ def _instrument(server: bool, client: bool, httpx_: bool) -> None:
     if server and "grpc_server" not in _instrumented:
         from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 
-        GrpcAioInstrumentorServer().instrument(filter_=not_health)
+        GrpcAioInstrumentorServer(filter_=not_health).instrument()
         _instrumented.add("grpc_server")
     if client and "grpc_client" not in _instrumented:
         from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcInstrumentorClient
 
-        GrpcAioInstrumentorClient().instrument(filter_=not_health)
-        GrpcInstrumentorClient().instrument(filter_=not_health)
+        GrpcAioInstrumentorClient(filter_=not_health).instrument()
+        GrpcInstrumentorClient(filter_=not_health).instrument()
         _instrumented.add("grpc_client")
     if httpx_ and "httpx" not in _instrumented:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
