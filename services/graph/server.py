@@ -26,16 +26,6 @@ async def build(settings: CommonSettings) -> Service:
 
     def register(server: grpc.aio.Server) -> None:
         graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphServicer(store), server)
-        # WatchMessages streams never end by themselves: on shutdown end them at once with
-        # UNAVAILABLE ("reconnect with after_seq=N") instead of holding the whole grace period and
-        # then being cancelled. The bootstrap has no pre-stop hook, so wrap this server's stop().
-        original_stop = server.stop
-
-        async def stop_with_drain(grace: float | None) -> None:
-            store.begin_shutdown()
-            await original_stop(grace)
-
-        server.stop = stop_with_drain  # type: ignore[method-assign]
 
     async def start() -> None:
         # Schema first: the service reports SERVING only once the database is at head.
@@ -43,10 +33,15 @@ async def build(settings: CommonSettings) -> Service:
         log.info("graph database ready (%s, revision %s)", url.render_as_string(hide_password=True),
                  migrate.head_revision())
 
+    async def drain() -> None:
+        # WatchMessages streams never end by themselves: end them at once with UNAVAILABLE
+        # ("reconnect with after_seq=N") instead of holding the whole grace period.
+        store.begin_shutdown()
+
     async def stop() -> None:
         await store.close()
 
-    return Service(name="graph", service_names=[SERVICE_NAME], register=register, start=start, stop=stop,
+    return Service(name="graph", service_names=[SERVICE_NAME], register=register, start=start, drain=drain, stop=stop,
                    extra={"store": store})
 
 

@@ -40,6 +40,8 @@ class Service:
     service_names: list[str]  # full gRPC service names, e.g. "wgs.v1.GraphService"
     register: Registrar  # adds the servicers to the server
     start: Callable[[], Awaitable[None]] | None = None  # runs before SERVING (migrations, adoption)
+    # runs once new calls are refused, before the grace period: end long-lived streams here
+    drain: Callable[[], Awaitable[None]] | None = None
     stop: Callable[[], Awaitable[None]] | None = None  # runs after the server stopped
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -177,7 +179,14 @@ async def run_service(service: Service, settings: CommonSettings) -> None:
     await stop_event.wait()
     log.info("%s stopping: refusing new calls, grace %.1fs", service.name, settings.shutdown_grace)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(settings.shutdown_grace)
+    stopping = asyncio.ensure_future(server.stop(settings.shutdown_grace))
+    await asyncio.sleep(0)  # let stop() refuse new calls before streams are ended
+    if service.drain is not None:
+        try:
+            await service.drain()
+        except Exception:
+            log.exception("error in %s drain hook", service.name)
+    await stopping
     if service.stop is not None:
         try:
             await service.stop()
