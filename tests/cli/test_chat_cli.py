@@ -53,7 +53,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def chat_cli(state: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return wgs(state, "chat", *args, "--state-dir", str(state), timeout=timeout)
+    # --state-dir right after the subcommand: anything after a "--" belongs to the agent's argv.
+    return wgs(state, "chat", args[0], "--state-dir", str(state), *args[1:], timeout=timeout)
 
 
 @needs_stack
