@@ -7,6 +7,7 @@ configured is an error, never a silent fallback to the default endpoint (upstrea
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -77,6 +78,7 @@ class SpawnPlan:
     env: list[EnvVar] = field(default_factory=list)
     working_dir: str = ""
     summary: str = ""
+    unset_env: tuple[str, ...] = ()
 
 
 def redact_url(url: str) -> str:
@@ -94,6 +96,13 @@ def redact_url(url: str) -> str:
 
 def plan_spawn(req: PlanRequest, config: Config) -> SpawnPlan:
     """Resolve and build the spawn plan, or raise InvalidArgument / FailedPrecondition."""
+    plan = _plan(req, config)
+    # No agent inherits any endpoint's key variable; its own key arrives as WGS_API_KEY.
+    key_vars = tuple(sorted({ep.api_key_env for ep in config.endpoints if ep.api_key_env}))
+    return dataclasses.replace(plan, unset_env=key_vars)
+
+
+def _plan(req: PlanRequest, config: Config) -> SpawnPlan:
     if req.origin not in ORIGINS:
         raise InvalidArgument(f"origin {req.origin!r} must be one of {', '.join(ORIGINS)}")
     chat = validation.chat_id(req.chat_id)

@@ -9,6 +9,7 @@ from opentelemetry import trace
 
 from services.dispatch import planner
 from services.dispatch.config import ConfigStore
+from wgs.common import attributes as attrs
 from wgs.common.errors import FailedPrecondition, InvalidArgument
 from wgs.common.logs import fields
 from wgs.v1 import dispatch_pb2, dispatch_pb2_grpc, plan_pb2
@@ -36,7 +37,7 @@ def plan_to_proto(plan: planner.SpawnPlan) -> plan_pb2.SpawnPlan:
     out = plan_pb2.SpawnPlan(
         chat_id=plan.chat_id, executor=plan.executor, executor_source=plan.executor_source,
         model=plan.model, model_source=plan.model_source, argv=plan.argv, working_dir=plan.working_dir,
-        summary=plan.summary,
+        summary=plan.summary, unset_env=plan.unset_env,
         env=[plan_pb2.EnvVar(name=e.name, value=e.value, value_from_env=e.value_from_env, secret=e.secret)
              for e in plan.env],
     )
@@ -65,12 +66,15 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
                 ) from None
             raise
         span = trace.get_current_span()
-        span.set_attribute("wgs.chat_id", plan.chat_id)
-        span.set_attribute("wgs.executor", plan.executor)
-        span.set_attribute("wgs.model", plan.model)
+        span.set_attribute(attrs.CHAT_ID, plan.chat_id)
+        span.set_attribute(attrs.PLAN_EXECUTOR, plan.executor)
+        span.set_attribute(attrs.PLAN_EXECUTOR_SOURCE, plan.executor_source)
+        span.set_attribute(attrs.PLAN_MODEL, plan.model)
+        span.set_attribute(attrs.PLAN_MODEL_SOURCE, plan.model_source)
         if plan.endpoint is not None:
-            span.set_attribute("wgs.endpoint.url", plan.endpoint.url)
-            span.set_attribute("wgs.endpoint.source", plan.endpoint.source)
+            span.set_attribute(attrs.PLAN_ENDPOINT_NAME, plan.endpoint.name)
+            span.set_attribute(attrs.PLAN_ENDPOINT_URL, plan.endpoint.url)
+            span.set_attribute(attrs.PLAN_ENDPOINT_SOURCE, plan.endpoint.source)
         log.info("planned %s: %s", plan.chat_id, plan.summary,
                  extra=fields(chat_id=plan.chat_id, executor=plan.executor, argv=plan.argv))
         return dispatch_pb2.PlanSpawnResponse(plan=plan_to_proto(plan))

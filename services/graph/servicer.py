@@ -13,9 +13,10 @@ import grpc
 from opentelemetry import trace
 
 from services.graph.store import GraphStore
+from wgs.common import attributes as attrs
 from wgs.v1 import graph_pb2, graph_pb2_grpc
 
-_SPAN_FIELDS = {"chat_id": "wgs.chat_id", "id": "wgs.task_id", "supervisor_id": "wgs.supervisor_id"}
+_SPAN_FIELDS = {"chat_id": attrs.CHAT_ID, "id": attrs.TASK_ID, "supervisor_id": attrs.SUPERVISOR_ID}
 
 
 def _annotate(request: Any) -> None:

@@ -28,10 +28,11 @@ from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from services.supervisor import policy, procs
 from services.supervisor.redact import Redactor
+from wgs.common import attributes as attrs
 from wgs.common import errors, telemetry, validation
 from wgs.common.clients import deadline
 from wgs.common.logs import fields
@@ -374,7 +375,8 @@ class ChatManager:
 
     def _agent_env(self, chat_id: str, number: int, plan: plan_pb2.SpawnPlan,
                    carrier: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-        env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+        unset = _NOT_INHERITED | set(plan.unset_env)
+        env = {k: v for k, v in os.environ.items() if k not in unset}
         secrets: list[str] = []
         for var in plan.env:
             if var.value_from_env:
@@ -413,8 +415,9 @@ class ChatManager:
         endpoint = plan.endpoint.url if plan.HasField("endpoint") else ""
         ep_source = plan.endpoint.source if plan.HasField("endpoint") else ""
         with tracer.start_as_current_span(program, kind=SpanKind.CLIENT, links=links, attributes={
-            "process.executable.name": program, "process.command_args": shown, "wgs.chat.id": chat_id,
-            "wgs.stderr.path": str(log_path), "wgs.run.number": number, "wgs.executor": plan.executor,
+            "process.executable.name": program, "process.command_args": shown, attrs.CHAT_ID: chat_id,
+            attrs.STDERR_PATH: str(log_path), attrs.RUN_NUMBER: number, attrs.PLAN_EXECUTOR: plan.executor,
+            attrs.PLAN_MODEL: plan.model, attrs.PLAN_ENDPOINT_URL: endpoint, attrs.PLAN_ENDPOINT_SOURCE: ep_source,
         }) as span:
             span_trace = telemetry.current_trace_id()
             carrier: dict[str, str] = {}
@@ -573,13 +576,19 @@ class ChatManager:
             links = [Link(span_ctx)] if isinstance(span_ctx, trace.SpanContext) else []
             if live.create_span is not None and live.create_span.is_valid:
                 links.append(Link(live.create_span))
-            with tracer.start_as_current_span("agent exit", links=links, attributes={
-                "wgs.chat.id": run.chat_id, "process.pid": run.pid, "wgs.run.number": run.number,
+            exit_attrs: dict[str, Any] = {
+                attrs.CHAT_ID: run.chat_id, "process.pid": run.pid, attrs.RUN_NUMBER: run.number,
                 "process.exit.code": info.exit_code if info.exit_code is not None else -1,
-                "wgs.exit.signal": info.signal_name, "wgs.stderr.path": str(run.log_path),
-                "wgs.runtime.state": state_name(state),
-            }):
-                pass
+                attrs.EXIT_SIGNAL: info.signal_name, attrs.STDERR_PATH: str(run.log_path),
+                attrs.RUNTIME_STATE: state_name(state), attrs.RESTART_COUNT: decision.history.restart_count,
+            }
+            failed = info.exit_code != 0 or info.signal is not None or bool(info.error)
+            if failed:
+                exit_attrs["error.type"] = (info.signal_name or (f"exit code {info.exit_code}"
+                                            if info.exit_code is not None else "unknown exit"))
+            with tracer.start_as_current_span("agent exit", links=links, attributes=exit_attrs) as exit_span:
+                if failed:
+                    exit_span.set_status(Status(StatusCode.ERROR, info.describe()))
             rec = runtime_pb2.Run(number=run.number, pid=run.pid, stderr_tail=tail, error=info.error,
                                   signal_name=info.signal_name)
             rec.exited_at.CopyFrom(_ts(info.exited_at))

@@ -307,3 +307,13 @@ def test_api_key_value_never_appears_in_the_plan(monkeypatch: pytest.MonkeyPatch
     assert "sk-live-should-not-leak" not in blob
     assert "DEFAULT_EP_KEY" in blob  # only the variable's name
     assert all("DEFAULT_EP_KEY" not in a for a in p.argv)
+
+
+def test_every_endpoints_key_variable_is_unset_for_every_agent() -> None:
+    """An agent must not inherit keys of endpoints it does not talk to (nor its own under its real name)."""
+    text = FULL + '\n[[endpoints]]\nname = "third"\nurl = "https://third.example"\napi_key_env = "THIRD_KEY"\n'
+    for p in (plan(cfg(text), endpoint="lambda02"), plan(cfg(text), command=("sleep", "1")),
+              plan(cfg(text), executor="claude")):
+        assert p.unset_env == ("DEFAULT_EP_KEY", "THIRD_KEY")
+    own = plan(cfg(text))
+    assert [e.value_from_env for e in own.env if e.name == "WGS_API_KEY"] == ["DEFAULT_EP_KEY"]

@@ -93,3 +93,14 @@ def test_default_supervisor_id_is_stable_and_short(tmp_path: Path, monkeypatch: 
     assert len(a) <= 80 and os.uname().nodename.split(".")[0] in a
     monkeypatch.setenv("WGS_SUPERVISOR_ID", "mine")
     assert chats.SupervisorSettings.from_env(tmp_path).supervisor_id == "mine"
+
+
+def test_agent_sees_no_other_endpoints_key_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every endpoint's key variable named in the plan's unset_env stays out of the agent's env."""
+    monkeypatch.setenv("UNIT_TEST_KEY", SECRET)
+    monkeypatch.setenv("OTHER_ENDPOINT_KEY", "sk-other-endpoint-secret")
+    plan = _plan()
+    plan.unset_env.extend(["OTHER_ENDPOINT_KEY", "UNIT_TEST_KEY"])
+    env, _ = _manager(tmp_path)._agent_env(".chat-1", 1, plan, {})
+    assert "OTHER_ENDPOINT_KEY" not in env and "UNIT_TEST_KEY" not in env
+    assert env["WGS_API_KEY"] == SECRET

@@ -31,6 +31,7 @@ from opentelemetry import trace
 from wgs.agent.conversation import ASSISTANT, SYSTEM_ERROR, Conversation, Msg, Turn
 from wgs.agent.errors import EXIT_OK, AgentFatal, AnswerFailed
 from wgs.agent.graph_link import GraphLink
+from wgs.common import attributes as attrs
 from wgs.common.logs import fields
 from wgs.common.validation import MAX_MESSAGE
 
@@ -211,7 +212,7 @@ class AgentLoop:
         turns = self.conv.history_before(request)
         log.info("answering", extra=fields(chat_id=self.graph.chat_id, request_id=request.key, seq=request.seq))
         with tracer.start_as_current_span("agent.answer", attributes={
-            "wgs.chat_id": self.graph.chat_id, "wgs.request_id": request.key, "wgs.seq": request.seq,
+            attrs.CHAT_ID: self.graph.chat_id, attrs.REQUEST_ID: request.key, attrs.MESSAGE_SEQ: request.seq,
         }) as span:
             self._interrupted = False
             self._current = asyncio.create_task(self.backend.answer(turns, request.content))
@@ -222,13 +223,13 @@ class AgentLoop:
                     return  # unanswered: the next run answers it
                 if not self._interrupted:
                     raise
-                span.set_attribute("wgs.outcome", "interrupted")
+                span.set_attribute(attrs.OUTCOME, "interrupted")
                 with contextlib.suppress(Exception):
                     await self.backend.interrupt()
                 await self._append(SYSTEM_ERROR, "interrupted: the reply was cancelled (SIGINT)", request.key)
                 return
             except AnswerFailed as exc:
-                span.set_attribute("wgs.outcome", "error")
+                span.set_attribute(attrs.OUTCOME, "error")
                 reason = self.redact(one_line(exc.reason))
                 log.warning("could not answer: %s", reason, extra=fields(request_id=request.key))
                 await self._append(SYSTEM_ERROR, f"Could not answer: {reason}", request.key)
@@ -239,5 +240,5 @@ class AgentLoop:
                 await self._append(SYSTEM_ERROR, "Could not answer: the model returned an empty reply",
                                    request.key)
                 return
-            span.set_attribute("wgs.outcome", "answered")
+            span.set_attribute(attrs.OUTCOME, "answered")
             await self._append(ASSISTANT, reply, request.key)

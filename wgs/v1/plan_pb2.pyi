@@ -33,7 +33,7 @@ class EnvVar(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ..., value_from_env: _Optional[str] = ..., secret: _Optional[bool] = ...) -> None: ...
 
 class SpawnPlan(_message.Message):
-    __slots__ = ("chat_id", "executor", "executor_source", "model", "model_source", "endpoint", "argv", "env", "working_dir", "summary")
+    __slots__ = ("chat_id", "executor", "executor_source", "model", "model_source", "endpoint", "argv", "env", "working_dir", "summary", "unset_env")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class SpawnPlan(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    UNSET_ENV_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
     executor: str
     executor_source: str
@@ -54,4 +55,5 @@ class SpawnPlan(_message.Message):
     env: _containers.RepeatedCompositeFieldContainer[EnvVar]
     working_dir: str
     summary: str
-    def __init__(self, chat_id: _Optional[str] = ..., executor: _Optional[str] = ..., executor_source: _Optional[str] = ..., model: _Optional[str] = ..., model_source: _Optional[str] = ..., endpoint: _Optional[_Union[PlannedEndpoint, _Mapping]] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[EnvVar, _Mapping]]] = ..., working_dir: _Optional[str] = ..., summary: _Optional[str] = ...) -> None: ...
+    unset_env: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, chat_id: _Optional[str] = ..., executor: _Optional[str] = ..., executor_source: _Optional[str] = ..., model: _Optional[str] = ..., model_source: _Optional[str] = ..., endpoint: _Optional[_Union[PlannedEndpoint, _Mapping]] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[EnvVar, _Mapping]]] = ..., working_dir: _Optional[str] = ..., summary: _Optional[str] = ..., unset_env: _Optional[_Iterable[str]] = ...) -> None: ...
