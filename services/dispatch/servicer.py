@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import grpc
@@ -48,6 +49,10 @@ def plan_to_proto(plan: planner.SpawnPlan) -> plan_pb2.SpawnPlan:
     return out
 
 
+# Stands in for the chat id when a request is only validated (never a real chat: ids start at 1).
+VALIDATION_CHAT_ID = ".chat-0"
+
+
 class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
     def __init__(self, store: ConfigStore) -> None:
         self.store = store
@@ -56,8 +61,13 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
         self, request: dispatch_pb2.PlanSpawnRequest, context: grpc.aio.ServicerContext
     ) -> dispatch_pb2.PlanSpawnResponse:
         config = self.store.current()
+        req = request_from_proto(request)
+        if request.validate_only:
+            if request.chat_id:
+                raise InvalidArgument("chat_id must be empty with validate_only (no chat exists yet)")
+            req = dataclasses.replace(req, chat_id=VALIDATION_CHAT_ID)
         try:
-            plan = planner.plan_spawn(request_from_proto(request), config)
+            plan = planner.plan_spawn(req, config)
         except FailedPrecondition as exc:
             if self.store.last_error:
                 raise FailedPrecondition(
@@ -66,6 +76,11 @@ class DispatchServicer(dispatch_pb2_grpc.DispatchServiceServicer):
                 ) from None
             raise
         span = trace.get_current_span()
+        if request.validate_only:
+            span.set_attribute("wgs.plan.validate_only", True)
+            out = plan_to_proto(plan)
+            out.chat_id = ""
+            return dispatch_pb2.PlanSpawnResponse(plan=out)
         span.set_attribute(attrs.CHAT_ID, plan.chat_id)
         span.set_attribute(attrs.PLAN_EXECUTOR, plan.executor)
         span.set_attribute(attrs.PLAN_EXECUTOR_SOURCE, plan.executor_source)

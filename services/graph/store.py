@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
 import logging
 import random
 import re
@@ -225,7 +226,10 @@ class GraphStore:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args))
+        # Carry the caller's context (the current span) into the worker thread, so the database
+        # spans are children of the RPC that caused them.
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, partial(ctx.run, fn, *args))
 
     @contextmanager
     def _read(self) -> Iterator[Session]:

@@ -306,11 +306,12 @@ class ChatManager:
                 raise errors.InvalidArgument(f"working_dir {req.working_dir!r} is not an existing directory")
         return executor
 
-    async def _plan(self, chat_id: str, task_like: Any, origin: Any) -> plan_pb2.SpawnPlan:
+    async def _plan(self, chat_id: str, task_like: Any, origin: Any,
+                    validate_only: bool = False) -> plan_pb2.SpawnPlan:
         resp = await call("dispatch PlanSpawn", self.dispatch.PlanSpawn(dispatch_pb2.PlanSpawnRequest(
             chat_id=chat_id, executor=task_like.executor, model=task_like.model, endpoint=task_like.endpoint,
             command=list(getattr(task_like, "command_argv", None) or getattr(task_like, "command", [])),
-            working_dir=task_like.working_dir, origin=origin), timeout=deadline()))
+            working_dir=task_like.working_dir, origin=origin, validate_only=validate_only), timeout=deadline()))
         return resp.plan
 
     # ------------------------------------------------------------------ CreateChat
@@ -324,7 +325,7 @@ class ChatManager:
         probe.CopyFrom(req)
         probe.executor = executor
         try:
-            await self._plan(".chat-0", probe, dispatch_pb2.SETTINGS_ORIGIN_REQUEST)
+            await self._plan("", probe, dispatch_pb2.SETTINGS_ORIGIN_REQUEST, validate_only=True)
         except errors.FailedPrecondition:
             pass
         trace_id = telemetry.current_trace_id()

@@ -130,6 +130,15 @@ def test_bad_input_gets_a_clear_status(stub: dispatch_pb2_grpc.DispatchServiceSt
     assert "Traceback" not in (err.details() or "") and "sk-pw" not in (err.details() or "")
 
 
+def test_validate_only_checks_a_request_before_any_chat_exists(stub: dispatch_pb2_grpc.DispatchServiceStub) -> None:
+    ok = stub.PlanSpawn(dispatch_pb2.PlanSpawnRequest(validate_only=True, executor="nex", model="qwen3-coder",
+                                                      endpoint="https://lambda01.example:30000"), timeout=TIMEOUT)
+    assert ok.plan.chat_id == "" and ok.plan.executor == "native"
+    assert plan_error(stub, validate_only=True, executor="bogus").code() == grpc.StatusCode.INVALID_ARGUMENT
+    err = plan_error(stub, validate_only=True, chat_id=".chat-4", executor="nex")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "validate_only" in (err.details() or "")
+
+
 def run_with_config(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "config.toml"
     config.write_text(text)

@@ -26,7 +26,9 @@ import signal
 import sys
 from typing import Protocol
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Link, Status, StatusCode
 
 from wgs.agent.conversation import ASSISTANT, SYSTEM_ERROR, Conversation, Msg, Turn
 from wgs.agent.errors import EXIT_OK, AgentFatal, AnswerFailed
@@ -84,6 +86,7 @@ class AgentLoop:
         self._current: asyncio.Task[str] | None = None
         self._starting: asyncio.Task[None] | None = None
         self._interrupted = False
+        self._origin_links: list[Link] = []
         self._watch_error: BaseException | None = None
 
     # ---- helpers ------------------------------------------------------------------------
@@ -143,17 +146,27 @@ class AgentLoop:
             except AgentFatal as exc:
                 print(f"wgs-agent: {self.redact(one_line(exc.reason))}", file=sys.stderr, flush=True)
                 return exc.exit_code
-            self._starting = asyncio.create_task(self.backend.start())
-            try:
-                await self._starting
-            except AgentFatal as exc:
-                return await self._report_fatal(exc, None)
-            except asyncio.CancelledError:
-                if self._stopping:
-                    return EXIT_OK
-                raise
-            finally:
-                self._starting = None
+            # The spawn span (TRACEPARENT) is current here: start-up belongs to the creating trace;
+            # each later answer is a trace of its own, linked to it.
+            origin = trace.get_current_span().get_span_context()
+            self._origin_links = [Link(origin)] if origin.is_valid else []
+            with tracer.start_as_current_span("agent.start", attributes={
+                attrs.CHAT_ID: self.graph.chat_id, "wgs.agent.backend": self.backend.description,
+            }) as start_span:
+                self._starting = asyncio.create_task(self.backend.start())
+                try:
+                    await self._starting
+                except AgentFatal as exc:
+                    start_span.set_status(Status(StatusCode.ERROR, self.redact(one_line(exc.reason))))
+                    start_span.set_attribute("error.type", type(exc).__name__)
+                    start_span.set_attribute("process.exit.code", exc.exit_code)
+                    return await self._report_fatal(exc, None)
+                except asyncio.CancelledError:
+                    if self._stopping:
+                        return EXIT_OK
+                    raise
+                finally:
+                    self._starting = None
             log.info("ready", extra=fields(chat_id=self.graph.chat_id, backend=self.backend.description,
                                            history=len(self.conv.users), pending=len(self.conv.pending())))
             watcher = asyncio.create_task(self._watch())
@@ -211,7 +224,8 @@ class AgentLoop:
     async def _answer(self, request: Msg) -> None:
         turns = self.conv.history_before(request)
         log.info("answering", extra=fields(chat_id=self.graph.chat_id, request_id=request.key, seq=request.seq))
-        with tracer.start_as_current_span("agent.answer", attributes={
+        with tracer.start_as_current_span("agent.answer", context=otel_context.Context(),
+                                          links=self._origin_links, attributes={
             attrs.CHAT_ID: self.graph.chat_id, attrs.REQUEST_ID: request.key, attrs.MESSAGE_SEQ: request.seq,
         }) as span:
             self._interrupted = False

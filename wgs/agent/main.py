@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging("agent", level if level in {"DEBUG", "INFO", "WARNING", "ERROR"} else "INFO",
                       "text" if env_str("WGS_LOG_FORMAT", "json").lower() == "text" else "json")
         validate_chat_id(ns.chat, "--chat")
-        telemetry.setup_tracing("agent", state_dir(), instrument_grpc_client=False, instrument_httpx=False)
+        telemetry.setup_tracing("agent", state_dir(), instrument_grpc_client=False, instrument_httpx=True)
         try:
             return asyncio.run(_run(ns, cli_argv))
         finally:

@@ -18,7 +18,7 @@ SETTINGS_ORIGIN_REQUEST: SettingsOrigin
 SETTINGS_ORIGIN_CHAT: SettingsOrigin
 
 class PlanSpawnRequest(_message.Message):
-    __slots__ = ("chat_id", "executor", "model", "endpoint", "command", "working_dir", "origin")
+    __slots__ = ("chat_id", "executor", "model", "endpoint", "command", "working_dir", "origin", "validate_only")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class PlanSpawnRequest(_message.Message):
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
     executor: str
     model: str
@@ -33,7 +34,8 @@ class PlanSpawnRequest(_message.Message):
     command: _containers.RepeatedScalarFieldContainer[str]
     working_dir: str
     origin: SettingsOrigin
-    def __init__(self, chat_id: _Optional[str] = ..., executor: _Optional[str] = ..., model: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., origin: _Optional[_Union[SettingsOrigin, str]] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, chat_id: _Optional[str] = ..., executor: _Optional[str] = ..., model: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., origin: _Optional[_Union[SettingsOrigin, str]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class PlanSpawnResponse(_message.Message):
     __slots__ = ("plan",)
