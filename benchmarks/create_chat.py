@@ -85,16 +85,19 @@ def bench_supervisord(n: int, workdir: Path) -> list[float]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from supervisor.xmlrpc import SupervisorTransport
 
-    transport = SupervisorTransport(None, None, f"unix://{sock}")
-    server = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    def connect() -> xmlrpc.client.ServerProxy:
+        return xmlrpc.client.ServerProxy("http://127.0.0.1",
+                                         transport=SupervisorTransport(None, None, f"unix://{sock}"))
+
     deadline = time.monotonic() + 20
     while True:
+        server = connect()  # a failed request leaves the transport unusable: new one per try
         try:
             server.supervisor.getState()
             break
         except Exception:
-            if time.monotonic() > deadline:
-                raise
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"supervisord did not start: {(workdir / 'supervisord.log').read_text()}") from None
             time.sleep(0.05)
     times = []
     try:
@@ -115,6 +118,8 @@ def start_stack(state: Path, max_chats: int) -> list:
     sup = start_service("supervisor", state, env={
         "WGS_GRAPH_ADDR": graph.address, "WGS_DISPATCH_ADDR": dispatch.address,
         "WGS_MAX_LIVE_CHATS": str(max_chats + 10), "WGS_LOG_LEVEL": "WARNING",
+        # Measure exit recording, not restarts: the first failure is final (FAILED).
+        "WGS_RESTART_MAX_FAILURES": "0",
     })
     return [graph, dispatch, sup]
 
@@ -144,7 +149,16 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_live(total: int, stub: chat_pb2_grpc.ChatServiceStub, sup_pid: int, ids: list[str]) -> dict[str, float]:
+def _wait_exit(watch_iter, chat_id: str, pid: int) -> None:
+    for event in watch_iter:
+        run = event.chat.runtime.current_run
+        if event.chat.id == chat_id and run.pid == pid and run.HasField("signal"):
+            return
+    raise RuntimeError(f"watch ended before the exit of {chat_id} was recorded")
+
+
+def bench_live(total: int, stub: chat_pb2_grpc.ChatServiceStub, sup_pid: int, ids: list[str],
+               single_kills: int) -> dict[str, float]:
     while len(ids) < total:
         resp = stub.CreateChat(chat_pb2.CreateChatRequest(command=AGENT_ARGV), timeout=30)
         ids.append(resp.chat.id)
@@ -153,34 +167,67 @@ def bench_live(total: int, stub: chat_pb2_grpc.ChatServiceStub, sup_pid: int, id
     cpu0, t0 = proc_cpu_seconds(sup_pid), time.monotonic()
     time.sleep(10)
     idle_cpu_pct = (proc_cpu_seconds(sup_pid) - cpu0) / (time.monotonic() - t0) * 100
-    pids = []
+    pids = {}
     for chat_id in ids:
         chat = stub.GetChat(chat_pb2.GetChatRequest(chat_id=chat_id), timeout=30).chat
-        pids.append(chat.runtime.current_run.pid)
-    pending = set(ids)
-    watch = stub.WatchChat(chat_pb2.WatchChatRequest(), timeout=300)
+        pids[chat_id] = chat.runtime.current_run.pid
+
+    # One death at a time: from SIGKILL to the exit recorded in the graph (WatchChat publishes after
+    # the graph write), the latency a user of one chat sees.
+    watch = stub.WatchChat(chat_pb2.WatchChatRequest(), timeout=600)
+    it = iter(watch)
+    single = []
+    for chat_id in ids[:single_kills]:
+        t_kill = time.perf_counter()
+        os.kill(pids[chat_id], signal.SIGKILL)
+        _wait_exit(it, chat_id, pids[chat_id])
+        single.append((time.perf_counter() - t_kill) * 1000)
+
+    # Then every remaining agent at once.
+    pending = set(ids[single_kills:])
     t_kill = time.perf_counter()
-    for pid in pids:
+    for chat_id in pending:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pids[chat_id], signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for event in watch:
+    for event in it:
         run = event.chat.runtime.current_run
-        if event.chat.id in pending and run.HasField("signal") and run.signal == signal.SIGKILL:
+        if event.chat.id in pending and run.pid == pids[event.chat.id] and run.HasField("signal"):
             pending.discard(event.chat.id)
             if not pending:
                 break
     all_recorded_ms = (time.perf_counter() - t_kill) * 1000
     watch.cancel()
     return {"live_chats": total, "supervisor_rss_mib": rss / 1024, "supervisor_idle_cpu_pct": idle_cpu_pct,
+            "single_death_to_recorded_p50_ms": statistics.median(single),
+            "single_death_to_recorded_p99_ms": pct(single, 0.99),
+            "single_death_to_recorded_max_ms": max(single),
+            "kill_all_remaining": total - single_kills,
             "kill_all_to_all_exits_recorded_ms": all_recorded_ms}
+
+
+def kill_agents(state: Path) -> None:
+    """The supervisor leaves agents running on stop (for adoption); the benchmark must not."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"runmon.py" in cmd and str(state).encode() in cmd:
+            try:
+                os.killpg(int(entry), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chats", type=int, default=200)
     ap.add_argument("--live", type=int, default=1000)
+    ap.add_argument("--single-kills", type=int, default=100, help="agents killed one at a time")
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "create_chat.json")
     ns = ap.parse_args()
     results: dict[str, object] = {}
@@ -200,10 +247,11 @@ def main() -> int:
                         summarize("wgs CreateChat (running pid)", wgs_times, base)]
                 results["latency"] = rows
                 if ns.live:
-                    results["live"] = bench_live(ns.live, stub, stack[2].proc.pid, ids)
+                    results["live"] = bench_live(ns.live, stub, stack[2].proc.pid, ids, ns.single_kills)
         finally:
             for svc in reversed(stack):
                 svc.terminate(60)
+            kill_agents(tmpdir / "wgs")
     for row in results["latency"]:  # type: ignore[union-attr]
         ratio = f"  p50 x{row.get('p50_ratio_vs_raw', 1):.2f}  p99 x{row.get('p99_ratio_vs_raw', 1):.2f}"
         print(f"{row['name']:<32} n={row['n']:<5} p50={row['p50_ms']:.2f} ms  p99={row['p99_ms']:.2f} ms{ratio}")
