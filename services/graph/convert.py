@@ -84,6 +84,7 @@ def runtime(row: ChatRuntimeRow, runs: Sequence[RunRow]) -> runtime_pb2.ChatRunt
         last_error=row.last_error,
         plan=plan_from_json(row.plan_json),
         trace_id=row.trace_id,
+        span_id=row.span_id,
         supervisor_id=row.supervisor_id,
         lease_expires_at=to_ts(row.lease_expires_at),
         state_changed_at=to_ts(row.state_changed_at),

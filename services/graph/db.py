@@ -148,6 +148,7 @@ class ChatRuntimeRow(Base):
     last_error: Mapped[str] = mapped_column(sa.Text, nullable=False, default="")
     plan_json: Mapped[str] = mapped_column(sa.Text, nullable=False, default="")
     trace_id: Mapped[str] = mapped_column(sa.String(32), nullable=False, default="")
+    span_id: Mapped[str] = mapped_column(sa.String(16), nullable=False, default="", server_default="")
     supervisor_id: Mapped[str] = mapped_column(sa.String(200), nullable=False, index=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

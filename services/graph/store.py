@@ -83,6 +83,7 @@ MAX_WRITE_ATTEMPTS = 8
 WATCH_POLL_SECONDS = 1.0
 WATCH_BATCH = 1000
 TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+SPAN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 class _Conflict(Exception):
@@ -135,6 +136,12 @@ def _lease(value: int) -> int:
 def _trace_id(value: str, field: str = "trace_id") -> str:
     if value and not TRACE_ID_RE.match(value):
         raise InvalidArgument(f"{field} must be 32 lowercase hex digits or empty, got {value[:40]!r}")
+    return value
+
+
+def _span_id(value: str, field: str = "span_id") -> str:
+    if value and not SPAN_ID_RE.match(value):
+        raise InvalidArgument(f"{field} must be 16 lowercase hex digits or empty, got {value[:40]!r}")
     return value
 
 
@@ -586,6 +593,7 @@ class GraphStore:
         lease = _lease(req.lease_seconds)
         cap = _non_negative(req.max_live_chats, "max_live_chats")
         _trace_id(req.trace_id)
+        _span_id(req.span_id)
 
         def existing_response(session: Session, row: TaskRow) -> graph_pb2.CreateChatTaskResponse:
             if row.chat_number is None:
@@ -630,7 +638,7 @@ class GraphStore:
             session.add(TaskTag(task_id=chat_id, tag=v.CHAT_LOOP_TAG))
             rt = ChatRuntimeRow(
                 chat_id=chat_id, state=R.RUNTIME_STATE_STARTING, restart_count=0, next_restart_at=None,
-                last_error="", plan_json="", trace_id=req.trace_id, supervisor_id=supervisor,
+                last_error="", plan_json="", trace_id=req.trace_id, span_id=req.span_id, supervisor_id=supervisor,
                 lease_expires_at=now + timedelta(seconds=lease), state_changed_at=now, version=1,
             )
             session.add(rt)

@@ -83,3 +83,29 @@ def test_sqlite_engine_uses_wal_foreign_keys_and_busy_timeout(tmp_path: Path) ->
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.SQLITE_BUSY_TIMEOUT_MS
     finally:
         engine.dispose()
+
+
+def test_upgrade_from_the_previous_revision_keeps_existing_chats(db_url: str) -> None:
+    """A database written by the previous release (revision 0001) upgrades in place at start."""
+    engine = db.create_engine(db_url)
+    try:
+        migrate.upgrade(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO tasks (id, chat_number, title, description, status, priority, assigned, model, "
+                "executor, endpoint, command_argv, working_dir, created_at, updated_at, version) VALUES "
+                "('.chat-7', 7, 'Chat: old', '', 2, 50, '', 'qwen3-coder', 'native', 'https://h:30000', "
+                "'[]', '', :now, :now, 1)"), {"now": "2026-11-01 10:00:00+00:00"})
+            conn.execute(sa.text(
+                "INSERT INTO chat_runtime (chat_id, state, restart_count, last_error, plan_json, trace_id, "
+                "supervisor_id, state_changed_at, version) VALUES ('.chat-7', 2, 1, '', '', "
+                "'0123456789abcdef0123456789abcdef', 'sup-old', :now, 3)"), {"now": "2026-11-01 10:00:00+00:00"})
+        migrate.upgrade(engine)
+        assert migrate.current_revision(engine) == migrate.head_revision() != "0001"
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT t.title, t.endpoint, r.trace_id, r.span_id, r.supervisor_id, r.version "
+                "FROM tasks t JOIN chat_runtime r ON r.chat_id = t.id WHERE t.id = '.chat-7'")).one()
+        assert tuple(row) == ("Chat: old", "https://h:30000", "0123456789abcdef0123456789abcdef", "", "sup-old", 3)
+    finally:
+        engine.dispose()

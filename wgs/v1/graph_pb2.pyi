@@ -137,7 +137,7 @@ class AppendTaskLogResponse(_message.Message):
     def __init__(self, entry: _Optional[_Union[_task_pb2.LogEntry, _Mapping]] = ...) -> None: ...
 
 class CreateChatTaskRequest(_message.Message):
-    __slots__ = ("name", "model", "executor", "endpoint", "command_argv", "working_dir", "request_id", "supervisor_id", "lease_seconds", "max_live_chats", "trace_id")
+    __slots__ = ("name", "model", "executor", "endpoint", "command_argv", "working_dir", "request_id", "supervisor_id", "lease_seconds", "max_live_chats", "trace_id", "span_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class CreateChatTaskRequest(_message.Message):
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_LIVE_CHATS_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     executor: str
@@ -160,7 +161,8 @@ class CreateChatTaskRequest(_message.Message):
     lease_seconds: int
     max_live_chats: int
     trace_id: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., command_argv: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., request_id: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., lease_seconds: _Optional[int] = ..., max_live_chats: _Optional[int] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    span_id: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., command_argv: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., request_id: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., lease_seconds: _Optional[int] = ..., max_live_chats: _Optional[int] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ...) -> None: ...
 
 class CreateChatTaskResponse(_message.Message):
     __slots__ = ("task", "runtime", "created")

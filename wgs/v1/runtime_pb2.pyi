@@ -67,7 +67,7 @@ class Run(_message.Message):
     def __init__(self, number: _Optional[int] = ..., pid: _Optional[int] = ..., process_start_ticks: _Optional[int] = ..., monitor_pid: _Optional[int] = ..., monitor_start_ticks: _Optional[int] = ..., argv: _Optional[_Iterable[str]] = ..., stderr_path: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., signal_name: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., error: _Optional[str] = ..., hostname: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class ChatRuntime(_message.Message):
-    __slots__ = ("state", "current_run", "previous_runs", "restart_count", "next_restart_at", "last_error", "plan", "trace_id", "supervisor_id", "lease_expires_at", "state_changed_at", "version")
+    __slots__ = ("state", "current_run", "previous_runs", "restart_count", "next_restart_at", "last_error", "plan", "trace_id", "supervisor_id", "lease_expires_at", "state_changed_at", "version", "span_id")
     STATE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_RUN_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_RUNS_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class ChatRuntime(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
     state: RuntimeState
     current_run: Run
     previous_runs: _containers.RepeatedCompositeFieldContainer[Run]
@@ -92,4 +93,5 @@ class ChatRuntime(_message.Message):
     lease_expires_at: _timestamp_pb2.Timestamp
     state_changed_at: _timestamp_pb2.Timestamp
     version: int
-    def __init__(self, state: _Optional[_Union[RuntimeState, str]] = ..., current_run: _Optional[_Union[Run, _Mapping]] = ..., previous_runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., restart_count: _Optional[int] = ..., next_restart_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., plan: _Optional[_Union[_plan_pb2.SpawnPlan, _Mapping]] = ..., trace_id: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+    span_id: str
+    def __init__(self, state: _Optional[_Union[RuntimeState, str]] = ..., current_run: _Optional[_Union[Run, _Mapping]] = ..., previous_runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., restart_count: _Optional[int] = ..., next_restart_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., plan: _Optional[_Union[_plan_pb2.SpawnPlan, _Mapping]] = ..., trace_id: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., span_id: _Optional[str] = ...) -> None: ...
