@@ -179,6 +179,7 @@ class ChatManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lease_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._warm = procs.WarmMonitor(settings.state_dir)  # idle run monitor: spawns skip its start-up
 
     # ------------------------------------------------------------------ helpers
 
@@ -343,14 +344,18 @@ class ChatManager:
             live.create_span = trace.get_current_span().get_span_context()
             log.info("chat created: %s", chat_id, extra=fields(
                 chat_id=chat_id, executor=executor, model=req.model, endpoint=req.endpoint, trace_id=trace_id))
-            task, runtime = await self._start(chat_id, created.task, dispatch_pb2.SETTINGS_ORIGIN_REQUEST)
+            # The runtime CreateChatTask returned is current (new chat: run 1); no second read.
+            task, runtime = await self._start(chat_id, created.task, dispatch_pb2.SETTINGS_ORIGIN_REQUEST,
+                                              created.runtime)
         return chat_pb2.CreateChatResponse(chat=self.to_chat(task, runtime), created=True)
 
     # ------------------------------------------------------------------ spawning (lock held)
 
-    async def _start(self, chat_id: str, task: task_pb2.Task, origin: Any
+    async def _start(self, chat_id: str, task: task_pb2.Task, origin: Any,
+                     runtime: runtime_pb2.ChatRuntime | None = None
                      ) -> tuple[task_pb2.Task, runtime_pb2.ChatRuntime]:
-        """Plan and spawn one run of the chat (caller holds the chat's lock)."""
+        """Plan and spawn one run of the chat (caller holds the chat's lock). `runtime`: the chat's
+        current runtime record if the caller has it (otherwise it is read from the graph)."""
         live = self.live(chat_id)
         if live.timer is not None:
             live.timer.cancel()
@@ -365,12 +370,14 @@ class ChatManager:
             await self._publish(chat_id, task, runtime)
             return task, runtime
         except errors.WgsError as exc:
-            rec = await self._record(chat_id)
-            runtime = await self._spawn_failed(chat_id, rec.runtime, None, f"cannot plan the agent: {exc.message}")
+            if runtime is None:
+                runtime = (await self._record(chat_id)).runtime
+            runtime = await self._spawn_failed(chat_id, runtime, None, f"cannot plan the agent: {exc.message}")
             return task, runtime
-        rec = await self._record(chat_id)
-        number = max(rec.runtime.current_run.number, _max_prev(rec.runtime)) + 1
-        runtime = await self._spawn(chat_id, plan, number, rec.runtime)
+        if runtime is None:
+            runtime = (await self._record(chat_id)).runtime
+        number = max(runtime.current_run.number, _max_prev(runtime)) + 1
+        runtime = await self._spawn(chat_id, plan, number, runtime)
         await self._publish(chat_id, task, runtime)
         return task, runtime
 
@@ -433,7 +440,7 @@ class ChatManager:
                 env, _ = self._agent_env(chat_id, number, plan, carrier)
                 run = await asyncio.to_thread(
                     procs.spawn, self.s.state_dir, chat_id, number, list(plan.argv), env, cwd,
-                    display_argv=shown, max_log_bytes=self.s.max_log_bytes)
+                    display_argv=shown, max_log_bytes=self.s.max_log_bytes, warm=self._warm)
             except procs.SpawnError as exc:
                 span.set_status(trace.StatusCode.ERROR, exc.message)
                 log.error("spawn of %s run %d failed: %s (stderr=%s)", chat_id, number, exc.message, log_path,
@@ -799,6 +806,7 @@ class ChatManager:
 
     async def start(self) -> None:
         """Claim and adopt this supervisor's chats (before SERVING), then keep the leases renewed."""
+        self._warm.prime()  # background thread: the first CreateChat finds a warm monitor
         for rec in await self._owned_records():
             try:
                 await self._adopt(rec)
@@ -887,6 +895,7 @@ class ChatManager:
                 procs.unwatch(live.run)
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.to_thread(self._warm.close)
 
 
 def _check_usable(task: task_pb2.Task) -> None:

@@ -8,6 +8,12 @@ Watching uses `os.pidfd_open(monitor pid)` + `loop.add_reader`: the loop wakes w
 exits (no polling, no thread per child); we reap it only if it is our child and read the exit file.
 After a supervisor restart the same works for adopted monitors (identity checked by pid + start
 ticks from /proc, so a reused pid is never mistaken for ours).
+
+Warm monitor: starting the monitor's interpreter is most of a spawn's cost, so the supervisor keeps
+ONE idle monitor started ahead of need (`WarmMonitor`, runmon.py --wait-command) and hands it the
+run as one JSON line on its stdin; a replacement is started in a background thread. Whenever no
+warm monitor is ready or it turns out unusable, spawn falls back to a one-shot monitor (argv on
+its command line), so behaviour is the same either way, only faster.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -249,24 +256,181 @@ def _open_log(path: Path) -> int:
     return fd
 
 
-def _read_pid(fd: int, timeout: float) -> int | None:
+def _read_report(fd: int, timeout: float) -> tuple[int | None, str]:
+    """The monitor's report line: (agent pid, "") or (None, why not)."""
     deadline = time.monotonic() + timeout
     buf = b""
     while b"\n" not in buf:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return None
+            return None, f"no report within {timeout:.0f}s"
         ready, _, _ = select.select([fd], [], [], remaining)
         if not ready:
-            return None
-        chunk = os.read(fd, 64)
+            return None, f"no report within {timeout:.0f}s"
+        chunk = os.read(fd, 4096)
         if not chunk:
             break
         buf += chunk
+    line = buf.split(b"\n", 1)[0].decode("utf-8", "replace")
     try:
-        return int(buf.split(b"\n", 1)[0])
+        return int(line), ""
     except ValueError:
-        return None
+        return None, line or "the monitor exited without reporting"
+
+
+def _write_all(fd: int, data: bytes, timeout: float) -> None:
+    """Write everything to a pipe, giving up (TimeoutError) if the reader stalls."""
+    os.set_blocking(fd, False)
+    deadline = time.monotonic() + timeout
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            n = 0
+        view = view[n:]
+        if view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+                raise TimeoutError("the monitor did not read its command")
+
+
+# Environment of an idle warm monitor: nothing of the supervisor's (its secrets stay out of
+# /proc/<monitor>/environ); the agent's environment travels in the command.
+_LOCALE_VARS = ("LANG", "LC_ALL", "LC_CTYPE")
+
+
+@dataclass
+class _Idle:
+    popen: subprocess.Popen[bytes]
+    cmd_w: int
+    report_r: int
+
+    def discard(self, *, kill: bool = False) -> None:
+        """Close our ends (an idle monitor exits on EOF) and reap it."""
+        for fd in (self.cmd_w, self.report_r):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.cmd_w = self.report_r = -1
+        if kill:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait()
+
+
+def _start_idle(state_dir: Path) -> _Idle:
+    """Start an idle monitor: stdin = command pipe, stdout/stderr = /dev/null, own session."""
+    cmd_r, cmd_w = os.pipe2(os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    env = {k: os.environ[k] for k in _LOCALE_VARS if k in os.environ}
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(RUNMON), "--wait-command", "--report-fd", str(report_w),
+             "--state-dir", str(state_dir)],
+            stdin=cmd_r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/", env=env,
+            start_new_session=True, close_fds=True, pass_fds=(report_w,),
+        )
+    except BaseException:
+        os.close(cmd_w)
+        os.close(report_r)
+        raise
+    finally:
+        os.close(cmd_r)
+        os.close(report_w)
+    return _Idle(popen, cmd_w, report_r)
+
+
+class WarmMonitor:
+    """At most one idle, pre-started run monitor, refilled in a background thread.
+
+    `take()` hands the idle monitor to exactly one caller (a lock around it, so two concurrent
+    spawns never share one) and starts a replacement; the replacement's start (a fork+exec,
+    ~1-3 ms; its interpreter start-up then overlaps with whatever the supervisor does next) runs in
+    a thread, never on the caller's path. A caller that finds the replacement still being started
+    waits for it (never longer than starting a monitor itself). Nothing is started before the first
+    `prime()` or `take()`. `close()` ends the idle monitor (EOF on its command pipe).
+    """
+
+    FILL_WAIT = 0.5
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self._cond = threading.Condition()
+        self._ready: _Idle | None = None
+        self._filling = False
+        self._closed = False
+
+    def prime(self) -> None:
+        """Start the idle monitor in the background if there is none (returns at once)."""
+        with self._cond:
+            self._fill_locked()
+
+    def _fill_locked(self) -> None:
+        if self._closed or self._ready is not None or self._filling:
+            return
+        self._filling = True
+        threading.Thread(target=self._fill, name="wgs-warm-monitor", daemon=True).start()
+
+    def _fill(self) -> None:
+        idle: _Idle | None = None
+        try:
+            idle = _start_idle(self._state_dir)
+        except Exception as exc:  # spawn falls back to one-shot; say why once here
+            log.warning("could not start a warm run monitor: %s", exc)
+        with self._cond:
+            if idle is not None and not self._closed:
+                self._ready, idle = idle, None
+            if idle is None:
+                self._filling = False
+                self._cond.notify_all()
+                return
+        idle.discard()  # closed meanwhile: end it before close() returns
+        with self._cond:
+            self._filling = False
+            self._cond.notify_all()
+
+    def take(self) -> _Idle | None:
+        """The idle monitor for one spawn (None: none ready, use one-shot); starts a replacement."""
+        with self._cond:
+            if self._closed:
+                return None
+            if self._ready is None and not self._filling:
+                self._fill_locked()
+            if self._ready is None:
+                self._cond.wait_for(lambda: self._ready is not None or not self._filling or self._closed,
+                                    self.FILL_WAIT)
+            idle, self._ready = self._ready, None
+            if not self._closed:
+                self._fill_locked()
+            return idle
+
+    def idle_pid(self, timeout: float = 5.0) -> int | None:
+        """Pid of the idle monitor, waiting up to `timeout` for one being started (introspection)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._ready is not None or not self._filling, timeout)
+            return self._ready.popen.pid if self._ready is not None else None
+
+    def close(self) -> None:
+        """End the idle monitor and stop refilling (blocking a few ms: call via asyncio.to_thread)."""
+        with self._cond:
+            self._closed = True
+            idle, self._ready = self._ready, None
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._filling, 5.0)  # one being started ends it itself
+        if idle is not None:
+            idle.discard()
 
 
 def spawn(
@@ -280,8 +444,12 @@ def spawn(
     display_argv: list[str] | None = None,
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
     keep_runs: int = KEEP_RUNS,
+    warm: WarmMonitor | None = None,
 ) -> Run:
-    """Start one run (blocking, a few ms; call it via asyncio.to_thread). Raises SpawnError."""
+    """Start one run (blocking, a few ms; call it via asyncio.to_thread). Raises SpawnError.
+
+    With `warm`, its idle monitor runs the agent when one is usable; otherwise (or without `warm`)
+    a one-shot monitor is started. Either way the log exists (0600) before any process does."""
     log_path, exit_path = run_paths(state_dir, chat_id, number)
     log_fd = _open_log(log_path)  # exists before the process does
     exit_path.unlink(missing_ok=True)
@@ -292,37 +460,14 @@ def spawn(
             raise SpawnError(f"working directory is not accessible: {cwd!r}")
         exe = resolve_executable(argv[0] if argv else "", cwd, env.get("PATH"))
         full = [exe, *argv[1:]]
-        report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            cmd = [
-                sys.executable, "-I", "-S", str(RUNMON),
-                "--exit-file", str(exit_path), "--log-file", str(log_path),
-                "--max-log-bytes", str(max_log_bytes), "--report-fd", str(report_w), "--", *full,
-            ]
-            try:
-                popen = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd=cwd, env=env,
-                    start_new_session=True, close_fds=True, pass_fds=(report_w,),
-                )
-            except OSError as exc:
-                raise SpawnError(f"could not start the run monitor: {exc}") from None
-            os.close(report_w)
-            report_w = -1
-            pid = _read_pid(report_r, REPORT_TIMEOUT)
-        finally:
-            os.close(report_r)
-            if report_w >= 0:
-                os.close(report_w)
+        started = None
+        if warm is not None:
+            started = _spawn_warm(warm, full, env, cwd, log_path, exit_path, max_log_bytes)
+        if started is None:
+            started = _spawn_oneshot(full, env, cwd, log_fd, log_path, exit_path, max_log_bytes)
     finally:
         os.close(log_fd)
-    if pid is None:
-        # The monitor did not report: kill its group so nothing is left behind.
-        try:
-            os.killpg(popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        popen.wait()
-        raise SpawnError(f"the run monitor did not report the agent pid within {REPORT_TIMEOUT:.0f}s")
+    popen, pid = started
     agent_ticks = start_ticks(pid) or 0
     monitor_ticks = start_ticks(popen.pid) or 0
     prune_runs(log_path.parent, keep_runs)
@@ -332,6 +477,76 @@ def spawn(
         argv=list(display_argv if display_argv is not None else full), started_at=datetime.now(UTC),
         popen=popen,
     )
+
+
+def _spawn_oneshot(full: list[str], env: dict[str, str], cwd: str, log_fd: int, log_path: Path,
+                   exit_path: Path, max_log_bytes: int) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a fresh monitor with the run on its command line; (monitor, agent pid)."""
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        cmd = [
+            sys.executable, "-I", "-S", str(RUNMON),
+            "--exit-file", str(exit_path), "--log-file", str(log_path),
+            "--max-log-bytes", str(max_log_bytes), "--report-fd", str(report_w), "--", *full,
+        ]
+        try:
+            popen = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd=cwd, env=env,
+                start_new_session=True, close_fds=True, pass_fds=(report_w,),
+            )
+        except OSError as exc:
+            raise SpawnError(f"could not start the run monitor: {exc}") from None
+        os.close(report_w)
+        report_w = -1
+        pid, _why = _read_report(report_r, REPORT_TIMEOUT)
+    finally:
+        os.close(report_r)
+        if report_w >= 0:
+            os.close(report_w)
+    if pid is None:
+        # The monitor did not report: kill its group so nothing is left behind.
+        try:
+            os.killpg(popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        popen.wait()
+        raise SpawnError(f"the run monitor did not report the agent pid within {REPORT_TIMEOUT:.0f}s")
+    return popen, pid
+
+
+def _spawn_warm(warm: WarmMonitor, full: list[str], env: dict[str, str], cwd: str, log_path: Path,
+                exit_path: Path, max_log_bytes: int) -> tuple[subprocess.Popen[bytes], int] | None:
+    """Hand the run to the warm monitor; None (after cleaning up) when it cannot take it."""
+    idle = warm.take()
+    if idle is None:
+        return None
+    if idle.popen.poll() is not None:
+        log.warning("the warm run monitor (pid %d) had exited (%s); starting a one-shot monitor",
+                    idle.popen.pid, idle.popen.returncode)
+        idle.discard()
+        return None
+    command = json.dumps({"argv": full, "env": env, "cwd": cwd, "log_file": str(log_path),
+                          "exit_file": str(exit_path), "max_log_bytes": max_log_bytes}) + "\n"
+    why = ""
+    pid: int | None = None
+    try:
+        _write_all(idle.cmd_w, command.encode("utf-8", "surrogateescape"), REPORT_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        why = f"command not delivered: {exc}"
+    else:
+        os.close(idle.cmd_w)  # the monitor reads no more; nothing else holds this end
+        idle.cmd_w = -1
+        pid, why = _read_report(idle.report_r, REPORT_TIMEOUT)
+    if pid is None:
+        # Kill its group (an agent it may have forked included) before starting one afresh.
+        log.warning("the warm run monitor (pid %d) could not take the run (%s); starting a one-shot monitor",
+                    idle.popen.pid, why)
+        idle.discard(kill=True)
+        exit_path.unlink(missing_ok=True)
+        return None
+    os.close(idle.report_r)
+    idle.report_r = -1
+    return idle.popen, pid
 
 
 # ---------------------------------------------------------------------------------------- watch

@@ -1,13 +1,26 @@
 """Per-run monitor: the parent of one agent process, which records how the agent ended.
 
-Run as ``python -I -S runmon.py --exit-file F --log-file L --max-log-bytes N [--report-fd FD] -- argv...``
-with stdout/stderr already redirected to the run log by the supervisor, which also started us in a
-new session (we are the process-group leader). Only os/sys/signal/select/json/time are imported, so
-the monitor starts in a few milliseconds and survives a crash or ``kill -9`` of the supervisor.
+Two modes, both started by the supervisor in a new session (we are the process-group leader):
+
+- one-shot: ``python -I -S runmon.py --exit-file F --log-file L --max-log-bytes N [--report-fd FD] -- argv...``
+  with stdout/stderr already redirected to the run log (and the agent's env/cwd as our own);
+- warm: ``python -I -S runmon.py --wait-command --report-fd FD [--state-dir S]``, started ahead of
+  need with stdout/stderr on /dev/null and stdin the read end of a command pipe. We wait for ONE
+  JSON line {"argv", "env", "cwd", "log_file", "exit_file", "max_log_bytes"}, reopen stdin from
+  /dev/null, open log_file (created 0600 by the supervisor) O_WRONLY|O_APPEND onto fds 1 and 2, and
+  go on as in one-shot mode (the child chdirs to cwd and execs argv with env). EOF before a full
+  line (the supervisor closed the pipe or died) = exit 0 without doing anything: an idle monitor
+  never becomes a run. An unusable command is answered with "error: ..." on the report fd and
+  exit 2 (the supervisor then falls back to one-shot). --state-dir only labels the process (ps,
+  cleanup tools match the state dir in the command line as they do for one-shot monitors).
+
+Only os/sys/signal/select/json/time are imported, so the monitor starts in a few milliseconds
+and survives a crash or ``kill -9`` of the supervisor.
 
 What it does:
 - ignores SIGINT/SIGTERM/SIGHUP (a stop signal to the group must reach the agent, not kill the
-  recorder); the child restores the default dispositions before exec;
+  recorder); the child restores the default dispositions (and those of SIGPIPE/SIGXFSZ, which the
+  Python runtime ignores) before exec;
 - forks and execs the agent; an exec failure is written to the log and recorded as exit 127 with
   error "exec failed: ...";
 - writes the agent pid (decimal + newline) to --report-fd, then closes it;
@@ -124,25 +137,104 @@ def _report(fd: int, pid: int) -> None:
         pass
 
 
+def _refuse(fd: int, message: str) -> int:
+    """Warm mode: the command cannot be run; tell the supervisor (which falls back) and exit 2."""
+    if fd >= 0:
+        try:
+            os.write(fd, ("error: " + message.replace("\n", " ") + "\n").encode("utf-8", "replace"))
+        except OSError:
+            pass
+    return 2
+
+
+def _read_command() -> bytes:
+    """One line from stdin; b"" on EOF before a full line (the supervisor went away)."""
+    buf = b""
+    while b"\n" not in buf:
+        try:
+            chunk = os.read(0, 1 << 16)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return b""
+        buf += chunk
+    return buf.split(b"\n", 1)[0]
+
+
+def _wait_command(argv: list) -> tuple:
+    """Warm mode: (opts, env, cwd, 0) of the command, or (None, None, None, exit status) if there is
+    none to run (0: EOF, the supervisor went away; 2: an unusable command, reported)."""
+    report_fd = -1
+    i = 0
+    while i < len(argv):
+        if i + 1 >= len(argv):
+            raise SystemExit("runmon: missing value for " + argv[i])
+        if argv[i] == "--report-fd":
+            report_fd = int(argv[i + 1])
+        elif argv[i] != "--state-dir":
+            raise SystemExit("runmon: unknown option " + argv[i])
+        i += 2
+    line = _read_command()
+    if not line:
+        return None, None, None, 0
+    try:
+        doc = json.loads(line.decode("utf-8", "surrogateescape"))
+        cmd = [str(a) for a in doc["argv"]]
+        env = {str(k): str(v) for k, v in doc["env"].items()}
+        cwd = str(doc["cwd"])
+        log_file = str(doc["log_file"])
+        opts = {"exit_file": str(doc["exit_file"]), "log_file": log_file,
+                "max_log_bytes": int(doc.get("max_log_bytes") or 0), "report_fd": report_fd, "cmd": cmd}
+        if not cmd or not cmd[0] or not opts["exit_file"] or not opts["log_file"]:
+            raise ValueError("argv, exit_file and log_file are required")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        return None, None, None, _refuse(report_fd, f"bad command: {exc}")
+    try:
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+    except OSError as exc:
+        reason = f"cannot open {log_file}: {exc.strerror or exc}"
+        return None, None, None, _refuse(report_fd, reason)
+    return opts, env, cwd, 0
+
+
 def main(argv: list) -> int:
-    opts = _parse(argv)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    env = None
+    cwd = None
+    if argv and argv[0] == "--wait-command":
+        opts, env, cwd, status = _wait_command(argv[1:])
+        if opts is None:
+            return status
+    else:
+        opts = _parse(argv)
     cmd = opts["cmd"]
     report_fd = opts["report_fd"]
     # The exec-error pipe tells the parent whether exec worked (closed on exec by O_CLOEXEC).
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # the agent
+        stage = "exec failed: " + cmd[0]
         try:
             os.close(err_r)
             if report_fd >= 0:
                 os.close(report_fd)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ):
                 signal.signal(sig, signal.SIG_DFL)
+            if cwd is not None:
+                stage = "exec failed: cannot enter the working directory " + cwd
+                os.chdir(cwd)
+                stage = "exec failed: " + cmd[0]
+                os.execve(cmd[0], cmd, env or {})
             os.execv(cmd[0], cmd)
         except BaseException as exc:  # anything that stops the exec is reported
-            msg = "exec failed: {}: {}".format(cmd[0], getattr(exc, "strerror", None) or exc)
+            msg = "{}: {}".format(stage, getattr(exc, "strerror", None) or exc)
             try:
                 os.write(err_w, msg.encode("utf-8", "replace"))
                 os.write(2, ("wgs: " + msg + "\n").encode("utf-8", "replace"))

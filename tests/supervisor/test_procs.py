@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,33 @@ from services.supervisor import procs
 PY = sys.executable
 
 
-def _spawn(tmp_path: Path, code: str, number: int = 1, **kw: object) -> procs.Run:
-    env = dict(os.environ)
-    return procs.spawn(tmp_path, ".chat-1", number, [PY, "-c", textwrap.dedent(code)], env, str(tmp_path),
-                       **kw)  # type: ignore[arg-type]
+@pytest.fixture(params=["one-shot", "warm"])
+def warm(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[procs.WarmMonitor | None]:
+    """Runs the test with a fresh monitor per spawn and with the supervisor's pre-started one."""
+    if request.param == "one-shot":
+        yield None
+        return
+    w = procs.WarmMonitor(tmp_path)
+    w.prime()
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def _spawn_argv(tmp_path: Path, argv: list[str], warm: procs.WarmMonitor | None = None, number: int = 1,
+                **kw: object) -> procs.Run:
+    idle = warm.idle_pid() if warm is not None else None
+    run = procs.spawn(tmp_path, ".chat-1", number, argv, dict(os.environ), str(tmp_path), warm=warm,
+                      **kw)  # type: ignore[arg-type]
+    if warm is not None:  # the pre-started monitor ran it, not a fallback
+        assert idle is not None and run.monitor_pid == idle
+    return run
+
+
+def _spawn(tmp_path: Path, code: str, number: int = 1, warm: procs.WarmMonitor | None = None,
+           **kw: object) -> procs.Run:
+    return _spawn_argv(tmp_path, [PY, "-c", textwrap.dedent(code)], warm, number, **kw)
 
 
 async def _wait_exit(run: procs.Run, limit: float = 10.0) -> procs.ExitInfo:
@@ -30,8 +54,8 @@ async def _wait_exit(run: procs.Run, limit: float = 10.0) -> procs.ExitInfo:
     return await asyncio.wait_for(fut, limit)
 
 
-async def test_exit_code_and_stderr_recorded(tmp_path: Path) -> None:
-    run = _spawn(tmp_path, "import sys; sys.stderr.write('boom: endpoint refused\\n'); sys.exit(3)")
+async def test_exit_code_and_stderr_recorded(tmp_path: Path, warm: procs.WarmMonitor | None) -> None:
+    run = _spawn(tmp_path, "import sys; sys.stderr.write('boom: endpoint refused\\n'); sys.exit(3)", warm=warm)
     assert run.pid > 0 and run.monitor_pid > 0 and run.pid != run.monitor_pid
     assert run.start_ticks > 0 and run.monitor_start_ticks > 0
     info = await _wait_exit(run)
@@ -43,8 +67,8 @@ async def test_exit_code_and_stderr_recorded(tmp_path: Path) -> None:
     assert json.loads(run.exit_path.read_text())["pid"] == run.pid
 
 
-async def test_signal_death_recorded(tmp_path: Path) -> None:
-    run = _spawn(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+async def test_signal_death_recorded(tmp_path: Path, warm: procs.WarmMonitor | None) -> None:
+    run = _spawn(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)", warm=warm)
     info = await _wait_exit(run)
     assert info.exit_code is None and info.signal == signal.SIGKILL
     assert info.signal_name == "SIGKILL"
@@ -81,7 +105,7 @@ def test_exit_file_written_after_parent_death(tmp_path: Path) -> None:
     assert info is not None and info.exit_code == 7
 
 
-async def test_log_cap_keeps_tail(tmp_path: Path) -> None:
+async def test_log_cap_keeps_tail(tmp_path: Path, warm: procs.WarmMonitor | None) -> None:
     code = """
         import sys, time
         for i in range(4000):
@@ -89,7 +113,7 @@ async def test_log_cap_keeps_tail(tmp_path: Path) -> None:
         sys.stdout.write('LAST LINE\\n'); sys.stdout.flush()
         time.sleep(2.5)
     """
-    run = _spawn(tmp_path, code, max_log_bytes=20000)
+    run = _spawn(tmp_path, code, warm=warm, max_log_bytes=20000)
     info = await _wait_exit(run)
     assert info.exit_code == 0
     size = run.log_path.stat().st_size
@@ -126,18 +150,18 @@ def test_bare_name_resolved_next_to_interpreter_first(tmp_path: Path) -> None:
         os.path.dirname(PY), name)
 
 
-async def test_exec_failure_recorded(tmp_path: Path) -> None:
+async def test_exec_failure_recorded(tmp_path: Path, warm: procs.WarmMonitor | None) -> None:
     # Passes the supervisor's checks (executable file) but the kernel refuses it: bad interpreter.
     script = tmp_path / "bad.sh"
     script.write_text("#!/nonexistent/interpreter\n")
     script.chmod(0o755)
-    run = procs.spawn(tmp_path, ".chat-1", 1, [str(script)], dict(os.environ), str(tmp_path))
+    run = _spawn_argv(tmp_path, [str(script)], warm)
     info = await _wait_exit(run)
     assert info.exit_code == 127 and info.error.startswith("exec failed:")
     assert "exec failed" in procs.tail_text(run.log_path)
 
 
-async def test_stop_kills_whole_group_including_grandchild(tmp_path: Path) -> None:
+async def test_stop_kills_whole_group_including_grandchild(tmp_path: Path, warm: procs.WarmMonitor | None) -> None:
     code = """
         import signal, subprocess, sys, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a stubborn agent
@@ -146,7 +170,7 @@ async def test_stop_kills_whole_group_including_grandchild(tmp_path: Path) -> No
         print('grandchild', child.pid, flush=True)
         time.sleep(600)
     """
-    run = _spawn(tmp_path, code)
+    run = _spawn(tmp_path, code, warm=warm)
     fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
     assert procs.watch(run, lambda r, info: fut.set_result(info))
     for _ in range(500):
@@ -165,9 +189,9 @@ async def test_stop_kills_whole_group_including_grandchild(tmp_path: Path) -> No
         assert not procs.is_alive(pid, procs.start_ticks(pid) or -1)
 
 
-async def test_interrupt_reports_truthfully(tmp_path: Path) -> None:
+async def test_interrupt_reports_truthfully(tmp_path: Path, warm: procs.WarmMonitor | None) -> None:
     run = _spawn(tmp_path, "import time\nprint('ready', flush=True)\ntry:\n    time.sleep(60)\n"
-                           "except KeyboardInterrupt:\n    raise SystemExit(130)")
+                           "except KeyboardInterrupt:\n    raise SystemExit(130)", warm=warm)
     for _ in range(1000):  # the agent says when its SIGINT handler is in place
         if "ready" in procs.tail_text(run.log_path):
             break
@@ -198,14 +222,15 @@ def test_tail_limits(tmp_path: Path) -> None:
     assert len(procs.tail_text(p)) <= 4096
 
 
-async def test_stop_also_kills_descendant_that_left_the_group(tmp_path: Path) -> None:
+async def test_stop_also_kills_descendant_that_left_the_group(tmp_path: Path,
+                                                              warm: procs.WarmMonitor | None) -> None:
     code = """
         import subprocess, sys, time
         child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)
         print('escaped', child.pid, flush=True)
         time.sleep(600)
     """
-    run = _spawn(tmp_path, code)
+    run = _spawn(tmp_path, code, warm=warm)
     fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
     assert procs.watch(run, lambda r, info: fut.set_result(info))
     for _ in range(500):

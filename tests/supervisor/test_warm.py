@@ -1,0 +1,222 @@
+"""The warm (pre-started) run monitor, with real processes: same runs as one-shot, no leaks, no sharing.
+
+The per-outcome checks (exit code + stderr, signal, exec failure, log cap, interrupt, group stop)
+run for both monitor modes in test_procs.py; this file covers what only the warm path has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.supervisor import procs
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def warm(tmp_path: Path) -> Iterator[procs.WarmMonitor]:
+    w = procs.WarmMonitor(tmp_path)
+    w.prime()
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def _idle(w: procs.WarmMonitor) -> int:
+    pid = w.idle_pid()
+    assert pid is not None, "no warm monitor was started"
+    return pid
+
+
+def _wait_gone(pid: int, limit: float = 10.0) -> None:
+    """Wait (pidfd) until `pid` has exited; a zombie awaiting a reaper other than us counts."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([fd], [], [], limit)[0], f"process {pid} did not exit within {limit}s"
+    finally:
+        os.close(fd)
+
+
+async def _wait_exit(run: procs.Run, limit: float = 10.0) -> procs.ExitInfo:
+    fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
+    assert procs.watch(run, lambda r, info: fut.set_result(info))
+    return await asyncio.wait_for(fut, limit)
+
+
+SLEEP = os.path.realpath("/bin/sleep")
+
+
+def _exe(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/exe")
+
+
+def _ppid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rfind(")") + 2 :].split()[1])
+
+
+PROBE = textwrap.dedent("""
+    import os
+    print("fd0", os.readlink("/proc/self/fd/0"))
+    print("fd1", os.readlink("/proc/self/fd/1"))
+    print("fd2", os.readlink("/proc/self/fd/2"))
+    print("log mode", oct(os.fstat(1).st_mode & 0o777))
+    print("cwd", os.getcwd())
+    print("env", os.environ.get("WGS_GIVEN"), os.environ.get("WGS_SUPERVISOR_ONLY"))
+    print("group leader is parent", os.getpgid(0) == os.getppid(), os.getsid(0) == os.getppid())
+    print("fds", sorted(int(f) for f in os.listdir("/proc/self/fd")))
+""")
+
+
+async def test_agent_process_setup_is_the_same_as_one_shot(tmp_path: Path, warm: procs.WarmMonitor,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """stdin /dev/null, stdout+stderr = the 0600 run log (open before the agent runs), cwd, exactly the
+    given environment, the monitor as session/group leader and parent, no stray fds."""
+    monkeypatch.setenv("WGS_SUPERVISOR_ONLY", "not-for-agents")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "WGS_GIVEN": "given"}
+    seen: dict[str, str] = {}
+    for number, w in ((1, None), (2, warm)):
+        idle = _idle(warm) if w is not None else None
+        run = procs.spawn(tmp_path, ".chat-1", number, [PY, "-c", PROBE], env, str(work), warm=w)
+        if w is not None:
+            assert run.monitor_pid == idle
+        assert _ppid(run.pid) == run.monitor_pid
+        info = await _wait_exit(run)
+        assert info.exit_code == 0 and info.signal is None
+        seen["warm" if w else "one-shot"] = run.log_path.read_text().replace(str(run.log_path), "<log>")
+    assert seen["warm"] == seen["one-shot"]
+    out = seen["warm"]
+    assert "fd0 /dev/null" in out and "fd1 <log>" in out and "fd2 <log>" in out
+    assert "log mode 0o600" in out and f"cwd {work}" in out
+    assert "env given None" in out
+    assert "group leader is parent True True" in out
+    assert "fds [0, 1, 2, 3]" in out  # 3: the listdir handle itself
+
+
+async def test_agent_pid_reported_alive_and_stoppable(tmp_path: Path, warm: procs.WarmMonitor) -> None:
+    idle = _idle(warm)
+    run = procs.spawn(tmp_path, ".chat-1", 1, ["/bin/sleep", "30"], dict(os.environ), str(tmp_path), warm=warm)
+    assert run.monitor_pid == idle and run.pid != idle
+    assert procs.is_alive(run.pid, run.start_ticks) and procs.is_alive(run.monitor_pid, run.monitor_start_ticks)
+    # The pid is reported right after the fork; the exec follows (no event for it: bounded re-check).
+    for _ in range(500):
+        if _exe(run.pid) == SLEEP:
+            break
+        await asyncio.sleep(0.01)
+    assert _exe(run.pid) == SLEEP
+    assert procs.is_alive(run.pid, run.start_ticks)  # same process after the exec
+    assert set(procs.group_members(run.monitor_pid)) == {run.monitor_pid, run.pid}
+    fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
+    assert procs.watch(run, lambda r, info: fut.set_result(info))
+    assert await procs.stop_group(run, grace=2.0) == []
+    info = await asyncio.wait_for(fut, 10)
+    assert info.signal == signal.SIGTERM
+    assert procs.read_exit_file(run.exit_path) is not None
+
+
+async def test_two_concurrent_spawns_get_two_monitors(tmp_path: Path, warm: procs.WarmMonitor) -> None:
+    _idle(warm)
+    runs = await asyncio.gather(*(asyncio.to_thread(
+        procs.spawn, tmp_path, chat, 1, ["/bin/sleep", "30"], dict(os.environ), str(tmp_path), warm=warm)
+        for chat in (".chat-1", ".chat-2")))
+    try:
+        a, b = runs
+        assert a.monitor_pid != b.monitor_pid and a.pid != b.pid
+        for run in runs:
+            assert procs.is_alive(run.pid, run.start_ticks)
+            assert _ppid(run.pid) == run.monitor_pid
+            assert set(procs.group_members(run.monitor_pid)) == {run.monitor_pid, run.pid}
+        assert warm.idle_pid() not in (a.monitor_pid, b.monitor_pid)  # a replacement, not a reused one
+    finally:
+        for run in runs:
+            assert await procs.stop_group(run, grace=2.0) == []
+            assert run.popen is not None
+            run.popen.wait(timeout=10)
+
+
+async def test_dead_warm_monitor_falls_back_to_one_shot(tmp_path: Path, warm: procs.WarmMonitor) -> None:
+    idle = _idle(warm)
+    os.kill(idle, signal.SIGKILL)
+    _wait_gone(idle)
+    run = procs.spawn(tmp_path, ".chat-1", 1, [PY, "-c", "import sys; sys.stderr.write('fine\\n'); sys.exit(4)"],
+                      dict(os.environ), str(tmp_path), warm=warm)
+    assert run.monitor_pid != idle
+    info = await _wait_exit(run)
+    assert info.exit_code == 4 and "fine" in procs.tail_text(run.log_path)
+    assert warm.idle_pid() not in (None, idle, run.monitor_pid)  # refilled
+
+
+def test_spawn_error_leaves_the_warm_monitor_unused(tmp_path: Path, warm: procs.WarmMonitor) -> None:
+    idle = _idle(warm)
+    with pytest.raises(procs.SpawnError, match="executable not found"):
+        procs.spawn(tmp_path, ".chat-1", 1, ["no-such-agent-xyz"], dict(os.environ), str(tmp_path), warm=warm)
+    assert (tmp_path / "chats" / ".chat-1" / "run-1.log").exists()
+    assert warm.idle_pid() == idle
+
+
+def test_idle_monitor_holds_none_of_the_supervisors_environment(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WGS_TEST_SECRET_KEY", "sk-warm-monitor-must-not-hold-this")
+    w = procs.WarmMonitor(tmp_path)
+    w.prime()
+    try:
+        environ = Path(f"/proc/{_idle(w)}/environ").read_bytes()
+        assert b"sk-warm-monitor-must-not-hold-this" not in environ
+    finally:
+        w.close()
+
+
+def test_close_ends_the_idle_monitor_without_a_trace(tmp_path: Path) -> None:
+    w = procs.WarmMonitor(tmp_path)
+    w.prime()
+    idle = _idle(w)
+    assert str(tmp_path).encode() in Path(f"/proc/{idle}/cmdline").read_bytes()  # found by state dir
+    w.close()
+    assert not Path(f"/proc/{idle}").exists()  # exited and reaped: no process, no zombie
+    assert not (tmp_path / "chats").exists()  # an idle monitor never became a run
+    assert w.take() is None and w.idle_pid(timeout=0.1) is None  # closed: nothing restarted
+
+
+def test_idle_monitor_exits_when_the_supervisor_dies(tmp_path: Path) -> None:
+    """kill -9 of the supervisor closes the command pipe: the idle monitor exits, no leak."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from pathlib import Path
+        from services.supervisor import procs
+        w = procs.WarmMonitor(Path({str(tmp_path)!r}))
+        w.prime()
+        print(w.idle_pid(), flush=True)
+        sys.stdin.read()  # until the test has opened a pidfd
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    sup = subprocess.Popen([PY, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert sup.stdout is not None and sup.stdin is not None
+    idle = int(sup.stdout.readline())
+    fd = os.pidfd_open(idle)
+    try:
+        sup.stdin.close()
+        assert sup.wait(timeout=10) == -signal.SIGKILL
+        assert select.select([fd], [], [], 10)[0], "the idle monitor outlived the supervisor"
+    finally:
+        os.close(fd)
+    stat = Path(f"/proc/{idle}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    assert not (tmp_path / "chats").exists()
