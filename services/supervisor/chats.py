@@ -330,11 +330,13 @@ class ChatManager:
         except errors.FailedPrecondition:
             pass
         trace_id = telemetry.current_trace_id()
+        create_ctx = trace.get_current_span().get_span_context()
+        span_id = format(create_ctx.span_id, "016x") if create_ctx.is_valid else ""
         created = await call("graph CreateChatTask", self.graph.CreateChatTask(graph_pb2.CreateChatTaskRequest(
             name=req.name, model=req.model, executor=executor, endpoint=req.endpoint,
             command_argv=list(req.command), working_dir=req.working_dir, request_id=req.request_id,
             supervisor_id=self.me, lease_seconds=self.s.lease_seconds, max_live_chats=self.s.max_live_chats,
-            trace_id=trace_id), timeout=deadline()))
+            trace_id=trace_id, span_id=span_id), timeout=deadline()))
         chat_id = created.task.id
         live = self.live(chat_id)
         async with live.lock:
@@ -410,6 +412,8 @@ class ChatManager:
     async def _spawn(self, chat_id: str, plan: plan_pb2.SpawnPlan, number: int,
                      runtime: runtime_pb2.ChatRuntime) -> runtime_pb2.ChatRuntime:
         live = self.live(chat_id)
+        if live.create_span is None:
+            live.create_span = creating_span(runtime)
         cwd = plan.working_dir or self.s.default_cwd
         log_path, _ = procs.run_paths(self.s.state_dir, chat_id, number)
         live.redactor = Redactor(_secret_values(plan))
@@ -827,6 +831,8 @@ class ChatManager:
         chat_id = task.id
         live = self.live(chat_id)
         live.redactor = Redactor(_secret_values(rt.plan))
+        if live.create_span is None:
+            live.create_span = creating_span(rt)
         rec = graph_pb2.ChatRecord(task=task, runtime=rt)
         cur = rt.current_run
         if cur.monitor_pid > 0 and not cur.HasField("exited_at"):
@@ -903,6 +909,16 @@ def _check_usable(task: task_pb2.Task) -> None:
         raise errors.FailedPrecondition(f"chat {task.id} was deleted; create a new chat")
     if is_archived(task):
         raise errors.FailedPrecondition(f"chat {task.id} is archived; create a new chat")
+
+
+def creating_span(runtime: runtime_pb2.ChatRuntime) -> trace.SpanContext | None:
+    """The creating call's span, rebuilt from the ids stored with the runtime (survives restarts)."""
+    try:
+        trace_id, span_id = int(runtime.trace_id, 16), int(runtime.span_id, 16)
+    except ValueError:
+        return None
+    ctx = trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+    return ctx if ctx.is_valid else None
 
 
 def _max_prev(runtime: runtime_pb2.ChatRuntime) -> int:

@@ -104,3 +104,12 @@ def test_agent_sees_no_other_endpoints_key_variables(tmp_path: Path, monkeypatch
     env, _ = _manager(tmp_path)._agent_env(".chat-1", 1, plan, {})
     assert "OTHER_ENDPOINT_KEY" not in env and "UNIT_TEST_KEY" not in env
     assert env["WGS_API_KEY"] == SECRET
+
+
+def test_creating_span_is_rebuilt_from_the_stored_ids() -> None:
+    rt = runtime_pb2.ChatRuntime(trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331")
+    ctx = chats.creating_span(rt)
+    assert ctx is not None and ctx.is_valid
+    assert format(ctx.trace_id, "032x") == rt.trace_id and format(ctx.span_id, "016x") == rt.span_id
+    assert chats.creating_span(runtime_pb2.ChatRuntime()) is None  # untraced chat: no link
+    assert chats.creating_span(runtime_pb2.ChatRuntime(trace_id="zz", span_id="b7ad6b7169203331")) is None

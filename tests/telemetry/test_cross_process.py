@@ -32,7 +32,7 @@ SERVICES = {"wgs-graph", "wgs-dispatch", "wgs-supervisor", "wgs-agent"}
 
 
 @pytest.fixture
-def traced_stack(tmp_path: Path) -> Iterator[tuple[OtlpReceiver, FakeOpenAI, list[ServiceProcess]]]:
+def traced_stack(tmp_path: Path) -> Iterator[tuple[OtlpReceiver, FakeOpenAI, list[ServiceProcess], dict[str, str]]]:
     with OtlpReceiver() as receiver, FakeOpenAI(models=[MODEL], api_key=API_KEY) as llm:
         state = tmp_path / "state"
         state.mkdir()
@@ -45,14 +45,22 @@ def traced_stack(tmp_path: Path) -> Iterator[tuple[OtlpReceiver, FakeOpenAI, lis
         try:
             procs.append(start_service("graph", state, env=otel))
             procs.append(start_service("dispatch", state, env=otel))
-            procs.append(start_service("supervisor", state, env={
-                **otel, "WGS_GRAPH_ADDR": procs[0].address, "WGS_DISPATCH_ADDR": procs[1].address,
-                "LAB_API_KEY": API_KEY,
-            }))
-            yield receiver, llm, procs
+            sup_env = {**otel, "WGS_GRAPH_ADDR": procs[0].address, "WGS_DISPATCH_ADDR": procs[1].address,
+                       "LAB_API_KEY": API_KEY}
+            procs.append(start_service("supervisor", state, env=sup_env))
+            yield receiver, llm, procs, sup_env
         finally:
             for p in reversed(procs):
                 p.terminate()
+
+
+def wait_running(stub: chat_pb2_grpc.ChatServiceStub, chat_id: str, not_pid: int) -> int:
+    """Wait (WatchChat) until the chat runs again with a new agent; return its pid."""
+    for event in stub.WatchChat(chat_pb2.WatchChatRequest(chat_id=chat_id), timeout=30):
+        run = event.chat.runtime.current_run
+        if event.chat.runtime.state == runtime_pb2.RUNTIME_STATE_RUNNING and run.pid and run.pid != not_pid:
+            return run.pid
+    raise AssertionError("the chat did not run again")
 
 
 def _one(spans: list[ReceivedSpan], **match: object) -> ReceivedSpan:
@@ -62,7 +70,7 @@ def _one(spans: list[ReceivedSpan], **match: object) -> ReceivedSpan:
 
 
 def test_create_chat_is_one_trace_from_client_to_agent(traced_stack: tuple) -> None:
-    receiver, _llm, procs = traced_stack
+    receiver, _llm, procs, sup_env = traced_stack
     provider = TracerProvider(resource=Resource.create({"service.name": "wgs-test-client"}))
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=receiver.endpoint, insecure=True)))
     tracer = provider.get_tracer("test")
@@ -146,6 +154,23 @@ def test_create_chat_is_one_trace_from_client_to_agent(traced_stack: tuple) -> N
         assert "wgs.chat.restart_count" in exit_span.attributes
         assert exit_span.status_code == 2  # ERROR
 
+        # After kill -9 of the supervisor and a restart, the adopted agent's exit still links to
+        # the creating call (its ids are stored with the chat, not only in the supervisor's memory).
+        running = wait_running(stub, chat.id, not_pid=pid)
+        procs[2].kill9()
+        procs[2] = start_service("supervisor", Path(procs[2].env["WGS_STATE_DIR"]), env=sup_env)
+    with grpc.insecure_channel(procs[2].address) as ch:
+        stub = chat_pb2_grpc.ChatServiceStub(ch)
+        adopted = stub.GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=30).chat
+        assert adopted.runtime.current_run.pid == running
+        os.kill(running, signal.SIGKILL)
+
+        def adopted_exit(all_spans: list[ReceivedSpan]) -> bool:
+            return any(s.name == "agent exit" and s.attributes.get("process.pid") == running for s in all_spans)
+
+        later = next(s for s in receiver.wait_for(adopted_exit)
+                     if s.name == "agent exit" and s.attributes.get("process.pid") == running)
+        assert (trace_id, create.span_id) in later.links
         stub.DeleteChat(chat_pb2.DeleteChatRequest(chat_id=chat.id), timeout=30)
     provider.shutdown()
     for p in procs:
