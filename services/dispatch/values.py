@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from wgs.common.validation import MAX_ENDPOINT, MAX_MODEL
+from wgs.common.validation import MAX_ENDPOINT, MAX_MODEL, split_model
 
 NATIVE = "native"
 CLAUDE = "claude"
@@ -34,12 +34,6 @@ EXECUTOR_ALIASES: dict[str, str] = {
 # Executors that talk to an LLM endpoint themselves (only our native agent).
 NEEDS_ENDPOINT = frozenset({NATIVE})
 
-# Provider prefixes recognized in model strings ("nex:qwen3-coder"); anything else before a ':' is
-# part of the model name ("deepseek-coder-v2:16b").
-KNOWN_MODEL_PREFIXES = frozenset({
-    "claude", "openrouter", "nex", "oai-compat", "openai", "codex", "gemini", "ollama", "llamacpp", "vllm",
-    "local", "native",
-})
 
 # Prefixes a CLI executor accepts (the prefix is stripped before it reaches the CLI's --model).
 EXECUTOR_MODEL_PREFIXES: dict[str, frozenset[str]] = {
@@ -73,14 +67,6 @@ def model_problem(model: str) -> str | None:
         return ("is not a valid model name: use letters, digits and . _ : / @ + -, "
                 "starting with a letter or digit")
     return None
-
-
-def split_model(model: str) -> tuple[str, str]:
-    """(provider prefix, model id); the prefix is '' unless it is a known provider."""
-    prefix, sep, rest = model.partition(":")
-    if sep and rest and prefix.lower() in KNOWN_MODEL_PREFIXES:
-        return prefix.lower(), rest
-    return "", model
 
 
 def model_executor_problem(executor: str, model: str) -> str | None:

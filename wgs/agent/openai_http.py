@@ -34,24 +34,17 @@ from wgs.agent.errors import (
     AgentFatal,
     AnswerFailed,
 )
+from wgs.common.validation import split_model
 
 log = logging.getLogger("wgs.agent.http")
 
-# Provider prefixes recognised in a model spec ("nex:qwen3-coder"); as upstream KNOWN_PROVIDERS.
-KNOWN_PROVIDERS = (
-    "claude", "openrouter", "nex", "oai-compat", "openai", "codex", "gemini", "ollama",
-    "llamacpp", "vllm", "local", "native",
-)
 
 NO_RETRY_STATUSES = {400, 401, 403, 404, 405, 413, 422}
 
 
 def strip_provider_prefix(model: str) -> str:
     """`nex:qwen3-coder` -> `qwen3-coder`; an unknown prefix (`deepseek-coder-v2:16b`) is kept."""
-    prefix, sep, rest = model.partition(":")
-    if sep and rest and prefix.lower() in KNOWN_PROVIDERS:
-        return rest
-    return model
+    return split_model(model)[1]
 
 
 def normalize_base_url(url: str) -> str:

@@ -58,6 +58,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str) -> None:
         self.service = service
 
+    async def _abort(self, exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+        """End the call with the status for `exc` (re-raising aborts already under way)."""
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc
+        if isinstance(exc, WgsError):
+            await context.abort(exc.code, exc.message)
+        log.exception("unhandled error in %s", method, extra=fields(method=method))
+        await context.abort(grpc.StatusCode.INTERNAL, _internal_message(self.service, exc))
+
     async def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
@@ -69,13 +78,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     return await inner(request, context)
-                except WgsError as exc:
-                    await context.abort(exc.code, exc.message)
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
                 except Exception as exc:
-                    log.exception("unhandled error in %s", method, extra=fields(method=method))
-                    await context.abort(grpc.StatusCode.INTERNAL, _internal_message(self.service, exc))
+                    await self._abort(exc, context, method)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -90,13 +94,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
                 try:
                     await inner_writer(request, context)
-                except WgsError as exc:
-                    await context.abort(exc.code, exc.message)
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
                 except Exception as exc:
-                    log.exception("unhandled error in %s", method, extra=fields(method=method))
-                    await context.abort(grpc.StatusCode.INTERNAL, _internal_message(self.service, exc))
+                    await self._abort(exc, context, method)
 
             return grpc.unary_stream_rpc_method_handler(
                 writer,
@@ -110,13 +109,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     async for item in inner_stream(request, context):
                         yield item
-                except WgsError as exc:
-                    await context.abort(exc.code, exc.message)
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
                 except Exception as exc:
-                    log.exception("unhandled error in %s", method, extra=fields(method=method))
-                    await context.abort(grpc.StatusCode.INTERNAL, _internal_message(self.service, exc))
+                    await self._abort(exc, context, method)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,

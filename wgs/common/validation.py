@@ -15,6 +15,13 @@ TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
+# Provider prefixes recognized in model strings ("nex:qwen3-coder"), as upstream's KNOWN_PROVIDERS;
+# anything else before a ':' is part of the model name ("deepseek-coder-v2:16b").
+KNOWN_MODEL_PREFIXES = frozenset({
+    "claude", "openrouter", "nex", "oai-compat", "openai", "codex", "gemini", "ollama", "llamacpp", "vllm",
+    "local", "native",
+})
+
 MAX_TITLE = 512
 MAX_NAME = 200
 MAX_DESCRIPTION = 64 * 1024
@@ -105,3 +112,11 @@ def page_size(value: int, *, default: int = 100, maximum: int = 1000, field: str
 
 def is_chat_id(value: str) -> bool:
     return bool(CHAT_ID_RE.match(value))
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """(provider prefix, model id); the prefix is '' unless it is a known provider."""
+    prefix, sep, rest = model.partition(":")
+    if sep and rest and prefix.lower() in KNOWN_MODEL_PREFIXES:
+        return prefix.lower(), rest
+    return "", model
