@@ -6,6 +6,8 @@ services/graph/migrations; these models must match them (a test compares the two
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -212,6 +214,23 @@ def database_url(state_dir: Path, raw: str | None) -> sa.URL:
     )
 
 
+def _enable_wal(cur: Any, budget_seconds: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+    """Switch a SQLite database to WAL. On a fresh file opened by several processes at once the
+    switch needs an exclusive lock that SQLite may refuse at once ("database is locked") instead of
+    waiting on busy_timeout, so retry within the same budget."""
+    deadline = time.monotonic() + budget_seconds
+    delay = 0.01
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def create_engine(url: sa.URL | str) -> Engine:
     """Engine with the settings the store relies on (SQLite: WAL, foreign keys, busy timeout)."""
     url = sa.make_url(url) if isinstance(url, str) else url
@@ -226,9 +245,9 @@ def create_engine(url: sa.URL | str) -> Engine:
             # busy_timeout instead of failing with "database is locked" when upgrading a read lock.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _enable_wal(cur)
+            cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
