@@ -31,6 +31,9 @@ def test_database_urls() -> list[str]:
     return urls
 
 
+test_database_urls.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 @contextmanager
 def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
     """Yield a SQLAlchemy URL of an empty database of the given kind, dropped afterwards."""

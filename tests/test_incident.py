@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
-from tests.harness import REPO, ServiceProcess, base_env, start_service
+from tests.harness import REPO, ServiceProcess, base_env, fresh_database, start_service, test_database_urls
 from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2, graph_pb2_grpc, runtime_pb2, task_pb2
 
 MODEL = "qwen3-coder"
@@ -55,10 +55,11 @@ def _self_signed(tmp: Path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-@pytest.fixture
-def incident(tmp_path: Path) -> Iterator[Incident]:
+@pytest.fixture(params=test_database_urls())
+def incident(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Incident]:
     cert, key = _self_signed(tmp_path)
-    with FakeOpenAI(models=[MODEL], tls=(cert, key)) as llm, FakeOpenAI(models=[MODEL]) as decoy:
+    with FakeOpenAI(models=[MODEL], tls=(cert, key)) as llm, FakeOpenAI(models=[MODEL]) as decoy, \
+            fresh_database(request.param, tmp_path) as db_url:
         state = tmp_path / "state"
         state.mkdir()
         (state / "config.toml").write_text(
@@ -66,7 +67,8 @@ def incident(tmp_path: Path) -> Iterator[Incident]:
             "default = true\n"
         )
         telemetry = {"OTEL_SDK_DISABLED": "false"}  # the embedded default: traces in <state>/traces
-        procs = [start_service("graph", state, env=telemetry), start_service("dispatch", state, env=telemetry)]
+        procs = [start_service("graph", state, env={**telemetry, "WGS_DATABASE_URL": db_url}),
+                 start_service("dispatch", state, env=telemetry)]
         sup_env = {**telemetry, "WGS_GRAPH_ADDR": procs[0].address, "WGS_DISPATCH_ADDR": procs[1].address,
                    "WGS_CA_BUNDLE": cert, "WGS_RESTART_MAX_FAILURES": "1"}
         procs.append(start_service("supervisor", state, env=sup_env))

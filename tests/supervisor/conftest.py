@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness import ServiceProcess, start_service
+from tests.harness import ServiceProcess, fresh_database, start_service, test_database_urls
 from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2_grpc, runtime_pb2
 
 # Short policy timings so crash loops finish in seconds (the numbers are env-configurable).
@@ -60,11 +60,17 @@ url = "http://127.0.0.1:9/v1"
 """
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+@pytest.fixture(params=test_database_urls())
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """The real three services; the graph on SQLite and, when configured, on PostgreSQL."""
+    with fresh_database(request.param, tmp_path) as db_url:
+        yield from _stack(tmp_path, db_url)
+
+
+def _stack(tmp_path: Path, db_url: str) -> Iterator[Stack]:
     state = tmp_path / "state"
     state.mkdir()
-    graph = start_service("graph", state)
+    graph = start_service("graph", state, env={"WGS_DATABASE_URL": db_url})
     dispatch = start_service("dispatch", state)
     env = {"WGS_GRAPH_ADDR": graph.address, "WGS_DISPATCH_ADDR": dispatch.address,
            "WGS_SUPERVISOR_ID": "sup-test", "WGS_LEASE_SECONDS": "30", **FAST_POLICY}
