@@ -100,7 +100,10 @@ def setup_tracing(service: str, state_dir: Path | None, *, instrument_grpc_serve
         else:
             exporter = None  # type: ignore[assignment]
         if exporter is not None:
-            provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+            # OTEL_BSP_* apply as the SDK defines them; only the export delay defaults shorter than
+            # the SDK's 5 s, so `wgs trace` right after a call sees it.
+            delay = float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY") or 500)
+            provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay))
         trace.set_tracer_provider(provider)
         _provider = provider
     _instrument(instrument_grpc_server, instrument_grpc_client, instrument_httpx)
