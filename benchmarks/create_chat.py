@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 
-from tests.harness import start_service  # noqa: E402
+from tests.harness import kill_agents, start_service  # noqa: E402
 from wgs.v1 import chat_pb2, chat_pb2_grpc, runtime_pb2  # noqa: E402
 
 AGENT_ARGV = ["/bin/sleep", "3600"]
@@ -205,22 +205,6 @@ def bench_live(total: int, stub: chat_pb2_grpc.ChatServiceStub, sup_pid: int, id
             "single_death_to_recorded_max_ms": max(single),
             "kill_all_remaining": total - single_kills,
             "kill_all_to_all_exits_recorded_ms": all_recorded_ms}
-
-
-def kill_agents(state: Path) -> None:
-    """The supervisor leaves agents running on stop (for adoption); the benchmark must not."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"runmon.py" in cmd and str(state).encode() in cmd:
-            try:
-                os.killpg(int(entry), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def main() -> int:

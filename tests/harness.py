@@ -147,3 +147,27 @@ def start_service(name: str, state_dir: Path, env: dict[str, str] | None = None,
     address = addr_file.read_text().strip()
     wait_serving(address, timeout=max(1.0, deadline - time.monotonic()))
     return ServiceProcess(name, proc, address, stderr_path, full_env)
+
+
+def kill_agents(state_dir: Path) -> int:
+    """Kill every run monitor (and so its agent's process group) started for this state dir.
+
+    The supervisor leaves agents running when it stops, so a restarted supervisor can adopt them;
+    a test that is done with its stack must end them itself. Returns how many groups were killed.
+    """
+    killed = 0
+    marker = str(state_dir).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"runmon.py" in c for c in cmd) and any(marker in c for c in cmd):
+            try:
+                os.killpg(int(entry), signal.SIGKILL)
+                killed += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed

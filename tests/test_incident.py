@@ -22,7 +22,15 @@ import grpc
 import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
-from tests.harness import REPO, ServiceProcess, base_env, fresh_database, start_service, test_database_urls
+from tests.harness import (
+    REPO,
+    ServiceProcess,
+    base_env,
+    fresh_database,
+    kill_agents,
+    start_service,
+    test_database_urls,
+)
 from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2, graph_pb2_grpc, runtime_pb2, task_pb2
 
 MODEL = "qwen3-coder"
@@ -81,6 +89,7 @@ def incident(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Inciden
                 ch.close()
             for p in reversed(procs):
                 p.terminate()
+            kill_agents(state)  # the supervisor leaves agents for adoption
 
 
 def _alive(pid: int) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness import ServiceProcess, fresh_database, start_service, test_database_urls
+from tests.harness import ServiceProcess, fresh_database, kill_agents, start_service, test_database_urls
 from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2_grpc, runtime_pb2
 
 # Short policy timings so crash loops finish in seconds (the numbers are env-configurable).
@@ -81,28 +81,9 @@ def _stack(tmp_path: Path, db_url: str) -> Iterator[Stack]:
     finally:
         for ch in s.channels:
             ch.close()
-        # Kill every agent left (stop all chats) so no test leaks processes.
         for p in (s.supervisor, s.dispatch, s.graph):
             p.terminate()
-        for mon in _monitors(state):
-            try:
-                os.killpg(mon, 9)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
-def _monitors(state: Path) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"runmon.py" in c for c in cmd) and any(str(state).encode() in c for c in cmd):
-            out.append(int(entry))
-    return out
+        kill_agents(state)  # the supervisor leaves agents for adoption; no test may leak them
 
 
 def wait_chat(stub: chat_pb2_grpc.ChatServiceStub, chat_id: str, pred: Callable[[chat_pb2.Chat], bool],

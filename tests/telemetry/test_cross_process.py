@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.harness import ServiceProcess, start_service
+from tests.harness import ServiceProcess, kill_agents, start_service
 from wgs.v1 import chat_pb2, chat_pb2_grpc, runtime_pb2
 
 API_KEY = "sk-trace-test-6f1d2c9a8b7e4d3c2b1a"
@@ -52,6 +52,7 @@ def traced_stack(tmp_path: Path) -> Iterator[tuple[OtlpReceiver, FakeOpenAI, lis
         finally:
             for p in reversed(procs):
                 p.terminate()
+            kill_agents(state)
 
 
 def wait_running(stub: chat_pb2_grpc.ChatServiceStub, chat_id: str, not_pid: int) -> int:
