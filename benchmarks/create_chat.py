@@ -89,18 +89,18 @@ def bench_supervisord(n: int, workdir: Path) -> list[float]:
         return xmlrpc.client.ServerProxy("http://127.0.0.1",
                                          transport=SupervisorTransport(None, None, f"unix://{sock}"))
 
-    deadline = time.monotonic() + 20
-    while True:
-        server = connect()  # a failed request leaves the transport unusable: new one per try
-        try:
-            server.supervisor.getState()
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"supervisord did not start: {(workdir / 'supervisord.log').read_text()}") from None
-            time.sleep(0.05)
     times = []
     try:
+        deadline = time.monotonic() + 20
+        while True:
+            server = connect()  # a failed request leaves the transport unusable: new one per try
+            try:
+                server.supervisor.getState()
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"supervisord did not start: {(workdir / 'supervisord.log').read_text()}") from None
+                time.sleep(0.05)
         for i in range(n):
             t0 = time.perf_counter()
             server.supervisor.startProcess(f"agent:agent_{i:04d}", True)
