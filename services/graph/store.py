@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from services.graph import convert, procs
+from services.graph import convert
 from services.graph.db import (
     WRITE_OPTION,
     ChatRuntimeRow,
@@ -44,6 +44,7 @@ from services.graph.db import (
     TaskRow,
     TaskTag,
 )
+from wgs.common import procfs
 from wgs.common import validation as v
 from wgs.common.errors import (
     Aborted,
@@ -991,7 +992,7 @@ class GraphStore:
         if current.hostname != self.hostname:
             return False, (f"run {current.number} runs on host {current.hostname!r}, not this host "
                            f"({self.hostname!r}): cannot check its pid, left alone")
-        ticks = procs.start_ticks(current.pid)
+        ticks = procfs.start_ticks(current.pid)
         if ticks is None:
             return True, f"agent pid {current.pid} of run {current.number} on {self.hostname} is gone"
         if current.process_start_ticks and ticks != current.process_start_ticks:

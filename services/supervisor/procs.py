@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from wgs.common import validation
+from wgs.common.procfs import is_alive, start_ticks, stat_fields
 
 log = logging.getLogger("wgs.supervisor.procs")
 
@@ -104,47 +105,13 @@ class Run:
 # ---------------------------------------------------------------------------------------- /proc
 
 
-def start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot); None if no such process."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    rest = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _stat_fields(pid: int) -> list[bytes] | None:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2 :].split()
-
-
-def is_alive(pid: int, ticks: int) -> bool:
-    """True if `pid` is a live (non-zombie) process started at `ticks`."""
-    if pid <= 0:
-        return False
-    st = _stat_fields(pid)
-    if st is None or st[0] in (b"Z", b"X"):
-        return False
-    try:
-        return int(st[19]) == ticks
-    except (IndexError, ValueError):
-        return False
-
-
 def group_members(pgid: int, *, include_zombies: bool = False) -> list[int]:
     """Pids whose process group is `pgid` (zombies excluded unless asked: they hold no resources)."""
     out: list[int] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        st = _stat_fields(int(entry))
+        st = stat_fields(int(entry))
         if st is None or len(st) < 3:
             continue
         if int(st[2]) != pgid:
@@ -636,7 +603,7 @@ def descendants(root: int) -> list[tuple[int, int]]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        st = _stat_fields(int(entry))
+        st = stat_fields(int(entry))
         if st is None or len(st) < 20 or st[0] in (b"Z", b"X"):
             continue
         children.setdefault(int(st[1]), []).append(int(entry))

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
-from services.graph import db, procs
+from services.graph import db
 from services.graph.store import GraphStore
+from wgs.common import procfs
 from wgs.common.errors import (
     Aborted,
     AlreadyExists,
@@ -400,7 +400,7 @@ async def test_reconcile_run_proof_on_this_host(store: GraphStore) -> None:
     """Without a lease, a recorded run on this host proves death by a dead pid or reused pid."""
     sleeper = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
     try:
-        ticks = procs.start_ticks(sleeper.pid)
+        ticks = procfs.start_ticks(sleeper.pid)
         assert ticks is not None
         dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
         await dead.wait()
@@ -425,12 +425,6 @@ async def test_reconcile_run_proof_on_this_host(store: GraphStore) -> None:
     finally:
         sleeper.kill()
         await sleeper.wait()
-
-
-async def test_start_ticks_of_self_and_missing_pid() -> None:
-    assert procs.start_ticks(os.getpid()) is not None
-    assert procs.pid_alive(os.getpid())
-    assert procs.start_ticks(2**22 + 7) is None and not procs.pid_alive(2**22 + 7)
 
 
 async def test_validation_rejects_bad_fields_without_writing(store: GraphStore) -> None:

@@ -12,33 +12,9 @@ import signal
 import time
 from pathlib import Path
 
+from wgs.common.procfs import is_alive, start_ticks
 
-def start_ticks(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks since boot, or None if there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
-        return None
-    # The command name (field 2) is in parentheses and may contain spaces or ')'.
-    rest = raw[raw.rfind(")") + 2 :].split()
-    try:
-        state = rest[0]
-        ticks = int(rest[19])  # field 22 overall; rest starts at field 3
-    except (IndexError, ValueError):
-        return None
-    if state in ("Z", "X"):
-        return None  # a zombie has exited; it only waits to be reaped
-    return ticks
-
-
-def is_alive(pid: int, ticks: int | None) -> bool:
-    """True if the process with this pid is alive and is the same one (start ticks match)."""
-    if pid <= 0:
-        return False
-    current = start_ticks(pid)
-    if current is None:
-        return False
-    return ticks is None or current == ticks
+__all__ = ["describe_exit", "is_alive", "start_ticks"]
 
 
 def describe_exit(returncode: int) -> str:
