@@ -9,27 +9,18 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from wgs.common.validation import MAX_ENDPOINT, MAX_MODEL, split_model
-
-NATIVE = "native"
-CLAUDE = "claude"
-CODEX = "codex"
-COMMAND = "command"
-
-EXECUTORS: tuple[str, ...] = (NATIVE, CLAUDE, CODEX, COMMAND)
-
-# Accepted spellings → executor. Small and explicit on purpose: anything else is an error, never a
-# silent fall-through to a default (upstream ignored "nex" and ran claude instead).
-EXECUTOR_ALIASES: dict[str, str] = {
-    "native": NATIVE,
-    "nex": NATIVE,
-    "wg-nex": NATIVE,
-    "claude": CLAUDE,
-    "claude-code": CLAUDE,
-    "codex": CODEX,
-    "command": COMMAND,
-    "shell": COMMAND,
-}
+from wgs.common.validation import (
+    CLAUDE,
+    CODEX,
+    COMMAND,
+    EXECUTORS,
+    MAX_ENDPOINT,
+    MAX_MODEL,
+    NATIVE,
+    executor_choices,
+    normalize_executor,
+    split_model,
+)
 
 # Executors that talk to an LLM endpoint themselves (only our native agent).
 NEEDS_ENDPOINT = frozenset({NATIVE})
@@ -48,16 +39,6 @@ DEFAULT_PROVIDER = "oai-compat"
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 ENDPOINT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-
-
-def executor_choices() -> str:
-    aliases = ", ".join(f"{a} → {e}" for a, e in EXECUTOR_ALIASES.items() if a != e)
-    return f"{', '.join(EXECUTORS)} (aliases: {aliases})"
-
-
-def normalize_executor(value: str) -> str | None:
-    """The executor an accepted spelling means (case-insensitive), or None if unknown."""
-    return EXECUTOR_ALIASES.get(value.strip().lower())
 
 
 def model_problem(model: str) -> str | None:
@@ -139,3 +120,5 @@ def _port(scheme: str, port: int | None) -> int:
     if port is not None:
         return port
     return 443 if scheme.lower() == "https" else 80
+
+__all__ = ["CLAUDE", "CODEX", "COMMAND", "EXECUTORS", "NATIVE", "executor_choices", "normalize_executor"]

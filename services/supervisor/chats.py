@@ -45,7 +45,6 @@ tracer = telemetry.tracer("wgs.supervisor")
 
 RS = runtime_pb2
 STATE_NAMES = {v: k.removeprefix("RUNTIME_STATE_") for k, v in RS.RuntimeState.items()}
-EXECUTORS = {"native": "native", "nex": "native", "claude": "claude", "codex": "codex", "command": "command"}
 # Variables of the supervisor's own environment an agent must not inherit.
 _NOT_INHERITED = {"WGS_ADDRESS_FILE", "WGS_GRAPH_LISTEN", "WGS_DISPATCH_LISTEN", "WGS_SUPERVISOR_LISTEN",
                   "OTEL_SERVICE_NAME", "TRACEPARENT", "TRACESTATE"}
@@ -287,12 +286,13 @@ class ChatManager:
         validation.text(req.endpoint, "endpoint", required=False, max_len=validation.MAX_ENDPOINT)
         validation.request_id(req.request_id)
         command = validation.argv(list(req.command), "command")
-        executor = req.executor.strip().lower()
-        if executor:
-            if executor not in EXECUTORS:
+        executor = ""
+        if req.executor.strip():
+            normalized = validation.normalize_executor(req.executor)
+            if normalized is None:
                 raise errors.InvalidArgument(
-                    f"unknown executor {req.executor[:40]!r}; valid: native (alias nex), claude, codex, command")
-            executor = EXECUTORS[executor]
+                    f"unknown executor {req.executor[:40]!r}; valid: {validation.executor_choices()}")
+            executor = normalized
         if command and (req.model or req.endpoint):
             raise errors.InvalidArgument("command cannot be combined with model or endpoint: a command chat "
                                          "runs the given argv as is")

@@ -15,6 +15,26 @@ TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
+NATIVE = "native"
+CLAUDE = "claude"
+CODEX = "codex"
+COMMAND = "command"
+
+EXECUTORS: tuple[str, ...] = (NATIVE, CLAUDE, CODEX, COMMAND)
+
+# Accepted spellings → executor. Small and explicit on purpose: anything else is an error, never a
+# silent fall-through to a default (upstream ignored "nex" and ran claude instead).
+EXECUTOR_ALIASES: dict[str, str] = {
+    "native": NATIVE,
+    "nex": NATIVE,
+    "wg-nex": NATIVE,
+    "claude": CLAUDE,
+    "claude-code": CLAUDE,
+    "codex": CODEX,
+    "command": COMMAND,
+    "shell": COMMAND,
+}
+
 # Provider prefixes recognized in model strings ("nex:qwen3-coder"), as upstream's KNOWN_PROVIDERS;
 # anything else before a ':' is part of the model name ("deepseek-coder-v2:16b").
 KNOWN_MODEL_PREFIXES = frozenset({
@@ -120,3 +140,13 @@ def split_model(model: str) -> tuple[str, str]:
     if sep and rest and prefix.lower() in KNOWN_MODEL_PREFIXES:
         return prefix.lower(), rest
     return "", model
+
+
+def executor_choices() -> str:
+    aliases = ", ".join(f"{a} → {e}" for a, e in EXECUTOR_ALIASES.items() if a != e)
+    return f"{', '.join(EXECUTORS)} (aliases: {aliases})"
+
+
+def normalize_executor(value: str) -> str | None:
+    """The executor an accepted spelling means (case-insensitive), or None if unknown."""
+    return EXECUTOR_ALIASES.get(value.strip().lower())
