@@ -22,6 +22,7 @@ import grpc
 import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.tls import self_signed
 from tests.harness import (
     REPO,
     ServiceProcess,
@@ -55,17 +56,9 @@ class Incident:
         return self.chat.GetChat(chat_pb2.GetChatRequest(chat_id=chat_id), timeout=10).chat
 
 
-def _self_signed(tmp: Path) -> tuple[str, str]:
-    cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    return str(cert), str(key)
-
-
 @pytest.fixture(params=test_database_urls())
 def incident(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Incident]:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     with FakeOpenAI(models=[MODEL], tls=(cert, key)) as llm, FakeOpenAI(models=[MODEL]) as decoy, \
             fresh_database(request.param, tmp_path) as db_url:
         state = tmp_path / "state"

@@ -13,6 +13,7 @@ import pytest
 
 from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, Agent, AgentRunner, Chat
 from tests.fakes.fake_openai import FakeOpenAI, Reply
+from tests.fakes.tls import self_signed
 from wgs.agent.errors import EXIT_AUTH, EXIT_GRAPH, EXIT_TLS, EXIT_UNKNOWN_MODEL, EXIT_UNREACHABLE
 
 KEY = "sk-integration-SECRET-0123456789"
@@ -228,17 +229,9 @@ def test_idle_agent_exits_0(agents: AgentRunner, chat: Chat) -> None:
         assert "idle" in agent.stderr()
 
 
-def _self_signed(tmp_path: Path) -> tuple[str, str]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    return str(cert), str(key)
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make a certificate")
 def test_tls_verified_custom_ca_bundle(agents: AgentRunner, chat: Chat, tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     with FakeOpenAI(models=["m"], tls=(cert, key)) as fake:
         assert fake.base_url.startswith("https://")
         pending = chat.send("over tls")
