@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,22 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
     assert "unreachable" in after.stdout
 
 
+@contextmanager
+def foreground_up(state: Path) -> Iterator[subprocess.Popen[str]]:
+    """`wgs up` in the foreground, returned once it says it serves; killed afterwards if still running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wgs.cli.main", "up", "--state-dir", str(state)], env=cli_env(state), cwd=str(REPO),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )
+    try:
+        _read_until(proc, "press Ctrl-C", 90)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
@@ -126,12 +144,7 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str
 
 def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wgs.cli.main", "up", "--state-dir", str(state)], env=cli_env(state), cwd=str(REPO),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-    )
-    try:
-        _read_until(proc, "press Ctrl-C", 90)
+    with foreground_up(state) as proc:
         record = recorded(state)
         assert record["owner_pid"] == proc.pid
         assert wgs(state, "status", "--state-dir", str(state)).returncode == 0
@@ -142,20 +155,11 @@ def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
         assert_all_gone(record)
         assert service_processes(state) == []
         assert not (state / "run" / "stack.json").exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_down_stops_a_foreground_stack(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wgs.cli.main", "up", "--state-dir", str(state)], env=cli_env(state), cwd=str(REPO),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-    )
-    try:
-        _read_until(proc, "press Ctrl-C", 90)
+    with foreground_up(state) as proc:
         record = recorded(state)
         down = wgs(state, "down", "--state-dir", str(state))
         assert down.returncode == 0, down.stderr
@@ -163,10 +167,6 @@ def test_down_stops_a_foreground_stack(tmp_path: Path) -> None:
         assert proc.returncode == 0
         assert_all_gone(record)
         assert service_processes(state) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_service_dying_at_start_is_named_with_its_stderr(tmp_path: Path) -> None:
@@ -183,12 +183,7 @@ def test_a_service_dying_at_start_is_named_with_its_stderr(tmp_path: Path) -> No
 
 def test_foreground_up_reports_a_service_killed_later(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wgs.cli.main", "up", "--state-dir", str(state)], env=cli_env(state), cwd=str(REPO),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-    )
-    try:
-        _read_until(proc, "press Ctrl-C", 90)
+    with foreground_up(state) as proc:
         record = recorded(state)
         os.kill(record["services"]["dispatch"]["pid"], signal.SIGKILL)
         _out, err = proc.communicate(timeout=60)
@@ -196,10 +191,6 @@ def test_foreground_up_reports_a_service_killed_later(tmp_path: Path) -> None:
         assert "dispatch service" in err and "killed by SIGKILL" in err
         assert_all_gone(record)
         assert service_processes(state) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_down_also_stops_chat_agents(tmp_path: Path) -> None:
