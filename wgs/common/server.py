@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from wgs.common import telemetry
 from wgs.common.errors import ConfigError, WgsError
@@ -63,6 +64,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AbortError):
             raise exc
         if isinstance(exc, WgsError):
+            details = exc.details()
+            if details:  # e.g. google.rpc.BadRequest naming the field (grpc-status-details-bin)
+                status = rpc_status.to_status(exc.to_status())
+                await context.abort(exc.code, exc.message, trailing_metadata=status.trailing_metadata)
             await context.abort(exc.code, exc.message)
         log.exception("unhandled error in %s", method, extra=fields(method=method))
         await context.abort(grpc.StatusCode.INTERNAL, _internal_message(self.service, exc))

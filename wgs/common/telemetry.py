@@ -154,5 +154,13 @@ def current_trace_id() -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
+def current_traceparent() -> str:
+    """W3C traceparent of the current span ("" when there is none)."""
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return ""
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)

@@ -23,67 +23,72 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from wgs.v1 import plan_pb2 as wgs_dot_v1_dot_plan__pb2
 from wgs.v1 import runtime_pb2 as wgs_dot_v1_dot_runtime__pb2
 from wgs.v1 import task_pb2 as wgs_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11wgs/v1/chat.proto\x12\x06wgs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14wgs/v1/runtime.proto\x1a\x11wgs/v1/task.proto\"\xa2\x02\n\x04\x43hat\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\"\n\x06status\x18\x04 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x07 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x03(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07runtime\x18\x0b \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\x12\x13\n\x0bstderr_tail\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\"\x8e\x01\n\x11\x43reateChatRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x05 \x03(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x13\n\x0bworking_dir\x18\x07 \x01(\t\"A\n\x12\x43reateChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x0eGetChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"-\n\x0fGetChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"P\n\x10ListChatsRequest\x12\x15\n\rinclude_ended\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"I\n\x11ListChatsResponse\x12\x1b\n\x05\x63hats\x18\x01 \x03(\x0b\x32\x0c.wgs.v1.Chat\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x12SendMessageRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"t\n\x13SendMessageResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatMessage\x12\x11\n\trespawned\x18\x02 \x01(\x08\x12$\n\x07runtime\x18\x03 \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\"L\n\x17ListChatMessagesRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"A\n\x18ListChatMessagesResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.wgs.v1.ChatMessage\">\n\x18WatchChatMessagesRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"A\n\x19WatchChatMessagesResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatMessage\"\"\n\x0fStopChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\".\n\x10StopChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"$\n\x11\x44\x65leteChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"0\n\x12\x44\x65leteChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"%\n\x12\x41rchiveChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"1\n\x13\x41rchiveChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"\'\n\x14InterruptChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"G\n\x15InterruptChatResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"%\n\x12RestartChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"1\n\x13RestartChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"#\n\x10WatchChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"/\n\x11WatchChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat2\xf1\x06\n\x0b\x43hatService\x12\x43\n\nCreateChat\x12\x19.wgs.v1.CreateChatRequest\x1a\x1a.wgs.v1.CreateChatResponse\x12:\n\x07GetChat\x12\x16.wgs.v1.GetChatRequest\x1a\x17.wgs.v1.GetChatResponse\x12@\n\tListChats\x12\x18.wgs.v1.ListChatsRequest\x1a\x19.wgs.v1.ListChatsResponse\x12\x46\n\x0bSendMessage\x12\x1a.wgs.v1.SendMessageRequest\x1a\x1b.wgs.v1.SendMessageResponse\x12U\n\x10ListChatMessages\x12\x1f.wgs.v1.ListChatMessagesRequest\x1a .wgs.v1.ListChatMessagesResponse\x12Z\n\x11WatchChatMessages\x12 .wgs.v1.WatchChatMessagesRequest\x1a!.wgs.v1.WatchChatMessagesResponse0\x01\x12=\n\x08StopChat\x12\x17.wgs.v1.StopChatRequest\x1a\x18.wgs.v1.StopChatResponse\x12\x43\n\nDeleteChat\x12\x19.wgs.v1.DeleteChatRequest\x1a\x1a.wgs.v1.DeleteChatResponse\x12\x46\n\x0b\x41rchiveChat\x12\x1a.wgs.v1.ArchiveChatRequest\x1a\x1b.wgs.v1.ArchiveChatResponse\x12L\n\rInterruptChat\x12\x1c.wgs.v1.InterruptChatRequest\x1a\x1d.wgs.v1.InterruptChatResponse\x12\x46\n\x0bRestartChat\x12\x1a.wgs.v1.RestartChatRequest\x1a\x1b.wgs.v1.RestartChatResponse\x12\x42\n\tWatchChat\x12\x18.wgs.v1.WatchChatRequest\x1a\x19.wgs.v1.WatchChatResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11wgs/v1/chat.proto\x12\x06wgs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x11wgs/v1/plan.proto\x1a\x14wgs/v1/runtime.proto\x1a\x11wgs/v1/task.proto\"\xe0\x02\n\x04\x43hat\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\"\n\x06status\x18\x04 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x07 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x08 \x01(\t\x12\x0f\n\x07\x63ommand\x18\t \x03(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07runtime\x18\x0b \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\x12\x13\n\x0bstderr_tail\x18\x0c \x01(\t\x12\x10\n\x08trace_id\x18\r \x01(\t\x12\x0b\n\x03pid\x18\x0e \x01(\x05\x12/\n\ngeneration\x18\x0f \x01(\x0b\x32\x1b.wgs.v1.GenerationOverrides\"\xbf\x01\n\x11\x43reateChatRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x05 \x03(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x13\n\x0bworking_dir\x18\x07 \x01(\t\x12/\n\ngeneration\x18\x08 \x01(\x0b\x32\x1b.wgs.v1.GenerationOverrides\"A\n\x12\x43reateChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x0eGetChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"-\n\x0fGetChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"P\n\x10ListChatsRequest\x12\x15\n\rinclude_ended\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"I\n\x11ListChatsResponse\x12\x1b\n\x05\x63hats\x18\x01 \x03(\x0b\x32\x0c.wgs.v1.Chat\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x12SendMessageRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"t\n\x13SendMessageResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatMessage\x12\x11\n\trespawned\x18\x02 \x01(\x08\x12$\n\x07runtime\x18\x03 \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\"d\n\x17ListChatMessagesRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Z\n\x18ListChatMessagesResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.wgs.v1.ChatMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x18WatchChatMessagesRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x17\n\x0finclude_partial\x18\x03 \x01(\x08\"j\n\x19WatchChatMessagesResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatMessage\x12\'\n\x07partial\x18\x02 \x01(\x0b\x32\x16.wgs.v1.PartialMessage\"\"\n\x0fStopChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\".\n\x10StopChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"$\n\x11\x44\x65leteChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"0\n\x12\x44\x65leteChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"%\n\x12\x41rchiveChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"1\n\x13\x41rchiveChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"\'\n\x14InterruptChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"G\n\x15InterruptChatResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x08\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"%\n\x12RestartChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"1\n\x13RestartChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"#\n\x10WatchChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"/\n\x11WatchChatResponse\x12\x1a\n\x04\x63hat\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Chat\"D\n\x14StreamChatLogRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0b\n\x03run\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"]\n\x15StreamChatLogResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nrun_number\x18\x02 \x01(\x05\x12\r\n\x05\x65nded\x18\x03 \x01(\x08\x12\x13\n\x0b\x66rom_record\x18\x04 \x01(\x08\x32\xc1\x07\n\x0b\x43hatService\x12\x43\n\nCreateChat\x12\x19.wgs.v1.CreateChatRequest\x1a\x1a.wgs.v1.CreateChatResponse\x12:\n\x07GetChat\x12\x16.wgs.v1.GetChatRequest\x1a\x17.wgs.v1.GetChatResponse\x12@\n\tListChats\x12\x18.wgs.v1.ListChatsRequest\x1a\x19.wgs.v1.ListChatsResponse\x12\x46\n\x0bSendMessage\x12\x1a.wgs.v1.SendMessageRequest\x1a\x1b.wgs.v1.SendMessageResponse\x12U\n\x10ListChatMessages\x12\x1f.wgs.v1.ListChatMessagesRequest\x1a .wgs.v1.ListChatMessagesResponse\x12Z\n\x11WatchChatMessages\x12 .wgs.v1.WatchChatMessagesRequest\x1a!.wgs.v1.WatchChatMessagesResponse0\x01\x12=\n\x08StopChat\x12\x17.wgs.v1.StopChatRequest\x1a\x18.wgs.v1.StopChatResponse\x12\x43\n\nDeleteChat\x12\x19.wgs.v1.DeleteChatRequest\x1a\x1a.wgs.v1.DeleteChatResponse\x12\x46\n\x0b\x41rchiveChat\x12\x1a.wgs.v1.ArchiveChatRequest\x1a\x1b.wgs.v1.ArchiveChatResponse\x12L\n\rInterruptChat\x12\x1c.wgs.v1.InterruptChatRequest\x1a\x1d.wgs.v1.InterruptChatResponse\x12\x46\n\x0bRestartChat\x12\x1a.wgs.v1.RestartChatRequest\x1a\x1b.wgs.v1.RestartChatResponse\x12\x42\n\tWatchChat\x12\x18.wgs.v1.WatchChatRequest\x1a\x19.wgs.v1.WatchChatResponse0\x01\x12N\n\rStreamChatLog\x12\x1c.wgs.v1.StreamChatLogRequest\x1a\x1d.wgs.v1.StreamChatLogResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wgs.v1.chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHAT']._serialized_start=104
-  _globals['_CHAT']._serialized_end=394
-  _globals['_CREATECHATREQUEST']._serialized_start=397
-  _globals['_CREATECHATREQUEST']._serialized_end=539
-  _globals['_CREATECHATRESPONSE']._serialized_start=541
-  _globals['_CREATECHATRESPONSE']._serialized_end=606
-  _globals['_GETCHATREQUEST']._serialized_start=608
-  _globals['_GETCHATREQUEST']._serialized_end=641
-  _globals['_GETCHATRESPONSE']._serialized_start=643
-  _globals['_GETCHATRESPONSE']._serialized_end=688
-  _globals['_LISTCHATSREQUEST']._serialized_start=690
-  _globals['_LISTCHATSREQUEST']._serialized_end=770
-  _globals['_LISTCHATSRESPONSE']._serialized_start=772
-  _globals['_LISTCHATSRESPONSE']._serialized_end=845
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=847
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=918
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=920
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=1036
-  _globals['_LISTCHATMESSAGESREQUEST']._serialized_start=1038
-  _globals['_LISTCHATMESSAGESREQUEST']._serialized_end=1114
-  _globals['_LISTCHATMESSAGESRESPONSE']._serialized_start=1116
-  _globals['_LISTCHATMESSAGESRESPONSE']._serialized_end=1181
-  _globals['_WATCHCHATMESSAGESREQUEST']._serialized_start=1183
-  _globals['_WATCHCHATMESSAGESREQUEST']._serialized_end=1245
-  _globals['_WATCHCHATMESSAGESRESPONSE']._serialized_start=1247
-  _globals['_WATCHCHATMESSAGESRESPONSE']._serialized_end=1312
-  _globals['_STOPCHATREQUEST']._serialized_start=1314
-  _globals['_STOPCHATREQUEST']._serialized_end=1348
-  _globals['_STOPCHATRESPONSE']._serialized_start=1350
-  _globals['_STOPCHATRESPONSE']._serialized_end=1396
-  _globals['_DELETECHATREQUEST']._serialized_start=1398
-  _globals['_DELETECHATREQUEST']._serialized_end=1434
-  _globals['_DELETECHATRESPONSE']._serialized_start=1436
-  _globals['_DELETECHATRESPONSE']._serialized_end=1484
-  _globals['_ARCHIVECHATREQUEST']._serialized_start=1486
-  _globals['_ARCHIVECHATREQUEST']._serialized_end=1523
-  _globals['_ARCHIVECHATRESPONSE']._serialized_start=1525
-  _globals['_ARCHIVECHATRESPONSE']._serialized_end=1574
-  _globals['_INTERRUPTCHATREQUEST']._serialized_start=1576
-  _globals['_INTERRUPTCHATREQUEST']._serialized_end=1615
-  _globals['_INTERRUPTCHATRESPONSE']._serialized_start=1617
-  _globals['_INTERRUPTCHATRESPONSE']._serialized_end=1688
-  _globals['_RESTARTCHATREQUEST']._serialized_start=1690
-  _globals['_RESTARTCHATREQUEST']._serialized_end=1727
-  _globals['_RESTARTCHATRESPONSE']._serialized_start=1729
-  _globals['_RESTARTCHATRESPONSE']._serialized_end=1778
-  _globals['_WATCHCHATREQUEST']._serialized_start=1780
-  _globals['_WATCHCHATREQUEST']._serialized_end=1815
-  _globals['_WATCHCHATRESPONSE']._serialized_start=1817
-  _globals['_WATCHCHATRESPONSE']._serialized_end=1864
-  _globals['_CHATSERVICE']._serialized_start=1867
-  _globals['_CHATSERVICE']._serialized_end=2748
+  _globals['_CHAT']._serialized_start=123
+  _globals['_CHAT']._serialized_end=475
+  _globals['_CREATECHATREQUEST']._serialized_start=478
+  _globals['_CREATECHATREQUEST']._serialized_end=669
+  _globals['_CREATECHATRESPONSE']._serialized_start=671
+  _globals['_CREATECHATRESPONSE']._serialized_end=736
+  _globals['_GETCHATREQUEST']._serialized_start=738
+  _globals['_GETCHATREQUEST']._serialized_end=771
+  _globals['_GETCHATRESPONSE']._serialized_start=773
+  _globals['_GETCHATRESPONSE']._serialized_end=818
+  _globals['_LISTCHATSREQUEST']._serialized_start=820
+  _globals['_LISTCHATSREQUEST']._serialized_end=900
+  _globals['_LISTCHATSRESPONSE']._serialized_start=902
+  _globals['_LISTCHATSRESPONSE']._serialized_end=975
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=977
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1048
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1050
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1166
+  _globals['_LISTCHATMESSAGESREQUEST']._serialized_start=1168
+  _globals['_LISTCHATMESSAGESREQUEST']._serialized_end=1268
+  _globals['_LISTCHATMESSAGESRESPONSE']._serialized_start=1270
+  _globals['_LISTCHATMESSAGESRESPONSE']._serialized_end=1360
+  _globals['_WATCHCHATMESSAGESREQUEST']._serialized_start=1362
+  _globals['_WATCHCHATMESSAGESREQUEST']._serialized_end=1449
+  _globals['_WATCHCHATMESSAGESRESPONSE']._serialized_start=1451
+  _globals['_WATCHCHATMESSAGESRESPONSE']._serialized_end=1557
+  _globals['_STOPCHATREQUEST']._serialized_start=1559
+  _globals['_STOPCHATREQUEST']._serialized_end=1593
+  _globals['_STOPCHATRESPONSE']._serialized_start=1595
+  _globals['_STOPCHATRESPONSE']._serialized_end=1641
+  _globals['_DELETECHATREQUEST']._serialized_start=1643
+  _globals['_DELETECHATREQUEST']._serialized_end=1679
+  _globals['_DELETECHATRESPONSE']._serialized_start=1681
+  _globals['_DELETECHATRESPONSE']._serialized_end=1729
+  _globals['_ARCHIVECHATREQUEST']._serialized_start=1731
+  _globals['_ARCHIVECHATREQUEST']._serialized_end=1768
+  _globals['_ARCHIVECHATRESPONSE']._serialized_start=1770
+  _globals['_ARCHIVECHATRESPONSE']._serialized_end=1819
+  _globals['_INTERRUPTCHATREQUEST']._serialized_start=1821
+  _globals['_INTERRUPTCHATREQUEST']._serialized_end=1860
+  _globals['_INTERRUPTCHATRESPONSE']._serialized_start=1862
+  _globals['_INTERRUPTCHATRESPONSE']._serialized_end=1933
+  _globals['_RESTARTCHATREQUEST']._serialized_start=1935
+  _globals['_RESTARTCHATREQUEST']._serialized_end=1972
+  _globals['_RESTARTCHATRESPONSE']._serialized_start=1974
+  _globals['_RESTARTCHATRESPONSE']._serialized_end=2023
+  _globals['_WATCHCHATREQUEST']._serialized_start=2025
+  _globals['_WATCHCHATREQUEST']._serialized_end=2060
+  _globals['_WATCHCHATRESPONSE']._serialized_start=2062
+  _globals['_WATCHCHATRESPONSE']._serialized_end=2109
+  _globals['_STREAMCHATLOGREQUEST']._serialized_start=2111
+  _globals['_STREAMCHATLOGREQUEST']._serialized_end=2179
+  _globals['_STREAMCHATLOGRESPONSE']._serialized_start=2181
+  _globals['_STREAMCHATLOGRESPONSE']._serialized_end=2274
+  _globals['_CHATSERVICE']._serialized_start=2277
+  _globals['_CHATSERVICE']._serialized_end=3238
 # @@protoc_insertion_point(module_scope)

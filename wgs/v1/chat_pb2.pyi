@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from wgs.v1 import plan_pb2 as _plan_pb2
 from wgs.v1 import runtime_pb2 as _runtime_pb2
 from wgs.v1 import task_pb2 as _task_pb2
 from google.protobuf.internal import containers as _containers
@@ -12,7 +13,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Chat(_message.Message):
-    __slots__ = ("id", "name", "title", "status", "tags", "model", "executor", "endpoint", "command", "created_at", "runtime", "stderr_tail", "trace_id")
+    __slots__ = ("id", "name", "title", "status", "tags", "model", "executor", "endpoint", "command", "created_at", "runtime", "stderr_tail", "trace_id", "pid", "generation")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +27,8 @@ class Chat(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     STDERR_TAIL_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     title: str
@@ -39,10 +42,12 @@ class Chat(_message.Message):
     runtime: _runtime_pb2.ChatRuntime
     stderr_tail: str
     trace_id: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., title: _Optional[str] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, str]] = ..., tags: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ..., stderr_tail: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    pid: int
+    generation: _plan_pb2.GenerationOverrides
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., title: _Optional[str] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, str]] = ..., tags: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ..., stderr_tail: _Optional[str] = ..., trace_id: _Optional[str] = ..., pid: _Optional[int] = ..., generation: _Optional[_Union[_plan_pb2.GenerationOverrides, _Mapping]] = ...) -> None: ...
 
 class CreateChatRequest(_message.Message):
-    __slots__ = ("name", "model", "executor", "endpoint", "command", "request_id", "working_dir")
+    __slots__ = ("name", "model", "executor", "endpoint", "command", "request_id", "working_dir", "generation")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +55,7 @@ class CreateChatRequest(_message.Message):
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     executor: str
@@ -57,7 +63,8 @@ class CreateChatRequest(_message.Message):
     command: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
     working_dir: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., working_dir: _Optional[str] = ...) -> None: ...
+    generation: _plan_pb2.GenerationOverrides
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., working_dir: _Optional[str] = ..., generation: _Optional[_Union[_plan_pb2.GenerationOverrides, _Mapping]] = ...) -> None: ...
 
 class CreateChatResponse(_message.Message):
     __slots__ = ("chat", "created")
@@ -118,34 +125,42 @@ class SendMessageResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[_task_pb2.ChatMessage, _Mapping]] = ..., respawned: _Optional[bool] = ..., runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ...) -> None: ...
 
 class ListChatMessagesRequest(_message.Message):
-    __slots__ = ("chat_id", "after_seq", "limit")
+    __slots__ = ("chat_id", "after_seq", "page_size", "page_token")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
-    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
     after_seq: int
-    limit: int
-    def __init__(self, chat_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, chat_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListChatMessagesResponse(_message.Message):
-    __slots__ = ("messages",)
+    __slots__ = ("messages", "next_page_token")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_task_pb2.ChatMessage]
-    def __init__(self, messages: _Optional[_Iterable[_Union[_task_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[_task_pb2.ChatMessage, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchChatMessagesRequest(_message.Message):
-    __slots__ = ("chat_id", "after_seq")
+    __slots__ = ("chat_id", "after_seq", "include_partial")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
     after_seq: int
-    def __init__(self, chat_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    include_partial: bool
+    def __init__(self, chat_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., include_partial: _Optional[bool] = ...) -> None: ...
 
 class WatchChatMessagesResponse(_message.Message):
-    __slots__ = ("message",)
+    __slots__ = ("message", "partial")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     message: _task_pb2.ChatMessage
-    def __init__(self, message: _Optional[_Union[_task_pb2.ChatMessage, _Mapping]] = ...) -> None: ...
+    partial: _task_pb2.PartialMessage
+    def __init__(self, message: _Optional[_Union[_task_pb2.ChatMessage, _Mapping]] = ..., partial: _Optional[_Union[_task_pb2.PartialMessage, _Mapping]] = ...) -> None: ...
 
 class StopChatRequest(_message.Message):
     __slots__ = ("chat_id",)
@@ -222,3 +237,25 @@ class WatchChatResponse(_message.Message):
     CHAT_FIELD_NUMBER: _ClassVar[int]
     chat: Chat
     def __init__(self, chat: _Optional[_Union[Chat, _Mapping]] = ...) -> None: ...
+
+class StreamChatLogRequest(_message.Message):
+    __slots__ = ("chat_id", "run", "follow")
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    chat_id: str
+    run: int
+    follow: bool
+    def __init__(self, chat_id: _Optional[str] = ..., run: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class StreamChatLogResponse(_message.Message):
+    __slots__ = ("data", "run_number", "ended", "from_record")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    RUN_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    FROM_RECORD_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    run_number: int
+    ended: bool
+    from_record: bool
+    def __init__(self, data: _Optional[bytes] = ..., run_number: _Optional[int] = ..., ended: _Optional[bool] = ..., from_record: _Optional[bool] = ...) -> None: ...

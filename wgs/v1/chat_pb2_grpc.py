@@ -97,6 +97,11 @@ class ChatServiceStub:
                 request_serializer=wgs_dot_v1_dot_chat__pb2.WatchChatRequest.SerializeToString,
                 response_deserializer=wgs_dot_v1_dot_chat__pb2.WatchChatResponse.FromString,
                 _registered_method=True)
+        self.StreamChatLog = channel.unary_stream(
+                '/wgs.v1.ChatService/StreamChatLog',
+                request_serializer=wgs_dot_v1_dot_chat__pb2.StreamChatLogRequest.SerializeToString,
+                response_deserializer=wgs_dot_v1_dot_chat__pb2.StreamChatLogResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -140,14 +145,15 @@ class ChatServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListChatMessages(self, request, context):
-        """Lists a chat's messages.
+        """Lists a chat's messages, oldest first, paged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchChatMessages(self, request, context):
-        """Streams a chat's messages: those after after_seq, then new ones.
+        """Streams a chat's messages: those after after_seq, then new ones, and
+        with include_partial the text of replies as they are generated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +198,15 @@ class ChatServiceServicer:
 
     def WatchChat(self, request, context):
         """Streams a chat's runtime each time it changes (first the current one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamChatLog(self, request, context):
+        """Streams the stdout/stderr file of a chat's run from the supervisor that
+        owns the chat (answered by any replica); with follow, until the run
+        ends. Secrets injected into the agent are redacted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -259,6 +274,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.WatchChat,
                     request_deserializer=wgs_dot_v1_dot_chat__pb2.WatchChatRequest.FromString,
                     response_serializer=wgs_dot_v1_dot_chat__pb2.WatchChatResponse.SerializeToString,
+            ),
+            'StreamChatLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamChatLog,
+                    request_deserializer=wgs_dot_v1_dot_chat__pb2.StreamChatLogRequest.FromString,
+                    response_serializer=wgs_dot_v1_dot_chat__pb2.StreamChatLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -588,6 +608,33 @@ class ChatService:
             '/wgs.v1.ChatService/WatchChat',
             wgs_dot_v1_dot_chat__pb2.WatchChatRequest.SerializeToString,
             wgs_dot_v1_dot_chat__pb2.WatchChatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamChatLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wgs.v1.ChatService/StreamChatLog',
+            wgs_dot_v1_dot_chat__pb2.StreamChatLogRequest.SerializeToString,
+            wgs_dot_v1_dot_chat__pb2.StreamChatLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,9 +53,11 @@ class ChatServiceStub:
     archived chat is FAILED_PRECONDITION (FAILED: call RestartChat).
     """
     ListChatMessages: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ListChatMessagesRequest, _chat_pb2.ListChatMessagesResponse]
-    """Lists a chat's messages."""
+    """Lists a chat's messages, oldest first, paged."""
     WatchChatMessages: _grpc.UnaryStreamMultiCallable[_chat_pb2.WatchChatMessagesRequest, _chat_pb2.WatchChatMessagesResponse]
-    """Streams a chat's messages: those after after_seq, then new ones."""
+    """Streams a chat's messages: those after after_seq, then new ones, and
+    with include_partial the text of replies as they are generated.
+    """
     StopChat: _grpc.UnaryUnaryMultiCallable[_chat_pb2.StopChatRequest, _chat_pb2.StopChatResponse]
     """Stops the agent (SIGTERM to its process group, SIGKILL after a grace);
     the chat task becomes OPEN. A later SendMessage starts it again.
@@ -72,6 +74,11 @@ class ChatServiceStub:
     """
     WatchChat: _grpc.UnaryStreamMultiCallable[_chat_pb2.WatchChatRequest, _chat_pb2.WatchChatResponse]
     """Streams a chat's runtime each time it changes (first the current one)."""
+    StreamChatLog: _grpc.UnaryStreamMultiCallable[_chat_pb2.StreamChatLogRequest, _chat_pb2.StreamChatLogResponse]
+    """Streams the stdout/stderr file of a chat's run from the supervisor that
+    owns the chat (answered by any replica); with follow, until the run
+    ends. Secrets injected into the agent are redacted.
+    """
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -98,9 +105,11 @@ class ChatServiceAsyncStub(ChatServiceStub):
     archived chat is FAILED_PRECONDITION (FAILED: call RestartChat).
     """
     ListChatMessages: _aio.UnaryUnaryMultiCallable[_chat_pb2.ListChatMessagesRequest, _chat_pb2.ListChatMessagesResponse]  # type: ignore[assignment]
-    """Lists a chat's messages."""
+    """Lists a chat's messages, oldest first, paged."""
     WatchChatMessages: _aio.UnaryStreamMultiCallable[_chat_pb2.WatchChatMessagesRequest, _chat_pb2.WatchChatMessagesResponse]  # type: ignore[assignment]
-    """Streams a chat's messages: those after after_seq, then new ones."""
+    """Streams a chat's messages: those after after_seq, then new ones, and
+    with include_partial the text of replies as they are generated.
+    """
     StopChat: _aio.UnaryUnaryMultiCallable[_chat_pb2.StopChatRequest, _chat_pb2.StopChatResponse]  # type: ignore[assignment]
     """Stops the agent (SIGTERM to its process group, SIGKILL after a grace);
     the chat task becomes OPEN. A later SendMessage starts it again.
@@ -117,6 +126,11 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """
     WatchChat: _aio.UnaryStreamMultiCallable[_chat_pb2.WatchChatRequest, _chat_pb2.WatchChatResponse]  # type: ignore[assignment]
     """Streams a chat's runtime each time it changes (first the current one)."""
+    StreamChatLog: _aio.UnaryStreamMultiCallable[_chat_pb2.StreamChatLogRequest, _chat_pb2.StreamChatLogResponse]  # type: ignore[assignment]
+    """Streams the stdout/stderr file of a chat's run from the supervisor that
+    owns the chat (answered by any replica); with follow, until the run
+    ends. Secrets injected into the agent are redacted.
+    """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     """ChatService is the chat API, served by the supervisor. A chat exists only
@@ -170,7 +184,7 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_pb2.ListChatMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.ListChatMessagesResponse, _abc.Awaitable[_chat_pb2.ListChatMessagesResponse]]:
-        """Lists a chat's messages."""
+        """Lists a chat's messages, oldest first, paged."""
 
     @_abc_1.abstractmethod
     def WatchChatMessages(
@@ -178,7 +192,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_pb2.WatchChatMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_chat_pb2.WatchChatMessagesResponse], _abc.AsyncIterator[_chat_pb2.WatchChatMessagesResponse]]:
-        """Streams a chat's messages: those after after_seq, then new ones."""
+        """Streams a chat's messages: those after after_seq, then new ones, and
+        with include_partial the text of replies as they are generated.
+        """
 
     @_abc_1.abstractmethod
     def StopChat(
@@ -231,5 +247,16 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_chat_pb2.WatchChatResponse], _abc.AsyncIterator[_chat_pb2.WatchChatResponse]]:
         """Streams a chat's runtime each time it changes (first the current one)."""
+
+    @_abc_1.abstractmethod
+    def StreamChatLog(
+        self,
+        request: _chat_pb2.StreamChatLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_chat_pb2.StreamChatLogResponse], _abc.AsyncIterator[_chat_pb2.StreamChatLogResponse]]:
+        """Streams the stdout/stderr file of a chat's run from the supervisor that
+        owns the chat (answered by any replica); with follow, until the run
+        ends. Secrets injected into the agent are redacted.
+        """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

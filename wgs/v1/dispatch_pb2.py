@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from wgs.v1 import plan_pb2 as wgs_dot_v1_dot_plan__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wgs/v1/dispatch.proto\x12\x06wgs.v1\x1a\x11wgs/v1/plan.proto\"\xbb\x01\n\x10PlanSpawnRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x05 \x03(\t\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12&\n\x06origin\x18\x07 \x01(\x0e\x32\x16.wgs.v1.SettingsOrigin\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\"4\n\x11PlanSpawnResponse\x12\x1f\n\x04plan\x18\x01 \x01(\x0b\x32\x11.wgs.v1.SpawnPlan*h\n\x0eSettingsOrigin\x12\x1f\n\x1bSETTINGS_ORIGIN_UNSPECIFIED\x10\x00\x12\x1b\n\x17SETTINGS_ORIGIN_REQUEST\x10\x01\x12\x18\n\x14SETTINGS_ORIGIN_CHAT\x10\x02\x32S\n\x0f\x44ispatchService\x12@\n\tPlanSpawn\x12\x18.wgs.v1.PlanSpawnRequest\x1a\x19.wgs.v1.PlanSpawnResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wgs/v1/dispatch.proto\x12\x06wgs.v1\x1a\x11wgs/v1/plan.proto\"\xc4\x01\n\x10PlanSpawnRequest\x12\x10\n\x08\x65xecutor\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x04 \x03(\t\x12\x13\n\x0bworking_dir\x18\x05 \x01(\t\x12&\n\x06origin\x18\x06 \x01(\x0e\x32\x16.wgs.v1.SettingsOrigin\x12/\n\ngeneration\x18\x07 \x01(\x0b\x32\x1b.wgs.v1.GenerationOverrides\"4\n\x11PlanSpawnResponse\x12\x1f\n\x04plan\x18\x01 \x01(\x0b\x32\x11.wgs.v1.SpawnPlan*h\n\x0eSettingsOrigin\x12\x1f\n\x1bSETTINGS_ORIGIN_UNSPECIFIED\x10\x00\x12\x1b\n\x17SETTINGS_ORIGIN_REQUEST\x10\x01\x12\x18\n\x14SETTINGS_ORIGIN_CHAT\x10\x02\x32S\n\x0f\x44ispatchService\x12@\n\tPlanSpawn\x12\x18.wgs.v1.PlanSpawnRequest\x1a\x19.wgs.v1.PlanSpawnResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wgs.v1.dispatch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SETTINGSORIGIN']._serialized_start=296
-  _globals['_SETTINGSORIGIN']._serialized_end=400
+  _globals['_SETTINGSORIGIN']._serialized_start=305
+  _globals['_SETTINGSORIGIN']._serialized_end=409
   _globals['_PLANSPAWNREQUEST']._serialized_start=53
-  _globals['_PLANSPAWNREQUEST']._serialized_end=240
-  _globals['_PLANSPAWNRESPONSE']._serialized_start=242
-  _globals['_PLANSPAWNRESPONSE']._serialized_end=294
-  _globals['_DISPATCHSERVICE']._serialized_start=402
-  _globals['_DISPATCHSERVICE']._serialized_end=485
+  _globals['_PLANSPAWNREQUEST']._serialized_end=249
+  _globals['_PLANSPAWNRESPONSE']._serialized_start=251
+  _globals['_PLANSPAWNRESPONSE']._serialized_end=303
+  _globals['_DISPATCHSERVICE']._serialized_start=411
+  _globals['_DISPATCHSERVICE']._serialized_end=494
 # @@protoc_insertion_point(module_scope)

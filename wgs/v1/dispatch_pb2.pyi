@@ -18,24 +18,22 @@ SETTINGS_ORIGIN_REQUEST: SettingsOrigin
 SETTINGS_ORIGIN_CHAT: SettingsOrigin
 
 class PlanSpawnRequest(_message.Message):
-    __slots__ = ("chat_id", "executor", "model", "endpoint", "command", "working_dir", "origin", "validate_only")
-    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("executor", "model", "endpoint", "command", "working_dir", "origin", "generation")
     EXECUTOR_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
-    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
-    chat_id: str
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     executor: str
     model: str
     endpoint: str
     command: _containers.RepeatedScalarFieldContainer[str]
     working_dir: str
     origin: SettingsOrigin
-    validate_only: bool
-    def __init__(self, chat_id: _Optional[str] = ..., executor: _Optional[str] = ..., model: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., origin: _Optional[_Union[SettingsOrigin, str]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    generation: _plan_pb2.GenerationOverrides
+    def __init__(self, executor: _Optional[str] = ..., model: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., origin: _Optional[_Union[SettingsOrigin, str]] = ..., generation: _Optional[_Union[_plan_pb2.GenerationOverrides, _Mapping]] = ...) -> None: ...
 
 class PlanSpawnResponse(_message.Message):
     __slots__ = ("plan",)

@@ -49,10 +49,12 @@ class DispatchServiceServicer:
     """
 
     def PlanSpawn(self, request, context):
-        """Resolves executor, model and endpoint (each with its source) and builds
-        the argv, environment additions and working directory. An unknown
-        executor is INVALID_ARGUMENT; an unknown endpoint name, or no endpoint
-        at all for an executor that needs one, is FAILED_PRECONDITION.
+        """Resolves executor, model, endpoint and generation settings (each with
+        its source) and builds the argv, environment additions and working
+        directory. A malformed request (unknown executor, bad URL, a command
+        combined with a model, ...) is INVALID_ARGUMENT with a
+        google.rpc.BadRequest naming the field; an unknown endpoint name, or no
+        endpoint at all for an executor that needs one, is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,10 +36,12 @@ class DispatchServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DispatchServiceAsyncStub: ...
     PlanSpawn: _grpc.UnaryUnaryMultiCallable[_dispatch_pb2.PlanSpawnRequest, _dispatch_pb2.PlanSpawnResponse]
-    """Resolves executor, model and endpoint (each with its source) and builds
-    the argv, environment additions and working directory. An unknown
-    executor is INVALID_ARGUMENT; an unknown endpoint name, or no endpoint
-    at all for an executor that needs one, is FAILED_PRECONDITION.
+    """Resolves executor, model, endpoint and generation settings (each with
+    its source) and builds the argv, environment additions and working
+    directory. A malformed request (unknown executor, bad URL, a command
+    combined with a model, ...) is INVALID_ARGUMENT with a
+    google.rpc.BadRequest naming the field; an unknown endpoint name, or no
+    endpoint at all for an executor that needs one, is FAILED_PRECONDITION.
     """
 
 @_typing.type_check_only
@@ -50,10 +52,12 @@ class DispatchServiceAsyncStub(DispatchServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PlanSpawn: _aio.UnaryUnaryMultiCallable[_dispatch_pb2.PlanSpawnRequest, _dispatch_pb2.PlanSpawnResponse]  # type: ignore[assignment]
-    """Resolves executor, model and endpoint (each with its source) and builds
-    the argv, environment additions and working directory. An unknown
-    executor is INVALID_ARGUMENT; an unknown endpoint name, or no endpoint
-    at all for an executor that needs one, is FAILED_PRECONDITION.
+    """Resolves executor, model, endpoint and generation settings (each with
+    its source) and builds the argv, environment additions and working
+    directory. A malformed request (unknown executor, bad URL, a command
+    combined with a model, ...) is INVALID_ARGUMENT with a
+    google.rpc.BadRequest naming the field; an unknown endpoint name, or no
+    endpoint at all for an executor that needs one, is FAILED_PRECONDITION.
     """
 
 class DispatchServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -67,10 +71,12 @@ class DispatchServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dispatch_pb2.PlanSpawnRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dispatch_pb2.PlanSpawnResponse, _abc.Awaitable[_dispatch_pb2.PlanSpawnResponse]]:
-        """Resolves executor, model and endpoint (each with its source) and builds
-        the argv, environment additions and working directory. An unknown
-        executor is INVALID_ARGUMENT; an unknown endpoint name, or no endpoint
-        at all for an executor that needs one, is FAILED_PRECONDITION.
+        """Resolves executor, model, endpoint and generation settings (each with
+        its source) and builds the argv, environment additions and working
+        directory. A malformed request (unknown executor, bad URL, a command
+        combined with a model, ...) is INVALID_ARGUMENT with a
+        google.rpc.BadRequest naming the field; an unknown endpoint name, or no
+        endpoint at all for an executor that needs one, is FAILED_PRECONDITION.
         """
 
 def add_DispatchServiceServicer_to_server(servicer: DispatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

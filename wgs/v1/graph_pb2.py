@@ -22,93 +22,66 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from wgs.v1 import plan_pb2 as wgs_dot_v1_dot_plan__pb2
 from wgs.v1 import runtime_pb2 as wgs_dot_v1_dot_runtime__pb2
 from wgs.v1 import task_pb2 as wgs_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12wgs/v1/graph.proto\x12\x06wgs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x11wgs/v1/plan.proto\x1a\x14wgs/v1/runtime.proto\x1a\x11wgs/v1/task.proto\"\xce\x01\n\x11\x43reateTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\"\n\x06status\x18\x04 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x08 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\"A\n\x12\x43reateTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"-\n\x0fGetTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Task\"l\n\x10ListTasksRequest\x12$\n\x08statuses\x18\x01 \x03(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"I\n\x11ListTasksResponse\x12\x1b\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.wgs.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdd\x02\n\nTaskUpdate\x12\x12\n\x05title\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x12.wgs.v1.TaskStatusH\x02\x88\x01\x01\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x15\n\x08\x61ssigned\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x10\n\x08\x61\x64\x64_tags\x18\x06 \x03(\t\x12\x13\n\x0bremove_tags\x18\x07 \x03(\t\x12\x12\n\x05model\x18\x08 \x01(\tH\x05\x88\x01\x01\x12\x15\n\x08\x65xecutor\x18\t \x01(\tH\x06\x88\x01\x01\x12\x15\n\x08\x65ndpoint\x18\n \x01(\tH\x07\x88\x01\x01\x42\x08\n\x06_titleB\x0e\n\x0c_descriptionB\t\n\x07_statusB\x0b\n\t_priorityB\x0b\n\t_assignedB\x08\n\x06_modelB\x0b\n\t_executorB\x0b\n\t_endpoint\"\x81\x01\n\x11UpdateTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\"\n\x06update\x18\x03 \x01(\x0b\x32\x12.wgs.v1.TaskUpdate\x12\x13\n\x0blog_message\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"0\n\x12UpdateTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Task\"B\n\x14\x41ppendTaskLogRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"8\n\x15\x41ppendTaskLogResponse\x12\x1f\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x10.wgs.v1.LogEntry\"\x80\x02\n\x15\x43reateChatTaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x14\n\x0c\x63ommand_argv\x18\x05 \x03(\t\x12\x13\n\x0bworking_dir\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x15\n\rsupervisor_id\x18\x08 \x01(\t\x12\x15\n\rlease_seconds\x18\t \x01(\x05\x12\x16\n\x0emax_live_chats\x18\n \x01(\x05\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x0f\n\x07span_id\x18\x0c \x01(\t\"k\n\x16\x43reateChatTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Task\x12$\n\x07runtime\x18\x02 \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\'\n\x14GetChatRecordRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\"Y\n\x15GetChatRecordResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Task\x12$\n\x07runtime\x18\x02 \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\"\x93\x01\n\x16ListChatRecordsRequest\x12\x15\n\rinclude_ended\x18\x01 \x01(\x08\x12\x15\n\rsupervisor_id\x18\x02 \x01(\t\x12$\n\x06states\x18\x03 \x03(\x0e\x32\x14.wgs.v1.RuntimeState\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"N\n\nChatRecord\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Task\x12$\n\x07runtime\x18\x02 \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\"U\n\x17ListChatRecordsResponse\x12!\n\x05\x63hats\x18\x01 \x03(\x0b\x32\x12.wgs.v1.ChatRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"o\n\x14\x41ppendMessageRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.wgs.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"N\n\x15\x41ppendMessageResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatMessage\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"H\n\x13ListMessagesRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"=\n\x14ListMessagesResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.wgs.v1.ChatMessage\":\n\x14WatchMessagesRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"=\n\x15WatchMessagesResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatMessage\"\xa1\x01\n\x17RecordRunStartedRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x18\n\x03run\x18\x02 \x01(\x0b\x32\x0b.wgs.v1.Run\x12\x1f\n\x04plan\x18\x03 \x01(\x0b\x32\x11.wgs.v1.SpawnPlan\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.wgs.v1.RuntimeState\x12\x15\n\rsupervisor_id\x18\x05 \x01(\t\"@\n\x18RecordRunStartedResponse\x12$\n\x07runtime\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\"\x80\x02\n\x16RecordRunExitedRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x18\n\x03run\x18\x02 \x01(\x0b\x32\x0b.wgs.v1.Run\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.wgs.v1.RuntimeState\x12\x15\n\rrestart_count\x18\x04 \x01(\x05\x12\x33\n\x0fnext_restart_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x15\n\rsupervisor_id\x18\x07 \x01(\t\x12\x1f\n\x04plan\x18\x08 \x01(\x0b\x32\x11.wgs.v1.SpawnPlan\"?\n\x17RecordRunExitedResponse\x12$\n\x07runtime\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\"\x93\x02\n\x18UpdateChatRuntimeRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.wgs.v1.RuntimeState\x12\x1a\n\rrestart_count\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x33\n\x0fnext_restart_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\nlast_error\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x15\n\rsupervisor_id\x18\x06 \x01(\t\x12\x1f\n\x04plan\x18\x07 \x01(\x0b\x32\x11.wgs.v1.SpawnPlanB\x10\n\x0e_restart_countB\r\n\x0b_last_error\"A\n\x19UpdateChatRuntimeResponse\x12$\n\x07runtime\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\"B\n\x12RenewLeasesRequest\x12\x15\n\rsupervisor_id\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x05\"\\\n\x13RenewLeasesResponse\x12\x0f\n\x07renewed\x18\x01 \x01(\x05\x12\x34\n\x10lease_expires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x10\x43laimChatRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x15\n\rsupervisor_id\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x05\"Y\n\x11\x43laimChatResponse\x12$\n\x07runtime\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatRuntime\x12\x1e\n\x16previous_supervisor_id\x18\x02 \x01(\t\"#\n\x10ReconcileRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"\x93\x01\n\x0fReconcileAction\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x0b\x66rom_status\x18\x02 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12%\n\tto_status\x18\x03 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\x08\"v\n\x11ReconcileResponse\x12(\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x17.wgs.v1.ReconcileAction\x12\x10\n\x08\x65xamined\x18\x02 \x01(\x05\x12%\n\x04kept\x18\x03 \x03(\x0b\x32\x17.wgs.v1.ReconcileAction2\x91\n\n\x0cGraphService\x12\x43\n\nCreateTask\x12\x19.wgs.v1.CreateTaskRequest\x1a\x1a.wgs.v1.CreateTaskResponse\x12:\n\x07GetTask\x12\x16.wgs.v1.GetTaskRequest\x1a\x17.wgs.v1.GetTaskResponse\x12@\n\tListTasks\x12\x18.wgs.v1.ListTasksRequest\x1a\x19.wgs.v1.ListTasksResponse\x12\x43\n\nUpdateTask\x12\x19.wgs.v1.UpdateTaskRequest\x1a\x1a.wgs.v1.UpdateTaskResponse\x12L\n\rAppendTaskLog\x12\x1c.wgs.v1.AppendTaskLogRequest\x1a\x1d.wgs.v1.AppendTaskLogResponse\x12O\n\x0e\x43reateChatTask\x12\x1d.wgs.v1.CreateChatTaskRequest\x1a\x1e.wgs.v1.CreateChatTaskResponse\x12L\n\rGetChatRecord\x12\x1c.wgs.v1.GetChatRecordRequest\x1a\x1d.wgs.v1.GetChatRecordResponse\x12R\n\x0fListChatRecords\x12\x1e.wgs.v1.ListChatRecordsRequest\x1a\x1f.wgs.v1.ListChatRecordsResponse\x12L\n\rAppendMessage\x12\x1c.wgs.v1.AppendMessageRequest\x1a\x1d.wgs.v1.AppendMessageResponse\x12I\n\x0cListMessages\x12\x1b.wgs.v1.ListMessagesRequest\x1a\x1c.wgs.v1.ListMessagesResponse\x12N\n\rWatchMessages\x12\x1c.wgs.v1.WatchMessagesRequest\x1a\x1d.wgs.v1.WatchMessagesResponse0\x01\x12U\n\x10RecordRunStarted\x12\x1f.wgs.v1.RecordRunStartedRequest\x1a .wgs.v1.RecordRunStartedResponse\x12R\n\x0fRecordRunExited\x12\x1e.wgs.v1.RecordRunExitedRequest\x1a\x1f.wgs.v1.RecordRunExitedResponse\x12X\n\x11UpdateChatRuntime\x12 .wgs.v1.UpdateChatRuntimeRequest\x1a!.wgs.v1.UpdateChatRuntimeResponse\x12\x46\n\x0bRenewLeases\x12\x1a.wgs.v1.RenewLeasesRequest\x1a\x1b.wgs.v1.RenewLeasesResponse\x12@\n\tClaimChat\x12\x18.wgs.v1.ClaimChatRequest\x1a\x19.wgs.v1.ClaimChatResponse\x12@\n\tReconcile\x12\x18.wgs.v1.ReconcileRequest\x1a\x19.wgs.v1.ReconcileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12wgs/v1/graph.proto\x12\x06wgs.v1\x1a\x11wgs/v1/plan.proto\x1a\x14wgs/v1/runtime.proto\x1a\x11wgs/v1/task.proto\"\xce\x01\n\x11\x43reateTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\"\n\x06status\x18\x04 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x08 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\"A\n\x12\x43reateTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"-\n\x0fGetTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Task\"l\n\x10ListTasksRequest\x12$\n\x08statuses\x18\x01 \x03(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"I\n\x11ListTasksResponse\x12\x1b\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.wgs.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdd\x02\n\nTaskUpdate\x12\x12\n\x05title\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x12.wgs.v1.TaskStatusH\x02\x88\x01\x01\x12\x15\n\x08priority\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x15\n\x08\x61ssigned\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x10\n\x08\x61\x64\x64_tags\x18\x06 \x03(\t\x12\x13\n\x0bremove_tags\x18\x07 \x03(\t\x12\x12\n\x05model\x18\x08 \x01(\tH\x05\x88\x01\x01\x12\x15\n\x08\x65xecutor\x18\t \x01(\tH\x06\x88\x01\x01\x12\x15\n\x08\x65ndpoint\x18\n \x01(\tH\x07\x88\x01\x01\x42\x08\n\x06_titleB\x0e\n\x0c_descriptionB\t\n\x07_statusB\x0b\n\t_priorityB\x0b\n\t_assignedB\x08\n\x06_modelB\x0b\n\t_executorB\x0b\n\t_endpoint\"\x81\x01\n\x11UpdateTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\"\n\x06update\x18\x03 \x01(\x0b\x32\x12.wgs.v1.TaskUpdate\x12\x13\n\x0blog_message\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\"0\n\x12UpdateTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.wgs.v1.Task\"B\n\x14\x41ppendTaskLogRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"8\n\x15\x41ppendTaskLogResponse\x12\x1f\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x10.wgs.v1.LogEntry\"o\n\x14\x41ppendMessageRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.wgs.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"N\n\x15\x41ppendMessageResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatMessage\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"`\n\x13ListMessagesRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"V\n\x14ListMessagesResponse\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.wgs.v1.ChatMessage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x14WatchMessagesRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x17\n\x0finclude_partial\x18\x03 \x01(\x08\"f\n\x15WatchMessagesResponse\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.wgs.v1.ChatMessage\x12\'\n\x07partial\x18\x02 \x01(\x0b\x32\x16.wgs.v1.PartialMessage\"\xba\x02\n\x18ReportAgentStatusRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x12\n\nrun_number\x18\x02 \x01(\x05\x12)\n\x0c\x61nswer_error\x18\x03 \x01(\x0b\x32\x13.wgs.v1.AnswerError\x12\x18\n\x10\x61nswer_succeeded\x18\x04 \x01(\x08\x12%\n\x07waiting\x18\x05 \x01(\x0b\x32\x14.wgs.v1.EndpointWait\x12\x13\n\x0b\x65ndpoint_ok\x18\x06 \x01(\x08\x12\x14\n\x0cinput_tokens\x18\x07 \x01(\x03\x12\x15\n\routput_tokens\x18\x08 \x01(\x03\x12\x16\n\x0e\x63ontext_window\x18\t \x01(\x05\x12\x33\n\x15\x63ontext_window_source\x18\n \x01(\x0e\x32\x14.wgs.v1.ChoiceSource\"@\n\x19ReportAgentStatusResponse\x12#\n\x06status\x18\x01 \x01(\x0b\x32\x13.wgs.v1.AgentStatus\"u\n\x1cPublishPartialMessageRequest\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x12\n\nrun_number\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x0c\n\x04text\x18\x05 \x01(\t\"2\n\x1dPublishPartialMessageResponse\x12\x11\n\tdelivered\x18\x01 \x01(\x05\"#\n\x10ReconcileRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"\x93\x01\n\x0fReconcileAction\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x0b\x66rom_status\x18\x02 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12%\n\tto_status\x18\x03 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\x08\"v\n\x11ReconcileResponse\x12(\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x17.wgs.v1.ReconcileAction\x12\x10\n\x08\x65xamined\x18\x02 \x01(\x05\x12%\n\x04kept\x18\x03 \x03(\x0b\x32\x17.wgs.v1.ReconcileAction2\xcf\x06\n\x0cGraphService\x12\x43\n\nCreateTask\x12\x19.wgs.v1.CreateTaskRequest\x1a\x1a.wgs.v1.CreateTaskResponse\x12:\n\x07GetTask\x12\x16.wgs.v1.GetTaskRequest\x1a\x17.wgs.v1.GetTaskResponse\x12@\n\tListTasks\x12\x18.wgs.v1.ListTasksRequest\x1a\x19.wgs.v1.ListTasksResponse\x12\x43\n\nUpdateTask\x12\x19.wgs.v1.UpdateTaskRequest\x1a\x1a.wgs.v1.UpdateTaskResponse\x12L\n\rAppendTaskLog\x12\x1c.wgs.v1.AppendTaskLogRequest\x1a\x1d.wgs.v1.AppendTaskLogResponse\x12L\n\rAppendMessage\x12\x1c.wgs.v1.AppendMessageRequest\x1a\x1d.wgs.v1.AppendMessageResponse\x12I\n\x0cListMessages\x12\x1b.wgs.v1.ListMessagesRequest\x1a\x1c.wgs.v1.ListMessagesResponse\x12N\n\rWatchMessages\x12\x1c.wgs.v1.WatchMessagesRequest\x1a\x1d.wgs.v1.WatchMessagesResponse0\x01\x12X\n\x11ReportAgentStatus\x12 .wgs.v1.ReportAgentStatusRequest\x1a!.wgs.v1.ReportAgentStatusResponse\x12\x64\n\x15PublishPartialMessage\x12$.wgs.v1.PublishPartialMessageRequest\x1a%.wgs.v1.PublishPartialMessageResponse\x12@\n\tReconcile\x12\x18.wgs.v1.ReconcileRequest\x1a\x19.wgs.v1.ReconcileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wgs.v1.graph_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATETASKREQUEST']._serialized_start=124
-  _globals['_CREATETASKREQUEST']._serialized_end=330
-  _globals['_CREATETASKRESPONSE']._serialized_start=332
-  _globals['_CREATETASKRESPONSE']._serialized_end=397
-  _globals['_GETTASKREQUEST']._serialized_start=399
-  _globals['_GETTASKREQUEST']._serialized_end=427
-  _globals['_GETTASKRESPONSE']._serialized_start=429
-  _globals['_GETTASKRESPONSE']._serialized_end=474
-  _globals['_LISTTASKSREQUEST']._serialized_start=476
-  _globals['_LISTTASKSREQUEST']._serialized_end=584
-  _globals['_LISTTASKSRESPONSE']._serialized_start=586
-  _globals['_LISTTASKSRESPONSE']._serialized_end=659
-  _globals['_TASKUPDATE']._serialized_start=662
-  _globals['_TASKUPDATE']._serialized_end=1011
-  _globals['_UPDATETASKREQUEST']._serialized_start=1014
-  _globals['_UPDATETASKREQUEST']._serialized_end=1143
-  _globals['_UPDATETASKRESPONSE']._serialized_start=1145
-  _globals['_UPDATETASKRESPONSE']._serialized_end=1193
-  _globals['_APPENDTASKLOGREQUEST']._serialized_start=1195
-  _globals['_APPENDTASKLOGREQUEST']._serialized_end=1261
-  _globals['_APPENDTASKLOGRESPONSE']._serialized_start=1263
-  _globals['_APPENDTASKLOGRESPONSE']._serialized_end=1319
-  _globals['_CREATECHATTASKREQUEST']._serialized_start=1322
-  _globals['_CREATECHATTASKREQUEST']._serialized_end=1578
-  _globals['_CREATECHATTASKRESPONSE']._serialized_start=1580
-  _globals['_CREATECHATTASKRESPONSE']._serialized_end=1687
-  _globals['_GETCHATRECORDREQUEST']._serialized_start=1689
-  _globals['_GETCHATRECORDREQUEST']._serialized_end=1728
-  _globals['_GETCHATRECORDRESPONSE']._serialized_start=1730
-  _globals['_GETCHATRECORDRESPONSE']._serialized_end=1819
-  _globals['_LISTCHATRECORDSREQUEST']._serialized_start=1822
-  _globals['_LISTCHATRECORDSREQUEST']._serialized_end=1969
-  _globals['_CHATRECORD']._serialized_start=1971
-  _globals['_CHATRECORD']._serialized_end=2049
-  _globals['_LISTCHATRECORDSRESPONSE']._serialized_start=2051
-  _globals['_LISTCHATRECORDSRESPONSE']._serialized_end=2136
-  _globals['_APPENDMESSAGEREQUEST']._serialized_start=2138
-  _globals['_APPENDMESSAGEREQUEST']._serialized_end=2249
-  _globals['_APPENDMESSAGERESPONSE']._serialized_start=2251
-  _globals['_APPENDMESSAGERESPONSE']._serialized_end=2329
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=2331
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=2403
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=2405
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=2466
-  _globals['_WATCHMESSAGESREQUEST']._serialized_start=2468
-  _globals['_WATCHMESSAGESREQUEST']._serialized_end=2526
-  _globals['_WATCHMESSAGESRESPONSE']._serialized_start=2528
-  _globals['_WATCHMESSAGESRESPONSE']._serialized_end=2589
-  _globals['_RECORDRUNSTARTEDREQUEST']._serialized_start=2592
-  _globals['_RECORDRUNSTARTEDREQUEST']._serialized_end=2753
-  _globals['_RECORDRUNSTARTEDRESPONSE']._serialized_start=2755
-  _globals['_RECORDRUNSTARTEDRESPONSE']._serialized_end=2819
-  _globals['_RECORDRUNEXITEDREQUEST']._serialized_start=2822
-  _globals['_RECORDRUNEXITEDREQUEST']._serialized_end=3078
-  _globals['_RECORDRUNEXITEDRESPONSE']._serialized_start=3080
-  _globals['_RECORDRUNEXITEDRESPONSE']._serialized_end=3143
-  _globals['_UPDATECHATRUNTIMEREQUEST']._serialized_start=3146
-  _globals['_UPDATECHATRUNTIMEREQUEST']._serialized_end=3421
-  _globals['_UPDATECHATRUNTIMERESPONSE']._serialized_start=3423
-  _globals['_UPDATECHATRUNTIMERESPONSE']._serialized_end=3488
-  _globals['_RENEWLEASESREQUEST']._serialized_start=3490
-  _globals['_RENEWLEASESREQUEST']._serialized_end=3556
-  _globals['_RENEWLEASESRESPONSE']._serialized_start=3558
-  _globals['_RENEWLEASESRESPONSE']._serialized_end=3650
-  _globals['_CLAIMCHATREQUEST']._serialized_start=3652
-  _globals['_CLAIMCHATREQUEST']._serialized_end=3733
-  _globals['_CLAIMCHATRESPONSE']._serialized_start=3735
-  _globals['_CLAIMCHATRESPONSE']._serialized_end=3824
-  _globals['_RECONCILEREQUEST']._serialized_start=3826
-  _globals['_RECONCILEREQUEST']._serialized_end=3861
-  _globals['_RECONCILEACTION']._serialized_start=3864
-  _globals['_RECONCILEACTION']._serialized_end=4011
-  _globals['_RECONCILERESPONSE']._serialized_start=4013
-  _globals['_RECONCILERESPONSE']._serialized_end=4131
-  _globals['_GRAPHSERVICE']._serialized_start=4134
-  _globals['_GRAPHSERVICE']._serialized_end=5431
+  _globals['_CREATETASKREQUEST']._serialized_start=91
+  _globals['_CREATETASKREQUEST']._serialized_end=297
+  _globals['_CREATETASKRESPONSE']._serialized_start=299
+  _globals['_CREATETASKRESPONSE']._serialized_end=364
+  _globals['_GETTASKREQUEST']._serialized_start=366
+  _globals['_GETTASKREQUEST']._serialized_end=394
+  _globals['_GETTASKRESPONSE']._serialized_start=396
+  _globals['_GETTASKRESPONSE']._serialized_end=441
+  _globals['_LISTTASKSREQUEST']._serialized_start=443
+  _globals['_LISTTASKSREQUEST']._serialized_end=551
+  _globals['_LISTTASKSRESPONSE']._serialized_start=553
+  _globals['_LISTTASKSRESPONSE']._serialized_end=626
+  _globals['_TASKUPDATE']._serialized_start=629
+  _globals['_TASKUPDATE']._serialized_end=978
+  _globals['_UPDATETASKREQUEST']._serialized_start=981
+  _globals['_UPDATETASKREQUEST']._serialized_end=1110
+  _globals['_UPDATETASKRESPONSE']._serialized_start=1112
+  _globals['_UPDATETASKRESPONSE']._serialized_end=1160
+  _globals['_APPENDTASKLOGREQUEST']._serialized_start=1162
+  _globals['_APPENDTASKLOGREQUEST']._serialized_end=1228
+  _globals['_APPENDTASKLOGRESPONSE']._serialized_start=1230
+  _globals['_APPENDTASKLOGRESPONSE']._serialized_end=1286
+  _globals['_APPENDMESSAGEREQUEST']._serialized_start=1288
+  _globals['_APPENDMESSAGEREQUEST']._serialized_end=1399
+  _globals['_APPENDMESSAGERESPONSE']._serialized_start=1401
+  _globals['_APPENDMESSAGERESPONSE']._serialized_end=1479
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1481
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1577
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1579
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1665
+  _globals['_WATCHMESSAGESREQUEST']._serialized_start=1667
+  _globals['_WATCHMESSAGESREQUEST']._serialized_end=1750
+  _globals['_WATCHMESSAGESRESPONSE']._serialized_start=1752
+  _globals['_WATCHMESSAGESRESPONSE']._serialized_end=1854
+  _globals['_REPORTAGENTSTATUSREQUEST']._serialized_start=1857
+  _globals['_REPORTAGENTSTATUSREQUEST']._serialized_end=2171
+  _globals['_REPORTAGENTSTATUSRESPONSE']._serialized_start=2173
+  _globals['_REPORTAGENTSTATUSRESPONSE']._serialized_end=2237
+  _globals['_PUBLISHPARTIALMESSAGEREQUEST']._serialized_start=2239
+  _globals['_PUBLISHPARTIALMESSAGEREQUEST']._serialized_end=2356
+  _globals['_PUBLISHPARTIALMESSAGERESPONSE']._serialized_start=2358
+  _globals['_PUBLISHPARTIALMESSAGERESPONSE']._serialized_end=2408
+  _globals['_RECONCILEREQUEST']._serialized_start=2410
+  _globals['_RECONCILEREQUEST']._serialized_end=2445
+  _globals['_RECONCILEACTION']._serialized_start=2448
+  _globals['_RECONCILEACTION']._serialized_end=2595
+  _globals['_RECONCILERESPONSE']._serialized_start=2597
+  _globals['_RECONCILERESPONSE']._serialized_end=2715
+  _globals['_GRAPHSERVICE']._serialized_start=2718
+  _globals['_GRAPHSERVICE']._serialized_end=3565
 # @@protoc_insertion_point(module_scope)

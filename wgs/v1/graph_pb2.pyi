@@ -1,6 +1,3 @@
-import datetime
-
-from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from wgs.v1 import plan_pb2 as _plan_pb2
 from wgs.v1 import runtime_pb2 as _runtime_pb2
 from wgs.v1 import task_pb2 as _task_pb2
@@ -136,88 +133,6 @@ class AppendTaskLogResponse(_message.Message):
     entry: _task_pb2.LogEntry
     def __init__(self, entry: _Optional[_Union[_task_pb2.LogEntry, _Mapping]] = ...) -> None: ...
 
-class CreateChatTaskRequest(_message.Message):
-    __slots__ = ("name", "model", "executor", "endpoint", "command_argv", "working_dir", "request_id", "supervisor_id", "lease_seconds", "max_live_chats", "trace_id", "span_id")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    EXECUTOR_FIELD_NUMBER: _ClassVar[int]
-    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
-    COMMAND_ARGV_FIELD_NUMBER: _ClassVar[int]
-    WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
-    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    MAX_LIVE_CHATS_FIELD_NUMBER: _ClassVar[int]
-    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
-    SPAN_ID_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    model: str
-    executor: str
-    endpoint: str
-    command_argv: _containers.RepeatedScalarFieldContainer[str]
-    working_dir: str
-    request_id: str
-    supervisor_id: str
-    lease_seconds: int
-    max_live_chats: int
-    trace_id: str
-    span_id: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., command_argv: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., request_id: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., lease_seconds: _Optional[int] = ..., max_live_chats: _Optional[int] = ..., trace_id: _Optional[str] = ..., span_id: _Optional[str] = ...) -> None: ...
-
-class CreateChatTaskResponse(_message.Message):
-    __slots__ = ("task", "runtime", "created")
-    TASK_FIELD_NUMBER: _ClassVar[int]
-    RUNTIME_FIELD_NUMBER: _ClassVar[int]
-    CREATED_FIELD_NUMBER: _ClassVar[int]
-    task: _task_pb2.Task
-    runtime: _runtime_pb2.ChatRuntime
-    created: bool
-    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
-
-class GetChatRecordRequest(_message.Message):
-    __slots__ = ("chat_id",)
-    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
-    chat_id: str
-    def __init__(self, chat_id: _Optional[str] = ...) -> None: ...
-
-class GetChatRecordResponse(_message.Message):
-    __slots__ = ("task", "runtime")
-    TASK_FIELD_NUMBER: _ClassVar[int]
-    RUNTIME_FIELD_NUMBER: _ClassVar[int]
-    task: _task_pb2.Task
-    runtime: _runtime_pb2.ChatRuntime
-    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ...) -> None: ...
-
-class ListChatRecordsRequest(_message.Message):
-    __slots__ = ("include_ended", "supervisor_id", "states", "page_size", "page_token")
-    INCLUDE_ENDED_FIELD_NUMBER: _ClassVar[int]
-    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
-    STATES_FIELD_NUMBER: _ClassVar[int]
-    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
-    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    include_ended: bool
-    supervisor_id: str
-    states: _containers.RepeatedScalarFieldContainer[_runtime_pb2.RuntimeState]
-    page_size: int
-    page_token: str
-    def __init__(self, include_ended: _Optional[bool] = ..., supervisor_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_runtime_pb2.RuntimeState, str]]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
-
-class ChatRecord(_message.Message):
-    __slots__ = ("task", "runtime")
-    TASK_FIELD_NUMBER: _ClassVar[int]
-    RUNTIME_FIELD_NUMBER: _ClassVar[int]
-    task: _task_pb2.Task
-    runtime: _runtime_pb2.ChatRuntime
-    def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ...) -> None: ...
-
-class ListChatRecordsResponse(_message.Message):
-    __slots__ = ("chats", "next_page_token")
-    CHATS_FIELD_NUMBER: _ClassVar[int]
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    chats: _containers.RepeatedCompositeFieldContainer[ChatRecord]
-    next_page_token: str
-    def __init__(self, chats: _Optional[_Iterable[_Union[ChatRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
-
 class AppendMessageRequest(_message.Message):
     __slots__ = ("chat_id", "role", "content", "request_id")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -239,138 +154,92 @@ class AppendMessageResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[_task_pb2.ChatMessage, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class ListMessagesRequest(_message.Message):
-    __slots__ = ("chat_id", "after_seq", "limit")
+    __slots__ = ("chat_id", "after_seq", "page_size", "page_token")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
-    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
     after_seq: int
-    limit: int
-    def __init__(self, chat_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, chat_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListMessagesResponse(_message.Message):
-    __slots__ = ("messages",)
+    __slots__ = ("messages", "next_page_token")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_task_pb2.ChatMessage]
-    def __init__(self, messages: _Optional[_Iterable[_Union[_task_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[_task_pb2.ChatMessage, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchMessagesRequest(_message.Message):
-    __slots__ = ("chat_id", "after_seq")
+    __slots__ = ("chat_id", "after_seq", "include_partial")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
     after_seq: int
-    def __init__(self, chat_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    include_partial: bool
+    def __init__(self, chat_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., include_partial: _Optional[bool] = ...) -> None: ...
 
 class WatchMessagesResponse(_message.Message):
-    __slots__ = ("message",)
+    __slots__ = ("message", "partial")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     message: _task_pb2.ChatMessage
-    def __init__(self, message: _Optional[_Union[_task_pb2.ChatMessage, _Mapping]] = ...) -> None: ...
+    partial: _task_pb2.PartialMessage
+    def __init__(self, message: _Optional[_Union[_task_pb2.ChatMessage, _Mapping]] = ..., partial: _Optional[_Union[_task_pb2.PartialMessage, _Mapping]] = ...) -> None: ...
 
-class RecordRunStartedRequest(_message.Message):
-    __slots__ = ("chat_id", "run", "plan", "state", "supervisor_id")
+class ReportAgentStatusRequest(_message.Message):
+    __slots__ = ("chat_id", "run_number", "answer_error", "answer_succeeded", "waiting", "endpoint_ok", "input_tokens", "output_tokens", "context_window", "context_window_source")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
-    RUN_FIELD_NUMBER: _ClassVar[int]
-    PLAN_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_OK_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_WINDOW_SOURCE_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
-    run: _runtime_pb2.Run
-    plan: _plan_pb2.SpawnPlan
-    state: _runtime_pb2.RuntimeState
-    supervisor_id: str
-    def __init__(self, chat_id: _Optional[str] = ..., run: _Optional[_Union[_runtime_pb2.Run, _Mapping]] = ..., plan: _Optional[_Union[_plan_pb2.SpawnPlan, _Mapping]] = ..., state: _Optional[_Union[_runtime_pb2.RuntimeState, str]] = ..., supervisor_id: _Optional[str] = ...) -> None: ...
+    run_number: int
+    answer_error: _runtime_pb2.AnswerError
+    answer_succeeded: bool
+    waiting: _runtime_pb2.EndpointWait
+    endpoint_ok: bool
+    input_tokens: int
+    output_tokens: int
+    context_window: int
+    context_window_source: _plan_pb2.ChoiceSource
+    def __init__(self, chat_id: _Optional[str] = ..., run_number: _Optional[int] = ..., answer_error: _Optional[_Union[_runtime_pb2.AnswerError, _Mapping]] = ..., answer_succeeded: _Optional[bool] = ..., waiting: _Optional[_Union[_runtime_pb2.EndpointWait, _Mapping]] = ..., endpoint_ok: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., context_window_source: _Optional[_Union[_plan_pb2.ChoiceSource, str]] = ...) -> None: ...
 
-class RecordRunStartedResponse(_message.Message):
-    __slots__ = ("runtime",)
-    RUNTIME_FIELD_NUMBER: _ClassVar[int]
-    runtime: _runtime_pb2.ChatRuntime
-    def __init__(self, runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ...) -> None: ...
+class ReportAgentStatusResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _runtime_pb2.AgentStatus
+    def __init__(self, status: _Optional[_Union[_runtime_pb2.AgentStatus, _Mapping]] = ...) -> None: ...
 
-class RecordRunExitedRequest(_message.Message):
-    __slots__ = ("chat_id", "run", "state", "restart_count", "next_restart_at", "last_error", "supervisor_id", "plan")
+class PublishPartialMessageRequest(_message.Message):
+    __slots__ = ("chat_id", "run_number", "request_id", "offset", "text")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
-    RUN_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
-    NEXT_RESTART_AT_FIELD_NUMBER: _ClassVar[int]
-    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
-    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
-    PLAN_FIELD_NUMBER: _ClassVar[int]
+    RUN_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
-    run: _runtime_pb2.Run
-    state: _runtime_pb2.RuntimeState
-    restart_count: int
-    next_restart_at: _timestamp_pb2.Timestamp
-    last_error: str
-    supervisor_id: str
-    plan: _plan_pb2.SpawnPlan
-    def __init__(self, chat_id: _Optional[str] = ..., run: _Optional[_Union[_runtime_pb2.Run, _Mapping]] = ..., state: _Optional[_Union[_runtime_pb2.RuntimeState, str]] = ..., restart_count: _Optional[int] = ..., next_restart_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., plan: _Optional[_Union[_plan_pb2.SpawnPlan, _Mapping]] = ...) -> None: ...
+    run_number: int
+    request_id: str
+    offset: int
+    text: str
+    def __init__(self, chat_id: _Optional[str] = ..., run_number: _Optional[int] = ..., request_id: _Optional[str] = ..., offset: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
-class RecordRunExitedResponse(_message.Message):
-    __slots__ = ("runtime",)
-    RUNTIME_FIELD_NUMBER: _ClassVar[int]
-    runtime: _runtime_pb2.ChatRuntime
-    def __init__(self, runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ...) -> None: ...
-
-class UpdateChatRuntimeRequest(_message.Message):
-    __slots__ = ("chat_id", "state", "restart_count", "next_restart_at", "last_error", "supervisor_id", "plan")
-    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    RESTART_COUNT_FIELD_NUMBER: _ClassVar[int]
-    NEXT_RESTART_AT_FIELD_NUMBER: _ClassVar[int]
-    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
-    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
-    PLAN_FIELD_NUMBER: _ClassVar[int]
-    chat_id: str
-    state: _runtime_pb2.RuntimeState
-    restart_count: int
-    next_restart_at: _timestamp_pb2.Timestamp
-    last_error: str
-    supervisor_id: str
-    plan: _plan_pb2.SpawnPlan
-    def __init__(self, chat_id: _Optional[str] = ..., state: _Optional[_Union[_runtime_pb2.RuntimeState, str]] = ..., restart_count: _Optional[int] = ..., next_restart_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., plan: _Optional[_Union[_plan_pb2.SpawnPlan, _Mapping]] = ...) -> None: ...
-
-class UpdateChatRuntimeResponse(_message.Message):
-    __slots__ = ("runtime",)
-    RUNTIME_FIELD_NUMBER: _ClassVar[int]
-    runtime: _runtime_pb2.ChatRuntime
-    def __init__(self, runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ...) -> None: ...
-
-class RenewLeasesRequest(_message.Message):
-    __slots__ = ("supervisor_id", "lease_seconds")
-    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
-    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    supervisor_id: str
-    lease_seconds: int
-    def __init__(self, supervisor_id: _Optional[str] = ..., lease_seconds: _Optional[int] = ...) -> None: ...
-
-class RenewLeasesResponse(_message.Message):
-    __slots__ = ("renewed", "lease_expires_at")
-    RENEWED_FIELD_NUMBER: _ClassVar[int]
-    LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
-    renewed: int
-    lease_expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, renewed: _Optional[int] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
-
-class ClaimChatRequest(_message.Message):
-    __slots__ = ("chat_id", "supervisor_id", "lease_seconds")
-    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
-    SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
-    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    chat_id: str
-    supervisor_id: str
-    lease_seconds: int
-    def __init__(self, chat_id: _Optional[str] = ..., supervisor_id: _Optional[str] = ..., lease_seconds: _Optional[int] = ...) -> None: ...
-
-class ClaimChatResponse(_message.Message):
-    __slots__ = ("runtime", "previous_supervisor_id")
-    RUNTIME_FIELD_NUMBER: _ClassVar[int]
-    PREVIOUS_SUPERVISOR_ID_FIELD_NUMBER: _ClassVar[int]
-    runtime: _runtime_pb2.ChatRuntime
-    previous_supervisor_id: str
-    def __init__(self, runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ..., previous_supervisor_id: _Optional[str] = ...) -> None: ...
+class PublishPartialMessageResponse(_message.Message):
+    __slots__ = ("delivered",)
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    delivered: int
+    def __init__(self, delivered: _Optional[int] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
     __slots__ = ("dry_run",)

@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class GraphServiceStub:
-    """GraphService persists tasks, chats, chat messages and the runtime records
-    the supervisor reports. It is the only component that touches the database.
+    """GraphService is the public API of the graph: tasks, chat messages and
+    Reconcile, used by clients and agents. The records the supervisor keeps
+    about chats are written through RuntimeService (runtime_service.proto).
+    The graph is the only component that touches the database.
     """
 
     def __init__(self, channel):
@@ -61,21 +63,6 @@ class GraphServiceStub:
                 request_serializer=wgs_dot_v1_dot_graph__pb2.AppendTaskLogRequest.SerializeToString,
                 response_deserializer=wgs_dot_v1_dot_graph__pb2.AppendTaskLogResponse.FromString,
                 _registered_method=True)
-        self.CreateChatTask = channel.unary_unary(
-                '/wgs.v1.GraphService/CreateChatTask',
-                request_serializer=wgs_dot_v1_dot_graph__pb2.CreateChatTaskRequest.SerializeToString,
-                response_deserializer=wgs_dot_v1_dot_graph__pb2.CreateChatTaskResponse.FromString,
-                _registered_method=True)
-        self.GetChatRecord = channel.unary_unary(
-                '/wgs.v1.GraphService/GetChatRecord',
-                request_serializer=wgs_dot_v1_dot_graph__pb2.GetChatRecordRequest.SerializeToString,
-                response_deserializer=wgs_dot_v1_dot_graph__pb2.GetChatRecordResponse.FromString,
-                _registered_method=True)
-        self.ListChatRecords = channel.unary_unary(
-                '/wgs.v1.GraphService/ListChatRecords',
-                request_serializer=wgs_dot_v1_dot_graph__pb2.ListChatRecordsRequest.SerializeToString,
-                response_deserializer=wgs_dot_v1_dot_graph__pb2.ListChatRecordsResponse.FromString,
-                _registered_method=True)
         self.AppendMessage = channel.unary_unary(
                 '/wgs.v1.GraphService/AppendMessage',
                 request_serializer=wgs_dot_v1_dot_graph__pb2.AppendMessageRequest.SerializeToString,
@@ -91,30 +78,15 @@ class GraphServiceStub:
                 request_serializer=wgs_dot_v1_dot_graph__pb2.WatchMessagesRequest.SerializeToString,
                 response_deserializer=wgs_dot_v1_dot_graph__pb2.WatchMessagesResponse.FromString,
                 _registered_method=True)
-        self.RecordRunStarted = channel.unary_unary(
-                '/wgs.v1.GraphService/RecordRunStarted',
-                request_serializer=wgs_dot_v1_dot_graph__pb2.RecordRunStartedRequest.SerializeToString,
-                response_deserializer=wgs_dot_v1_dot_graph__pb2.RecordRunStartedResponse.FromString,
+        self.ReportAgentStatus = channel.unary_unary(
+                '/wgs.v1.GraphService/ReportAgentStatus',
+                request_serializer=wgs_dot_v1_dot_graph__pb2.ReportAgentStatusRequest.SerializeToString,
+                response_deserializer=wgs_dot_v1_dot_graph__pb2.ReportAgentStatusResponse.FromString,
                 _registered_method=True)
-        self.RecordRunExited = channel.unary_unary(
-                '/wgs.v1.GraphService/RecordRunExited',
-                request_serializer=wgs_dot_v1_dot_graph__pb2.RecordRunExitedRequest.SerializeToString,
-                response_deserializer=wgs_dot_v1_dot_graph__pb2.RecordRunExitedResponse.FromString,
-                _registered_method=True)
-        self.UpdateChatRuntime = channel.unary_unary(
-                '/wgs.v1.GraphService/UpdateChatRuntime',
-                request_serializer=wgs_dot_v1_dot_graph__pb2.UpdateChatRuntimeRequest.SerializeToString,
-                response_deserializer=wgs_dot_v1_dot_graph__pb2.UpdateChatRuntimeResponse.FromString,
-                _registered_method=True)
-        self.RenewLeases = channel.unary_unary(
-                '/wgs.v1.GraphService/RenewLeases',
-                request_serializer=wgs_dot_v1_dot_graph__pb2.RenewLeasesRequest.SerializeToString,
-                response_deserializer=wgs_dot_v1_dot_graph__pb2.RenewLeasesResponse.FromString,
-                _registered_method=True)
-        self.ClaimChat = channel.unary_unary(
-                '/wgs.v1.GraphService/ClaimChat',
-                request_serializer=wgs_dot_v1_dot_graph__pb2.ClaimChatRequest.SerializeToString,
-                response_deserializer=wgs_dot_v1_dot_graph__pb2.ClaimChatResponse.FromString,
+        self.PublishPartialMessage = channel.unary_unary(
+                '/wgs.v1.GraphService/PublishPartialMessage',
+                request_serializer=wgs_dot_v1_dot_graph__pb2.PublishPartialMessageRequest.SerializeToString,
+                response_deserializer=wgs_dot_v1_dot_graph__pb2.PublishPartialMessageResponse.FromString,
                 _registered_method=True)
         self.Reconcile = channel.unary_unary(
                 '/wgs.v1.GraphService/Reconcile',
@@ -124,8 +96,10 @@ class GraphServiceStub:
 
 
 class GraphServiceServicer:
-    """GraphService persists tasks, chats, chat messages and the runtime records
-    the supervisor reports. It is the only component that touches the database.
+    """GraphService is the public API of the graph: tasks, chat messages and
+    Reconcile, used by clients and agents. The records the supervisor keeps
+    about chats are written through RuntimeService (runtime_service.proto).
+    The graph is the only component that touches the database.
     """
 
     def CreateTask(self, request, context):
@@ -164,30 +138,6 @@ class GraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CreateChatTask(self, request, context):
-        """Creates a chat task with a fresh ".chat-N" id (allocated atomically,
-        never reused) and its runtime record in state STARTING, owned by the
-        calling supervisor. A repeated request_id returns the existing chat with
-        created=false. RESOURCE_EXHAUSTED when max_live_chats would be exceeded.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetChatRecord(self, request, context):
-        """Returns a chat task with its runtime record.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListChatRecords(self, request, context):
-        """Lists chat tasks with their runtime records, ordered by chat number.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def AppendMessage(self, request, context):
         """Appends a message to a chat. Idempotent on (chat, role, request_id).
         """
@@ -196,7 +146,7 @@ class GraphServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMessages(self, request, context):
-        """Lists a chat's messages with seq > after_seq, oldest first.
+        """Lists a chat's messages with seq > after_seq, oldest first, paged.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,7 +154,8 @@ class GraphServiceServicer:
 
     def WatchMessages(self, request, context):
         """Streams a chat's messages with seq > after_seq: first those stored, then
-        each new one as it is appended, until the client cancels. When the graph
+        each new one as it is appended (and, with include_partial, the text of
+        replies being generated), until the client cancels. When the graph
         shuts down the stream ends with UNAVAILABLE: reconnect with the last seq
         received as after_seq.
         """
@@ -212,48 +163,29 @@ class GraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RecordRunStarted(self, request, context):
-        """Records that a run of a chat's agent started (pid, process start time,
-        argv, stderr path) and moves the runtime to the given state.
+    def ReportAgentStatus(self, request, context):
+        """Records what a chat's live agent reports about its work: an answer that
+        failed or succeeded, waiting for its model server, token usage, its
+        context window. Agents call it for their own chat and run only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RecordRunExited(self, request, context):
-        """Records how a run ended (exit code or signal, time, stderr tail, error),
-        or that a spawn failed, and moves the runtime to the given state.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def UpdateChatRuntime(self, request, context):
-        """Changes a chat's runtime state and bookkeeping without a run event.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RenewLeases(self, request, context):
-        """Renews the lease of every chat owned by a supervisor.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ClaimChat(self, request, context):
-        """Takes ownership of a chat whose owner is the caller or whose lease has
-        expired. FAILED_PRECONDITION if another live owner holds it.
+    def PublishPartialMessage(self, request, context):
+        """Publishes text of a reply being generated to the chat's message
+        watchers (include_partial); nothing is stored: the final reply is an
+        ordinary AppendMessage. Agents call it for their own chat and run only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Reconcile(self, request, context):
-        """Resets IN_PROGRESS tasks whose owner is proven gone (an expired lease,
-        or a dead pid whose start time matches the recorded run) to OPEN. Never
-        because `assigned` is empty. With dry_run, reports without changing.
+        """Resets IN_PROGRESS tasks whose owner is proven gone (an expired lease)
+        to OPEN. Never because `assigned` is empty, never from a process check
+        (the graph may run on another host than the agents). With dry_run,
+        reports without changing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -287,21 +219,6 @@ def add_GraphServiceServicer_to_server(servicer, server):
                     request_deserializer=wgs_dot_v1_dot_graph__pb2.AppendTaskLogRequest.FromString,
                     response_serializer=wgs_dot_v1_dot_graph__pb2.AppendTaskLogResponse.SerializeToString,
             ),
-            'CreateChatTask': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateChatTask,
-                    request_deserializer=wgs_dot_v1_dot_graph__pb2.CreateChatTaskRequest.FromString,
-                    response_serializer=wgs_dot_v1_dot_graph__pb2.CreateChatTaskResponse.SerializeToString,
-            ),
-            'GetChatRecord': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetChatRecord,
-                    request_deserializer=wgs_dot_v1_dot_graph__pb2.GetChatRecordRequest.FromString,
-                    response_serializer=wgs_dot_v1_dot_graph__pb2.GetChatRecordResponse.SerializeToString,
-            ),
-            'ListChatRecords': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListChatRecords,
-                    request_deserializer=wgs_dot_v1_dot_graph__pb2.ListChatRecordsRequest.FromString,
-                    response_serializer=wgs_dot_v1_dot_graph__pb2.ListChatRecordsResponse.SerializeToString,
-            ),
             'AppendMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendMessage,
                     request_deserializer=wgs_dot_v1_dot_graph__pb2.AppendMessageRequest.FromString,
@@ -317,30 +234,15 @@ def add_GraphServiceServicer_to_server(servicer, server):
                     request_deserializer=wgs_dot_v1_dot_graph__pb2.WatchMessagesRequest.FromString,
                     response_serializer=wgs_dot_v1_dot_graph__pb2.WatchMessagesResponse.SerializeToString,
             ),
-            'RecordRunStarted': grpc.unary_unary_rpc_method_handler(
-                    servicer.RecordRunStarted,
-                    request_deserializer=wgs_dot_v1_dot_graph__pb2.RecordRunStartedRequest.FromString,
-                    response_serializer=wgs_dot_v1_dot_graph__pb2.RecordRunStartedResponse.SerializeToString,
+            'ReportAgentStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportAgentStatus,
+                    request_deserializer=wgs_dot_v1_dot_graph__pb2.ReportAgentStatusRequest.FromString,
+                    response_serializer=wgs_dot_v1_dot_graph__pb2.ReportAgentStatusResponse.SerializeToString,
             ),
-            'RecordRunExited': grpc.unary_unary_rpc_method_handler(
-                    servicer.RecordRunExited,
-                    request_deserializer=wgs_dot_v1_dot_graph__pb2.RecordRunExitedRequest.FromString,
-                    response_serializer=wgs_dot_v1_dot_graph__pb2.RecordRunExitedResponse.SerializeToString,
-            ),
-            'UpdateChatRuntime': grpc.unary_unary_rpc_method_handler(
-                    servicer.UpdateChatRuntime,
-                    request_deserializer=wgs_dot_v1_dot_graph__pb2.UpdateChatRuntimeRequest.FromString,
-                    response_serializer=wgs_dot_v1_dot_graph__pb2.UpdateChatRuntimeResponse.SerializeToString,
-            ),
-            'RenewLeases': grpc.unary_unary_rpc_method_handler(
-                    servicer.RenewLeases,
-                    request_deserializer=wgs_dot_v1_dot_graph__pb2.RenewLeasesRequest.FromString,
-                    response_serializer=wgs_dot_v1_dot_graph__pb2.RenewLeasesResponse.SerializeToString,
-            ),
-            'ClaimChat': grpc.unary_unary_rpc_method_handler(
-                    servicer.ClaimChat,
-                    request_deserializer=wgs_dot_v1_dot_graph__pb2.ClaimChatRequest.FromString,
-                    response_serializer=wgs_dot_v1_dot_graph__pb2.ClaimChatResponse.SerializeToString,
+            'PublishPartialMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishPartialMessage,
+                    request_deserializer=wgs_dot_v1_dot_graph__pb2.PublishPartialMessageRequest.FromString,
+                    response_serializer=wgs_dot_v1_dot_graph__pb2.PublishPartialMessageResponse.SerializeToString,
             ),
             'Reconcile': grpc.unary_unary_rpc_method_handler(
                     servicer.Reconcile,
@@ -356,8 +258,10 @@ def add_GraphServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GraphService:
-    """GraphService persists tasks, chats, chat messages and the runtime records
-    the supervisor reports. It is the only component that touches the database.
+    """GraphService is the public API of the graph: tasks, chat messages and
+    Reconcile, used by clients and agents. The records the supervisor keeps
+    about chats are written through RuntimeService (runtime_service.proto).
+    The graph is the only component that touches the database.
     """
 
     @staticmethod
@@ -496,87 +400,6 @@ class GraphService:
             _registered_method=True)
 
     @staticmethod
-    def CreateChatTask(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/wgs.v1.GraphService/CreateChatTask',
-            wgs_dot_v1_dot_graph__pb2.CreateChatTaskRequest.SerializeToString,
-            wgs_dot_v1_dot_graph__pb2.CreateChatTaskResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetChatRecord(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/wgs.v1.GraphService/GetChatRecord',
-            wgs_dot_v1_dot_graph__pb2.GetChatRecordRequest.SerializeToString,
-            wgs_dot_v1_dot_graph__pb2.GetChatRecordResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListChatRecords(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/wgs.v1.GraphService/ListChatRecords',
-            wgs_dot_v1_dot_graph__pb2.ListChatRecordsRequest.SerializeToString,
-            wgs_dot_v1_dot_graph__pb2.ListChatRecordsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def AppendMessage(request,
             target,
             options=(),
@@ -658,7 +481,7 @@ class GraphService:
             _registered_method=True)
 
     @staticmethod
-    def RecordRunStarted(request,
+    def ReportAgentStatus(request,
             target,
             options=(),
             channel_credentials=None,
@@ -671,9 +494,9 @@ class GraphService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/wgs.v1.GraphService/RecordRunStarted',
-            wgs_dot_v1_dot_graph__pb2.RecordRunStartedRequest.SerializeToString,
-            wgs_dot_v1_dot_graph__pb2.RecordRunStartedResponse.FromString,
+            '/wgs.v1.GraphService/ReportAgentStatus',
+            wgs_dot_v1_dot_graph__pb2.ReportAgentStatusRequest.SerializeToString,
+            wgs_dot_v1_dot_graph__pb2.ReportAgentStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -685,7 +508,7 @@ class GraphService:
             _registered_method=True)
 
     @staticmethod
-    def RecordRunExited(request,
+    def PublishPartialMessage(request,
             target,
             options=(),
             channel_credentials=None,
@@ -698,90 +521,9 @@ class GraphService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/wgs.v1.GraphService/RecordRunExited',
-            wgs_dot_v1_dot_graph__pb2.RecordRunExitedRequest.SerializeToString,
-            wgs_dot_v1_dot_graph__pb2.RecordRunExitedResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def UpdateChatRuntime(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/wgs.v1.GraphService/UpdateChatRuntime',
-            wgs_dot_v1_dot_graph__pb2.UpdateChatRuntimeRequest.SerializeToString,
-            wgs_dot_v1_dot_graph__pb2.UpdateChatRuntimeResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RenewLeases(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/wgs.v1.GraphService/RenewLeases',
-            wgs_dot_v1_dot_graph__pb2.RenewLeasesRequest.SerializeToString,
-            wgs_dot_v1_dot_graph__pb2.RenewLeasesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ClaimChat(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/wgs.v1.GraphService/ClaimChat',
-            wgs_dot_v1_dot_graph__pb2.ClaimChatRequest.SerializeToString,
-            wgs_dot_v1_dot_graph__pb2.ClaimChatResponse.FromString,
+            '/wgs.v1.GraphService/PublishPartialMessage',
+            wgs_dot_v1_dot_graph__pb2.PublishPartialMessageRequest.SerializeToString,
+            wgs_dot_v1_dot_graph__pb2.PublishPartialMessageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class GraphServiceStub:
-    """GraphService persists tasks, chats, chat messages and the runtime records
-    the supervisor reports. It is the only component that touches the database.
+    """GraphService is the public API of the graph: tasks, chat messages and
+    Reconcile, used by clients and agents. The records the supervisor keeps
+    about chats are written through RuntimeService (runtime_service.proto).
+    The graph is the only component that touches the database.
     """
 
     @_typing.overload
@@ -47,52 +49,40 @@ class GraphServiceStub:
     """
     AppendTaskLog: _grpc.UnaryUnaryMultiCallable[_graph_pb2.AppendTaskLogRequest, _graph_pb2.AppendTaskLogResponse]
     """Appends one entry to a task's log."""
-    CreateChatTask: _grpc.UnaryUnaryMultiCallable[_graph_pb2.CreateChatTaskRequest, _graph_pb2.CreateChatTaskResponse]
-    """Creates a chat task with a fresh ".chat-N" id (allocated atomically,
-    never reused) and its runtime record in state STARTING, owned by the
-    calling supervisor. A repeated request_id returns the existing chat with
-    created=false. RESOURCE_EXHAUSTED when max_live_chats would be exceeded.
-    """
-    GetChatRecord: _grpc.UnaryUnaryMultiCallable[_graph_pb2.GetChatRecordRequest, _graph_pb2.GetChatRecordResponse]
-    """Returns a chat task with its runtime record."""
-    ListChatRecords: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ListChatRecordsRequest, _graph_pb2.ListChatRecordsResponse]
-    """Lists chat tasks with their runtime records, ordered by chat number."""
     AppendMessage: _grpc.UnaryUnaryMultiCallable[_graph_pb2.AppendMessageRequest, _graph_pb2.AppendMessageResponse]
     """Appends a message to a chat. Idempotent on (chat, role, request_id)."""
     ListMessages: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ListMessagesRequest, _graph_pb2.ListMessagesResponse]
-    """Lists a chat's messages with seq > after_seq, oldest first."""
+    """Lists a chat's messages with seq > after_seq, oldest first, paged."""
     WatchMessages: _grpc.UnaryStreamMultiCallable[_graph_pb2.WatchMessagesRequest, _graph_pb2.WatchMessagesResponse]
     """Streams a chat's messages with seq > after_seq: first those stored, then
-    each new one as it is appended, until the client cancels. When the graph
+    each new one as it is appended (and, with include_partial, the text of
+    replies being generated), until the client cancels. When the graph
     shuts down the stream ends with UNAVAILABLE: reconnect with the last seq
     received as after_seq.
     """
-    RecordRunStarted: _grpc.UnaryUnaryMultiCallable[_graph_pb2.RecordRunStartedRequest, _graph_pb2.RecordRunStartedResponse]
-    """Records that a run of a chat's agent started (pid, process start time,
-    argv, stderr path) and moves the runtime to the given state.
+    ReportAgentStatus: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ReportAgentStatusRequest, _graph_pb2.ReportAgentStatusResponse]
+    """Records what a chat's live agent reports about its work: an answer that
+    failed or succeeded, waiting for its model server, token usage, its
+    context window. Agents call it for their own chat and run only.
     """
-    RecordRunExited: _grpc.UnaryUnaryMultiCallable[_graph_pb2.RecordRunExitedRequest, _graph_pb2.RecordRunExitedResponse]
-    """Records how a run ended (exit code or signal, time, stderr tail, error),
-    or that a spawn failed, and moves the runtime to the given state.
-    """
-    UpdateChatRuntime: _grpc.UnaryUnaryMultiCallable[_graph_pb2.UpdateChatRuntimeRequest, _graph_pb2.UpdateChatRuntimeResponse]
-    """Changes a chat's runtime state and bookkeeping without a run event."""
-    RenewLeases: _grpc.UnaryUnaryMultiCallable[_graph_pb2.RenewLeasesRequest, _graph_pb2.RenewLeasesResponse]
-    """Renews the lease of every chat owned by a supervisor."""
-    ClaimChat: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ClaimChatRequest, _graph_pb2.ClaimChatResponse]
-    """Takes ownership of a chat whose owner is the caller or whose lease has
-    expired. FAILED_PRECONDITION if another live owner holds it.
+    PublishPartialMessage: _grpc.UnaryUnaryMultiCallable[_graph_pb2.PublishPartialMessageRequest, _graph_pb2.PublishPartialMessageResponse]
+    """Publishes text of a reply being generated to the chat's message
+    watchers (include_partial); nothing is stored: the final reply is an
+    ordinary AppendMessage. Agents call it for their own chat and run only.
     """
     Reconcile: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ReconcileRequest, _graph_pb2.ReconcileResponse]
-    """Resets IN_PROGRESS tasks whose owner is proven gone (an expired lease,
-    or a dead pid whose start time matches the recorded run) to OPEN. Never
-    because `assigned` is empty. With dry_run, reports without changing.
+    """Resets IN_PROGRESS tasks whose owner is proven gone (an expired lease)
+    to OPEN. Never because `assigned` is empty, never from a process check
+    (the graph may run on another host than the agents). With dry_run,
+    reports without changing.
     """
 
 @_typing.type_check_only
 class GraphServiceAsyncStub(GraphServiceStub):
-    """GraphService persists tasks, chats, chat messages and the runtime records
-    the supervisor reports. It is the only component that touches the database.
+    """GraphService is the public API of the graph: tasks, chat messages and
+    Reconcile, used by clients and agents. The records the supervisor keeps
+    about chats are written through RuntimeService (runtime_service.proto).
+    The graph is the only component that touches the database.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -108,51 +98,39 @@ class GraphServiceAsyncStub(GraphServiceStub):
     """
     AppendTaskLog: _aio.UnaryUnaryMultiCallable[_graph_pb2.AppendTaskLogRequest, _graph_pb2.AppendTaskLogResponse]  # type: ignore[assignment]
     """Appends one entry to a task's log."""
-    CreateChatTask: _aio.UnaryUnaryMultiCallable[_graph_pb2.CreateChatTaskRequest, _graph_pb2.CreateChatTaskResponse]  # type: ignore[assignment]
-    """Creates a chat task with a fresh ".chat-N" id (allocated atomically,
-    never reused) and its runtime record in state STARTING, owned by the
-    calling supervisor. A repeated request_id returns the existing chat with
-    created=false. RESOURCE_EXHAUSTED when max_live_chats would be exceeded.
-    """
-    GetChatRecord: _aio.UnaryUnaryMultiCallable[_graph_pb2.GetChatRecordRequest, _graph_pb2.GetChatRecordResponse]  # type: ignore[assignment]
-    """Returns a chat task with its runtime record."""
-    ListChatRecords: _aio.UnaryUnaryMultiCallable[_graph_pb2.ListChatRecordsRequest, _graph_pb2.ListChatRecordsResponse]  # type: ignore[assignment]
-    """Lists chat tasks with their runtime records, ordered by chat number."""
     AppendMessage: _aio.UnaryUnaryMultiCallable[_graph_pb2.AppendMessageRequest, _graph_pb2.AppendMessageResponse]  # type: ignore[assignment]
     """Appends a message to a chat. Idempotent on (chat, role, request_id)."""
     ListMessages: _aio.UnaryUnaryMultiCallable[_graph_pb2.ListMessagesRequest, _graph_pb2.ListMessagesResponse]  # type: ignore[assignment]
-    """Lists a chat's messages with seq > after_seq, oldest first."""
+    """Lists a chat's messages with seq > after_seq, oldest first, paged."""
     WatchMessages: _aio.UnaryStreamMultiCallable[_graph_pb2.WatchMessagesRequest, _graph_pb2.WatchMessagesResponse]  # type: ignore[assignment]
     """Streams a chat's messages with seq > after_seq: first those stored, then
-    each new one as it is appended, until the client cancels. When the graph
+    each new one as it is appended (and, with include_partial, the text of
+    replies being generated), until the client cancels. When the graph
     shuts down the stream ends with UNAVAILABLE: reconnect with the last seq
     received as after_seq.
     """
-    RecordRunStarted: _aio.UnaryUnaryMultiCallable[_graph_pb2.RecordRunStartedRequest, _graph_pb2.RecordRunStartedResponse]  # type: ignore[assignment]
-    """Records that a run of a chat's agent started (pid, process start time,
-    argv, stderr path) and moves the runtime to the given state.
+    ReportAgentStatus: _aio.UnaryUnaryMultiCallable[_graph_pb2.ReportAgentStatusRequest, _graph_pb2.ReportAgentStatusResponse]  # type: ignore[assignment]
+    """Records what a chat's live agent reports about its work: an answer that
+    failed or succeeded, waiting for its model server, token usage, its
+    context window. Agents call it for their own chat and run only.
     """
-    RecordRunExited: _aio.UnaryUnaryMultiCallable[_graph_pb2.RecordRunExitedRequest, _graph_pb2.RecordRunExitedResponse]  # type: ignore[assignment]
-    """Records how a run ended (exit code or signal, time, stderr tail, error),
-    or that a spawn failed, and moves the runtime to the given state.
-    """
-    UpdateChatRuntime: _aio.UnaryUnaryMultiCallable[_graph_pb2.UpdateChatRuntimeRequest, _graph_pb2.UpdateChatRuntimeResponse]  # type: ignore[assignment]
-    """Changes a chat's runtime state and bookkeeping without a run event."""
-    RenewLeases: _aio.UnaryUnaryMultiCallable[_graph_pb2.RenewLeasesRequest, _graph_pb2.RenewLeasesResponse]  # type: ignore[assignment]
-    """Renews the lease of every chat owned by a supervisor."""
-    ClaimChat: _aio.UnaryUnaryMultiCallable[_graph_pb2.ClaimChatRequest, _graph_pb2.ClaimChatResponse]  # type: ignore[assignment]
-    """Takes ownership of a chat whose owner is the caller or whose lease has
-    expired. FAILED_PRECONDITION if another live owner holds it.
+    PublishPartialMessage: _aio.UnaryUnaryMultiCallable[_graph_pb2.PublishPartialMessageRequest, _graph_pb2.PublishPartialMessageResponse]  # type: ignore[assignment]
+    """Publishes text of a reply being generated to the chat's message
+    watchers (include_partial); nothing is stored: the final reply is an
+    ordinary AppendMessage. Agents call it for their own chat and run only.
     """
     Reconcile: _aio.UnaryUnaryMultiCallable[_graph_pb2.ReconcileRequest, _graph_pb2.ReconcileResponse]  # type: ignore[assignment]
-    """Resets IN_PROGRESS tasks whose owner is proven gone (an expired lease,
-    or a dead pid whose start time matches the recorded run) to OPEN. Never
-    because `assigned` is empty. With dry_run, reports without changing.
+    """Resets IN_PROGRESS tasks whose owner is proven gone (an expired lease)
+    to OPEN. Never because `assigned` is empty, never from a process check
+    (the graph may run on another host than the agents). With dry_run,
+    reports without changing.
     """
 
 class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
-    """GraphService persists tasks, chats, chat messages and the runtime records
-    the supervisor reports. It is the only component that touches the database.
+    """GraphService is the public API of the graph: tasks, chat messages and
+    Reconcile, used by clients and agents. The records the supervisor keeps
+    about chats are written through RuntimeService (runtime_service.proto).
+    The graph is the only component that touches the database.
     """
 
     @_abc_1.abstractmethod
@@ -198,34 +176,6 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
         """Appends one entry to a task's log."""
 
     @_abc_1.abstractmethod
-    def CreateChatTask(
-        self,
-        request: _graph_pb2.CreateChatTaskRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.CreateChatTaskResponse, _abc.Awaitable[_graph_pb2.CreateChatTaskResponse]]:
-        """Creates a chat task with a fresh ".chat-N" id (allocated atomically,
-        never reused) and its runtime record in state STARTING, owned by the
-        calling supervisor. A repeated request_id returns the existing chat with
-        created=false. RESOURCE_EXHAUSTED when max_live_chats would be exceeded.
-        """
-
-    @_abc_1.abstractmethod
-    def GetChatRecord(
-        self,
-        request: _graph_pb2.GetChatRecordRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.GetChatRecordResponse, _abc.Awaitable[_graph_pb2.GetChatRecordResponse]]:
-        """Returns a chat task with its runtime record."""
-
-    @_abc_1.abstractmethod
-    def ListChatRecords(
-        self,
-        request: _graph_pb2.ListChatRecordsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.ListChatRecordsResponse, _abc.Awaitable[_graph_pb2.ListChatRecordsResponse]]:
-        """Lists chat tasks with their runtime records, ordered by chat number."""
-
-    @_abc_1.abstractmethod
     def AppendMessage(
         self,
         request: _graph_pb2.AppendMessageRequest,
@@ -239,7 +189,7 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _graph_pb2.ListMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_graph_pb2.ListMessagesResponse, _abc.Awaitable[_graph_pb2.ListMessagesResponse]]:
-        """Lists a chat's messages with seq > after_seq, oldest first."""
+        """Lists a chat's messages with seq > after_seq, oldest first, paged."""
 
     @_abc_1.abstractmethod
     def WatchMessages(
@@ -248,55 +198,32 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_graph_pb2.WatchMessagesResponse], _abc.AsyncIterator[_graph_pb2.WatchMessagesResponse]]:
         """Streams a chat's messages with seq > after_seq: first those stored, then
-        each new one as it is appended, until the client cancels. When the graph
+        each new one as it is appended (and, with include_partial, the text of
+        replies being generated), until the client cancels. When the graph
         shuts down the stream ends with UNAVAILABLE: reconnect with the last seq
         received as after_seq.
         """
 
     @_abc_1.abstractmethod
-    def RecordRunStarted(
+    def ReportAgentStatus(
         self,
-        request: _graph_pb2.RecordRunStartedRequest,
+        request: _graph_pb2.ReportAgentStatusRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.RecordRunStartedResponse, _abc.Awaitable[_graph_pb2.RecordRunStartedResponse]]:
-        """Records that a run of a chat's agent started (pid, process start time,
-        argv, stderr path) and moves the runtime to the given state.
+    ) -> _typing.Union[_graph_pb2.ReportAgentStatusResponse, _abc.Awaitable[_graph_pb2.ReportAgentStatusResponse]]:
+        """Records what a chat's live agent reports about its work: an answer that
+        failed or succeeded, waiting for its model server, token usage, its
+        context window. Agents call it for their own chat and run only.
         """
 
     @_abc_1.abstractmethod
-    def RecordRunExited(
+    def PublishPartialMessage(
         self,
-        request: _graph_pb2.RecordRunExitedRequest,
+        request: _graph_pb2.PublishPartialMessageRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.RecordRunExitedResponse, _abc.Awaitable[_graph_pb2.RecordRunExitedResponse]]:
-        """Records how a run ended (exit code or signal, time, stderr tail, error),
-        or that a spawn failed, and moves the runtime to the given state.
-        """
-
-    @_abc_1.abstractmethod
-    def UpdateChatRuntime(
-        self,
-        request: _graph_pb2.UpdateChatRuntimeRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.UpdateChatRuntimeResponse, _abc.Awaitable[_graph_pb2.UpdateChatRuntimeResponse]]:
-        """Changes a chat's runtime state and bookkeeping without a run event."""
-
-    @_abc_1.abstractmethod
-    def RenewLeases(
-        self,
-        request: _graph_pb2.RenewLeasesRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.RenewLeasesResponse, _abc.Awaitable[_graph_pb2.RenewLeasesResponse]]:
-        """Renews the lease of every chat owned by a supervisor."""
-
-    @_abc_1.abstractmethod
-    def ClaimChat(
-        self,
-        request: _graph_pb2.ClaimChatRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.ClaimChatResponse, _abc.Awaitable[_graph_pb2.ClaimChatResponse]]:
-        """Takes ownership of a chat whose owner is the caller or whose lease has
-        expired. FAILED_PRECONDITION if another live owner holds it.
+    ) -> _typing.Union[_graph_pb2.PublishPartialMessageResponse, _abc.Awaitable[_graph_pb2.PublishPartialMessageResponse]]:
+        """Publishes text of a reply being generated to the chat's message
+        watchers (include_partial); nothing is stored: the final reply is an
+        ordinary AppendMessage. Agents call it for their own chat and run only.
         """
 
     @_abc_1.abstractmethod
@@ -305,9 +232,10 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _graph_pb2.ReconcileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_graph_pb2.ReconcileResponse, _abc.Awaitable[_graph_pb2.ReconcileResponse]]:
-        """Resets IN_PROGRESS tasks whose owner is proven gone (an expired lease,
-        or a dead pid whose start time matches the recorded run) to OPEN. Never
-        because `assigned` is empty. With dry_run, reports without changing.
+        """Resets IN_PROGRESS tasks whose owner is proven gone (an expired lease)
+        to OPEN. Never because `assigned` is empty, never from a process check
+        (the graph may run on another host than the agents). With dry_run,
+        reports without changing.
         """
 
 def add_GraphServiceServicer_to_server(servicer: GraphServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,23 +23,26 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from wgs.v1 import plan_pb2 as wgs_dot_v1_dot_plan__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11wgs/v1/task.proto\x12\x06wgs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x08LogEntry\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xf0\x03\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\"\n\x06status\x18\x04 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x10\n\x08\x61ssigned\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x10\n\x08\x65xecutor\x18\t \x01(\t\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12\x14\n\x0c\x63ommand_argv\x18\x0b \x03(\t\x12\x13\n\x0bworking_dir\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x11 \x01(\x03\x12\x1d\n\x03log\x18\x12 \x03(\x0b\x32\x10.wgs.v1.LogEntry\x12\x12\n\nrequest_id\x18\x13 \x01(\t\"\xa3\x01\n\x0b\x43hatMessage\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.wgs.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xd7\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10TASK_STATUS_OPEN\x10\x01\x12\x1b\n\x17TASK_STATUS_IN_PROGRESS\x10\x02\x12\x17\n\x13TASK_STATUS_WAITING\x10\x03\x12\x14\n\x10TASK_STATUS_DONE\x10\x04\x12\x17\n\x13TASK_STATUS_BLOCKED\x10\x05\x12\x16\n\x12TASK_STATUS_FAILED\x10\x06\x12\x19\n\x15TASK_STATUS_ABANDONED\x10\x07*\x96\x01\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02\x12\x1d\n\x19MESSAGE_ROLE_SYSTEM_ERROR\x10\x03\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11wgs/v1/task.proto\x12\x06wgs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x11wgs/v1/plan.proto\"Y\n\x08LogEntry\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xa1\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\"\n\x06status\x18\x04 \x01(\x0e\x32\x12.wgs.v1.TaskStatus\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x10\n\x08\x61ssigned\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x10\n\x08\x65xecutor\x18\t \x01(\t\x12\x10\n\x08\x65ndpoint\x18\n \x01(\t\x12\x14\n\x0c\x63ommand_argv\x18\x0b \x03(\t\x12\x13\n\x0bworking_dir\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x11 \x01(\x03\x12\x1d\n\x03log\x18\x12 \x03(\x0b\x32\x10.wgs.v1.LogEntry\x12\x12\n\nrequest_id\x18\x13 \x01(\t\x12/\n\ngeneration\x18\x14 \x01(\x0b\x32\x1b.wgs.v1.GenerationOverrides\"\xb9\x01\n\x0b\x43hatMessage\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.wgs.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrace_parent\x18\x07 \x01(\t\"S\n\x0ePartialMessage\x12\x0f\n\x07\x63hat_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0c\n\x04text\x18\x04 \x01(\t*\xd7\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10TASK_STATUS_OPEN\x10\x01\x12\x1b\n\x17TASK_STATUS_IN_PROGRESS\x10\x02\x12\x17\n\x13TASK_STATUS_WAITING\x10\x03\x12\x14\n\x10TASK_STATUS_DONE\x10\x04\x12\x17\n\x13TASK_STATUS_BLOCKED\x10\x05\x12\x16\n\x12TASK_STATUS_FAILED\x10\x06\x12\x19\n\x15TASK_STATUS_ABANDONED\x10\x07*\x96\x01\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02\x12\x1d\n\x19MESSAGE_ROLE_SYSTEM_ERROR\x10\x03\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wgs.v1.task_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATUS']._serialized_start=819
-  _globals['_TASKSTATUS']._serialized_end=1034
-  _globals['_MESSAGEROLE']._serialized_start=1037
-  _globals['_MESSAGEROLE']._serialized_end=1187
-  _globals['_LOGENTRY']._serialized_start=62
-  _globals['_LOGENTRY']._serialized_end=151
-  _globals['_TASK']._serialized_start=154
-  _globals['_TASK']._serialized_end=650
-  _globals['_CHATMESSAGE']._serialized_start=653
-  _globals['_CHATMESSAGE']._serialized_end=816
+  _globals['_TASKSTATUS']._serialized_start=994
+  _globals['_TASKSTATUS']._serialized_end=1209
+  _globals['_MESSAGEROLE']._serialized_start=1212
+  _globals['_MESSAGEROLE']._serialized_end=1362
+  _globals['_LOGENTRY']._serialized_start=81
+  _globals['_LOGENTRY']._serialized_end=170
+  _globals['_TASK']._serialized_start=173
+  _globals['_TASK']._serialized_end=718
+  _globals['_CHATMESSAGE']._serialized_start=721
+  _globals['_CHATMESSAGE']._serialized_end=906
+  _globals['_PARTIALMESSAGE']._serialized_start=908
+  _globals['_PARTIALMESSAGE']._serialized_end=991
 # @@protoc_insertion_point(module_scope)
