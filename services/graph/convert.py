@@ -3,22 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
-from services.graph.db import ChatRuntimeRow, MessageRow, RunRow, TaskLogRow, TaskRow
+from services.graph.db import ChatRuntimeRow, MessageRow, RunRow, SupervisorRow, TaskLogRow, TaskRow
 from wgs.common.timeutil import to_ts
-from wgs.v1 import plan_pb2, runtime_pb2, task_pb2
+from wgs.v1 import plan_pb2, runtime_pb2, runtime_service_pb2, task_pb2
+
+M = TypeVar("M", bound=Message)
+
+
+def message_to_json(msg: Message) -> str:
+    """A message as stored in a JSON column (proto field names, compact)."""
+    return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)
+
+
+def message_from_json(text: str, empty: M) -> M | None:
+    if not text:
+        return None
+    return json_format.Parse(text, empty, ignore_unknown_fields=True)
 
 
 def plan_to_json(plan: plan_pb2.SpawnPlan) -> str:
-    return json_format.MessageToJson(plan, preserving_proto_field_name=True, indent=None)
+    return message_to_json(plan)
 
 
 def plan_from_json(text: str) -> plan_pb2.SpawnPlan | None:
-    if not text:
-        return None
-    return json_format.Parse(text, plan_pb2.SpawnPlan(), ignore_unknown_fields=True)
+    return message_from_json(text, plan_pb2.SpawnPlan())
+
+
+def agent_status(row: ChatRuntimeRow) -> runtime_pb2.AgentStatus:
+    """The stored agent status (an empty one before the first report)."""
+    return message_from_json(row.agent_status_json, runtime_pb2.AgentStatus()) or runtime_pb2.AgentStatus()
+
+
+def clear_waiting(row: ChatRuntimeRow) -> None:
+    """A run started or ended: no agent is waiting for its endpoint any more."""
+    if row.agent_status_json:
+        status = agent_status(row)
+        if status.HasField("waiting"):
+            status.ClearField("waiting")
+            row.agent_status_json = message_to_json(status)
 
 
 def log_entry(row: TaskLogRow) -> task_pb2.LogEntry:
@@ -46,6 +73,7 @@ def task(row: TaskRow, tags: Iterable[str], log: Sequence[TaskLogRow] = ()) -> t
         version=row.version,
         log=[log_entry(e) for e in log],
         request_id=row.request_id or "",
+        generation=message_from_json(row.generation_json, plan_pb2.GenerationOverrides()),
     )
 
 
@@ -66,6 +94,9 @@ def run(row: RunRow) -> runtime_pb2.Run:
         hostname=row.hostname,
         supervisor_id=row.supervisor_id,
         trace_id=row.trace_id,
+        end=row.end,  # type: ignore[arg-type]
+        end_detail=row.end_detail,
+        leftovers_ended=row.leftovers_ended,
     )
     if row.exit_code is not None:
         out.exit_code = row.exit_code
@@ -89,7 +120,10 @@ def runtime(row: ChatRuntimeRow, runs: Sequence[RunRow]) -> runtime_pb2.ChatRunt
         lease_expires_at=to_ts(row.lease_expires_at),
         state_changed_at=to_ts(row.state_changed_at),
         version=row.version,
+        resume_on_start=row.resume_on_start,
     )
+    if row.agent_status_json:
+        out.agent.CopyFrom(agent_status(row))
     if ordered:
         out.current_run.CopyFrom(run(ordered[0]))
         out.previous_runs.extend(run(r) for r in ordered[1:5])
@@ -104,4 +138,14 @@ def message(row: MessageRow) -> task_pb2.ChatMessage:
         content=row.content,
         request_id=row.request_id or "",
         created_at=to_ts(row.created_at),
+        trace_parent=row.trace_parent,
+    )
+
+
+def supervisor(row: SupervisorRow, owned_chats: int) -> runtime_service_pb2.SupervisorInfo:
+    return runtime_service_pb2.SupervisorInfo(
+        supervisor_id=row.id, advertise_address=row.advertise_address, heartbeat_at=to_ts(row.heartbeat_at),
+        lease_expires_at=to_ts(row.lease_expires_at), free_capacity=row.free_capacity, live_chats=row.live_chats,
+        max_live_chats=row.max_live_chats, memory_used_bytes=row.memory_used_bytes,
+        memory_limit_bytes=row.memory_limit_bytes, owned_chats=owned_chats,
     )

@@ -91,6 +91,7 @@ class TaskRow(Base):
     command_argv: Mapped[list[str]] = mapped_column(sa.JSON, nullable=False, default=list)
     working_dir: Mapped[str] = mapped_column(sa.String(4096), nullable=False, default="")
     request_id: Mapped[str | None] = mapped_column(sa.String(128), unique=True, nullable=True)
+    generation_json: Mapped[str] = mapped_column(sa.Text, nullable=False, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -137,6 +138,7 @@ class MessageRow(Base):
     content: Mapped[str] = mapped_column(sa.Text, nullable=False)
     request_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    trace_parent: Mapped[str] = mapped_column(sa.String(64), nullable=False, default="", server_default="")
 
 
 class ChatRuntimeRow(Base):
@@ -152,9 +154,14 @@ class ChatRuntimeRow(Base):
     trace_id: Mapped[str] = mapped_column(sa.String(32), nullable=False, default="")
     span_id: Mapped[str] = mapped_column(sa.String(16), nullable=False, default="", server_default="")
     supervisor_id: Mapped[str] = mapped_column(sa.String(200), nullable=False, index=True)
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     version: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=1)
+    # Stopped by its supervisor's shutdown: resumes when that supervisor starts again.
+    resume_on_start: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False,
+                                                  server_default=sa.false())
+    # AgentStatus (proto JSON) as the live agent reports it; "" before any report.
+    agent_status_json: Mapped[str] = mapped_column(sa.Text, nullable=False, default="", server_default="")
 
 
 class RunRow(Base):
@@ -184,6 +191,24 @@ class RunRow(Base):
     hostname: Mapped[str] = mapped_column(sa.String(255), nullable=False, default="")
     supervisor_id: Mapped[str] = mapped_column(sa.String(200), nullable=False, default="")
     trace_id: Mapped[str] = mapped_column(sa.String(32), nullable=False, default="")
+    end: Mapped[int] = mapped_column(sa.SmallInteger, nullable=False, default=0, server_default="0")
+    end_detail: Mapped[str] = mapped_column(sa.Text, nullable=False, default="", server_default="")
+    leftovers_ended: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default="0")
+
+
+class SupervisorRow(Base):
+    """A supervisor replica's last heartbeat (RenewLeases): where it is reached and what it can take."""
+
+    __tablename__ = "supervisors"
+    id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    advertise_address: Mapped[str] = mapped_column(sa.String(512), nullable=False, default="", server_default="")
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    free_capacity: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default="0")
+    live_chats: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default="0")
+    max_live_chats: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default="0")
+    memory_used_bytes: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0, server_default="0")
+    memory_limit_bytes: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0, server_default="0")
 
 
 def database_url(state_dir: Path, raw: str | None) -> sa.URL:

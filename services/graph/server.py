@@ -8,24 +8,28 @@ import logging
 import grpc
 
 from services.graph import db, migrate
-from services.graph.servicer import GraphServicer
+from services.graph.records import ChatRecords
+from services.graph.servicer import GraphServicer, RuntimeServicer
 from services.graph.store import GraphStore
 from wgs.common.server import Service, main_for
 from wgs.common.settings import CommonSettings, env_str
-from wgs.v1 import graph_pb2, graph_pb2_grpc
+from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_service_pb2, runtime_service_pb2_grpc
 
 log = logging.getLogger("wgs.graph")
 
 SERVICE_NAME = graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name
+RUNTIME_SERVICE_NAME = runtime_service_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name
 
 
 async def build(settings: CommonSettings) -> Service:
     url = db.database_url(settings.state_dir, env_str(db.DATABASE_URL_VAR, ""))
     engine = db.create_engine(url)
     store = GraphStore(engine)
+    records = ChatRecords(store)
 
     def register(server: grpc.aio.Server) -> None:
         graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphServicer(store), server)
+        runtime_service_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(records), server)
 
     async def start() -> None:
         # Schema first: the service reports SERVING only once the database is at head.
@@ -41,8 +45,8 @@ async def build(settings: CommonSettings) -> Service:
     async def stop() -> None:
         await store.close()
 
-    return Service(name="graph", service_names=[SERVICE_NAME], register=register, start=start, drain=drain, stop=stop,
-                   extra={"store": store})
+    return Service(name="graph", service_names=[SERVICE_NAME, RUNTIME_SERVICE_NAME], register=register, start=start, drain=drain, stop=stop,
+                   extra={"store": store, "records": records})
 
 
 def main() -> int:

@@ -1,4 +1,5 @@
-"""Thin gRPC layer of the graph service: every method forwards to GraphStore.
+"""Thin gRPC layer of the graph service: GraphService forwards to GraphStore, RuntimeService to
+ChatRecords.
 
 Errors are wgs.common.errors exceptions raised by the store; the server interceptor maps them
 to status codes.
@@ -12,11 +13,14 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
+from services.graph.records import ChatRecords
 from services.graph.store import GraphStore
 from wgs.common import attributes as attrs
-from wgs.v1 import graph_pb2, graph_pb2_grpc
+from wgs.common import telemetry
+from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_service_pb2, runtime_service_pb2_grpc
 
 _SPAN_FIELDS = {"chat_id": attrs.CHAT_ID, "id": attrs.TASK_ID, "supervisor_id": attrs.SUPERVISOR_ID}
+RS = runtime_service_pb2
 
 
 def _annotate(request: Any) -> None:
@@ -59,25 +63,11 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
         _annotate(request)
         return await self.store.append_task_log(request)
 
-    async def CreateChatTask(self, request: graph_pb2.CreateChatTaskRequest,
-                             context: grpc.aio.ServicerContext) -> graph_pb2.CreateChatTaskResponse:
-        _annotate(request)
-        return await self.store.create_chat_task(request)
-
-    async def GetChatRecord(self, request: graph_pb2.GetChatRecordRequest,
-                            context: grpc.aio.ServicerContext) -> graph_pb2.GetChatRecordResponse:
-        _annotate(request)
-        return await self.store.get_chat_record(request)
-
-    async def ListChatRecords(self, request: graph_pb2.ListChatRecordsRequest,
-                              context: grpc.aio.ServicerContext) -> graph_pb2.ListChatRecordsResponse:
-        _annotate(request)
-        return await self.store.list_chat_records(request)
-
     async def AppendMessage(self, request: graph_pb2.AppendMessageRequest,
                             context: grpc.aio.ServicerContext) -> graph_pb2.AppendMessageResponse:
         _annotate(request)
-        return await self.store.append_message(request)
+        # The caller's trace (e.g. SendMessage's) is stored with a user message: the answer joins it.
+        return await self.store.append_message(request, telemetry.current_traceparent())
 
     async def ListMessages(self, request: graph_pb2.ListMessagesRequest,
                            context: grpc.aio.ServicerContext) -> graph_pb2.ListMessagesResponse:
@@ -87,35 +77,68 @@ class GraphServicer(graph_pb2_grpc.GraphServiceServicer):
     async def WatchMessages(self, request: graph_pb2.WatchMessagesRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[graph_pb2.WatchMessagesResponse]:
         _annotate(request)
-        async for message in self.store.watch_messages(request):
-            yield graph_pb2.WatchMessagesResponse(message=message)
+        async for item in self.store.watch_messages(request):
+            yield item
 
-    async def RecordRunStarted(self, request: graph_pb2.RecordRunStartedRequest,
-                               context: grpc.aio.ServicerContext) -> graph_pb2.RecordRunStartedResponse:
+    async def ReportAgentStatus(self, request: graph_pb2.ReportAgentStatusRequest,
+                                context: grpc.aio.ServicerContext) -> graph_pb2.ReportAgentStatusResponse:
         _annotate(request)
-        return await self.store.record_run_started(request)
+        return await self.store.report_agent_status(request)
 
-    async def RecordRunExited(self, request: graph_pb2.RecordRunExitedRequest,
-                              context: grpc.aio.ServicerContext) -> graph_pb2.RecordRunExitedResponse:
-        _annotate(request)
-        return await self.store.record_run_exited(request)
-
-    async def UpdateChatRuntime(self, request: graph_pb2.UpdateChatRuntimeRequest,
-                                context: grpc.aio.ServicerContext) -> graph_pb2.UpdateChatRuntimeResponse:
-        _annotate(request)
-        return await self.store.update_chat_runtime(request)
-
-    async def RenewLeases(self, request: graph_pb2.RenewLeasesRequest,
-                          context: grpc.aio.ServicerContext) -> graph_pb2.RenewLeasesResponse:
-        _annotate(request)
-        return await self.store.renew_leases(request)
-
-    async def ClaimChat(self, request: graph_pb2.ClaimChatRequest,
-                        context: grpc.aio.ServicerContext) -> graph_pb2.ClaimChatResponse:
-        _annotate(request)
-        return await self.store.claim_chat(request)
+    async def PublishPartialMessage(self, request: graph_pb2.PublishPartialMessageRequest,
+                                    context: grpc.aio.ServicerContext) -> graph_pb2.PublishPartialMessageResponse:
+        return await self.store.publish_partial(request)
 
     async def Reconcile(self, request: graph_pb2.ReconcileRequest,
                         context: grpc.aio.ServicerContext) -> graph_pb2.ReconcileResponse:
         _annotate(request)
         return await self.store.reconcile(request)
+
+
+class RuntimeServicer(runtime_service_pb2_grpc.RuntimeServiceServicer):
+    def __init__(self, records: ChatRecords) -> None:
+        self.records = records
+
+    async def CreateChatTask(self, request: RS.CreateChatTaskRequest,
+                             context: grpc.aio.ServicerContext) -> RS.CreateChatTaskResponse:
+        _annotate(request)
+        return await self.records.create_chat_task(request)
+
+    async def GetChatRecord(self, request: RS.GetChatRecordRequest,
+                            context: grpc.aio.ServicerContext) -> RS.GetChatRecordResponse:
+        _annotate(request)
+        return await self.records.get_chat_record(request)
+
+    async def ListChatRecords(self, request: RS.ListChatRecordsRequest,
+                              context: grpc.aio.ServicerContext) -> RS.ListChatRecordsResponse:
+        _annotate(request)
+        return await self.records.list_chat_records(request)
+
+    async def RecordRunStarted(self, request: RS.RecordRunStartedRequest,
+                               context: grpc.aio.ServicerContext) -> RS.RecordRunStartedResponse:
+        _annotate(request)
+        return await self.records.record_run_started(request)
+
+    async def RecordRunExited(self, request: RS.RecordRunExitedRequest,
+                              context: grpc.aio.ServicerContext) -> RS.RecordRunExitedResponse:
+        _annotate(request)
+        return await self.records.record_run_exited(request)
+
+    async def TransitionChat(self, request: RS.TransitionChatRequest,
+                             context: grpc.aio.ServicerContext) -> RS.TransitionChatResponse:
+        _annotate(request)
+        return await self.records.transition_chat(request)
+
+    async def RenewLeases(self, request: RS.RenewLeasesRequest,
+                          context: grpc.aio.ServicerContext) -> RS.RenewLeasesResponse:
+        _annotate(request)
+        return await self.records.renew_leases(request)
+
+    async def ClaimChat(self, request: RS.ClaimChatRequest,
+                        context: grpc.aio.ServicerContext) -> RS.ClaimChatResponse:
+        _annotate(request)
+        return await self.records.claim_chat(request)
+
+    async def ListSupervisors(self, request: RS.ListSupervisorsRequest,
+                              context: grpc.aio.ServicerContext) -> RS.ListSupervisorsResponse:
+        return await self.records.list_supervisors(request)

@@ -19,21 +19,21 @@ import contextvars
 import logging
 import random
 import re
-import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from google.protobuf import timestamp_pb2
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from services.graph import convert
+from services.graph import convert, reconcile
 from services.graph.db import (
     WRITE_OPTION,
     ChatRuntimeRow,
@@ -44,7 +44,8 @@ from services.graph.db import (
     TaskRow,
     TaskTag,
 )
-from wgs.common import procfs
+from services.graph.fanout import Fanout
+from wgs.common import chat_states
 from wgs.common import validation as v
 from wgs.common.errors import (
     Aborted,
@@ -52,12 +53,11 @@ from wgs.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unavailable,
 )
 from wgs.common.logs import fields
-from wgs.common.timeutil import from_ts, to_ts, utcnow
-from wgs.v1 import graph_pb2, plan_pb2, runtime_pb2, task_pb2
+from wgs.common.timeutil import utcnow
+from wgs.v1 import graph_pb2, runtime_pb2, task_pb2
 
 log = logging.getLogger("wgs.graph.store")
 
@@ -67,24 +67,19 @@ S = task_pb2  # statuses and roles
 R = runtime_pb2  # runtime states
 
 TERMINAL = {S.TASK_STATUS_DONE, S.TASK_STATUS_FAILED, S.TASK_STATUS_ABANDONED}
-EXIT_STATES = {R.RUNTIME_STATE_BACKOFF, R.RUNTIME_STATE_EXITED, R.RUNTIME_STATE_FAILED, R.RUNTIME_STATE_STOPPED}
 DEFAULT_PRIORITY = 10
 CHAT_PRIORITY = 50
-RUNS_KEPT = 5
 LOG_ENTRIES_RETURNED = 200
 MAX_TAGS = 64
 MAX_ACTOR = 200
 MAX_SUPERVISOR_ID = 200
 MAX_EXECUTOR = 64
-MAX_HOSTNAME = 255
 MAX_ERROR = 8 * 1024
-MAX_STDERR_TAIL = 64 * 1024
-MAX_LEASE_SECONDS = 3600
 MAX_WRITE_ATTEMPTS = 8
-WATCH_POLL_SECONDS = 1.0
 WATCH_BATCH = 1000
-TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-SPAN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+MAX_PARTIAL = 64 * 1024
+MAX_TRACE_PARENT = 64
+TRACE_PARENT_RE = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class _Conflict(Exception):
@@ -95,7 +90,7 @@ class _Conflict(Exception):
 # Validation of fields specific to the graph (generic rules live in wgs.common.validation).
 
 
-def _status(value: int, field: str) -> int:
+def status_value(value: int, field: str) -> int:
     if value == S.TASK_STATUS_UNSPECIFIED or value not in S.TaskStatus.values():
         raise InvalidArgument(f"{field} must be a task status such as TASK_STATUS_OPEN, got {value}")
     return value
@@ -107,13 +102,7 @@ def _role(value: int) -> int:
     return value
 
 
-def _state(value: int, field: str = "state") -> int:
-    if value == R.RUNTIME_STATE_UNSPECIFIED or value not in R.RuntimeState.values():
-        raise InvalidArgument(f"{field} must be a runtime state such as RUNTIME_STATE_RUNNING, got {value}")
-    return value
-
-
-def _label(value: str, field: str, *, required: bool, max_len: int) -> str:
+def label(value: str, field: str, *, required: bool, max_len: int) -> str:
     """A one-line identifier-like string (supervisor id, actor, hostname): no control characters."""
     if required and not value:
         raise InvalidArgument(f"{field} is required")
@@ -124,45 +113,23 @@ def _label(value: str, field: str, *, required: bool, max_len: int) -> str:
     return value
 
 
-def _supervisor_id(value: str, field: str = "supervisor_id") -> str:
-    return _label(value, field, required=True, max_len=MAX_SUPERVISOR_ID)
-
-
-def _lease(value: int) -> int:
-    if not 1 <= value <= MAX_LEASE_SECONDS:
-        raise InvalidArgument(f"lease_seconds must be between 1 and {MAX_LEASE_SECONDS}, got {value}")
-    return value
-
-
-def _trace_id(value: str, field: str = "trace_id") -> str:
-    if value and not TRACE_ID_RE.match(value):
-        raise InvalidArgument(f"{field} must be 32 lowercase hex digits or empty, got {value[:40]!r}")
-    return value
-
-
-def _span_id(value: str, field: str = "span_id") -> str:
-    if value and not SPAN_ID_RE.match(value):
-        raise InvalidArgument(f"{field} must be 16 lowercase hex digits or empty, got {value[:40]!r}")
-    return value
-
-
-def _tags(values: Sequence[str], field: str) -> list[str]:
+def tags_value(values: Sequence[str], field: str) -> list[str]:
     if len(values) > MAX_TAGS:
         raise InvalidArgument(f"{field} has {len(values)} tags, at most {MAX_TAGS}")
     return sorted({v.tag(t, f"{field} entry") for t in values})
 
 
-def _non_negative(value: int, field: str) -> int:
+def non_negative(value: int, field: str) -> int:
     if value < 0:
         raise InvalidArgument(f"{field} must not be negative, got {value}")
     return value
 
 
-def _encode_token(value: str) -> str:
+def encode_token(value: str) -> str:
     return base64.urlsafe_b64encode(value.encode()).decode()
 
 
-def _decode_token(token: str, check: Callable[[str], bool]) -> str:
+def decode_token(token: str, check: Callable[[str], bool]) -> str:
     bad = InvalidArgument("page_token is not valid: pass next_page_token from the previous response unchanged")
     if len(token) > 400:
         raise bad
@@ -175,30 +142,27 @@ def _decode_token(token: str, check: Callable[[str], bool]) -> str:
     return value
 
 
-def _validate_run(run: runtime_pb2.Run) -> None:
-    if not 1 <= run.number <= 2**31 - 1:
-        raise InvalidArgument(f"run.number must be 1 or more, got {run.number}")
-    for name in ("pid", "process_start_ticks", "monitor_pid", "monitor_start_ticks"):
-        _non_negative(getattr(run, name), f"run.{name}")
-    v.argv(list(run.argv), "run.argv")
-    v.text(run.stderr_path, "run.stderr_path", required=False, max_len=v.MAX_PATH)
-    v.text(run.stderr_tail, "run.stderr_tail", required=False, max_len=MAX_STDERR_TAIL)
-    v.text(run.error, "run.error", required=False, max_len=MAX_ERROR)
-    _label(run.signal_name, "run.signal_name", required=False, max_len=32)
-    _label(run.hostname, "run.hostname", required=False, max_len=MAX_HOSTNAME)
-    _label(run.supervisor_id, "run.supervisor_id", required=False, max_len=MAX_SUPERVISOR_ID)
-    _trace_id(run.trace_id, "run.trace_id")
-    if run.HasField("signal") and not 1 <= run.signal <= 128:
-        raise InvalidArgument(f"run.signal must be a signal number (1-128), got {run.signal}")
+def set_state(rt: ChatRuntimeRow, state: int, now: datetime, chat_id: str) -> None:
+    """The one place the graph changes a chat's runtime state: only along the transition table."""
+    chat_states.check(rt.state, state, chat_id)
+    if rt.state != state:
+        rt.state = state
+        rt.state_changed_at = now
+    rt.version += 1
 
 
-def _plan_for(plan: plan_pb2.SpawnPlan | None, chat_id: str) -> None:
-    """A plan stored with a chat must be that chat's plan (a mix-up would show the wrong argv)."""
-    if plan is not None and plan.chat_id and plan.chat_id != chat_id:
-        raise InvalidArgument(f"plan.chat_id {plan.chat_id[:40]!r} does not match chat_id {chat_id!r}")
+# The range google.protobuf.Timestamp allows (0001-01-01 .. 9999-12-31).
+_TS_MIN_SECONDS = -62135596800
+_TS_MAX_SECONDS = 253402300799
 
 
-def _iso(value: datetime | None) -> str:
+def valid_ts(ts: timestamp_pb2.Timestamp, field: str) -> None:
+    """INVALID_ARGUMENT naming the field for a Timestamp outside what protobuf allows."""
+    if not _TS_MIN_SECONDS <= ts.seconds <= _TS_MAX_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(f"{field} is not a valid timestamp (seconds {ts.seconds}, nanos {ts.nanos})", field)
+
+
+def iso(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "never"
 
 
@@ -218,21 +182,17 @@ def _retryable(exc: sa.exc.DBAPIError) -> bool:
 class GraphStore:
     """All graph operations. Async methods run the sync transaction on a worker thread."""
 
-    def __init__(self, engine: Engine, *, hostname: str | None = None, max_workers: int = 8,
-                 watch_poll_seconds: float = WATCH_POLL_SECONDS,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, engine: Engine, *, max_workers: int = 8, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
         self._clock = clock
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
-        self.hostname = hostname or socket.gethostname()
-        self.watch_poll_seconds = watch_poll_seconds
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="graph-db")
-        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.fanout = Fanout()
         self._closing = asyncio.Event()
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         # Carry the caller's context (the current span) into the worker thread, so the database
         # spans are children of the RPC that caused them.
@@ -240,11 +200,11 @@ class GraphStore:
         return await loop.run_in_executor(self._executor, partial(ctx.run, fn, *args))
 
     @contextmanager
-    def _read(self) -> Iterator[Session]:
+    def read(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
-    def _write(self, fn: Callable[[Session], T]) -> T:
+    def write(self, fn: Callable[[Session], T]) -> T:
         """Run fn in one write transaction, retrying (bounded) on contention and races."""
         delay = 0.01
         for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
@@ -269,24 +229,15 @@ class GraphStore:
 
     def begin_shutdown(self) -> None:
         self._closing.set()
-        self._notify_all()
-
-    def _notify(self, chat_id: str) -> None:
-        for ev in self._watchers.get(chat_id, ()):
-            ev.set()
-
-    def _notify_all(self) -> None:
-        for evs in self._watchers.values():
-            for ev in evs:
-                ev.set()
+        self.fanout.wake_all()
 
     # -- shared helpers (inside a transaction) ---------------------------------------------------
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
         return self._clock()
 
     @staticmethod
-    def _tags_of(session: Session, ids: Sequence[str]) -> dict[str, list[str]]:
+    def tags_of(session: Session, ids: Sequence[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = defaultdict(list)
         if ids:
             rows = session.execute(sa.select(TaskTag.task_id, TaskTag.tag).where(TaskTag.task_id.in_(ids)))
@@ -295,7 +246,7 @@ class GraphStore:
         return out
 
     @staticmethod
-    def _runs_of(session: Session, ids: Sequence[str]) -> dict[str, list[RunRow]]:
+    def runs_of(session: Session, ids: Sequence[str]) -> dict[str, list[RunRow]]:
         out: dict[str, list[RunRow]] = defaultdict(list)
         if ids:
             for row in session.scalars(sa.select(RunRow).where(RunRow.chat_id.in_(ids))):
@@ -303,12 +254,12 @@ class GraphStore:
         return out
 
     @staticmethod
-    def _log(session: Session, task_id: str, actor: str, message: str, now: datetime) -> TaskLogRow:
+    def log(session: Session, task_id: str, actor: str, message: str, now: datetime) -> TaskLogRow:
         entry = TaskLogRow(task_id=task_id, timestamp=now, actor=actor, message=message)
         session.add(entry)
         return entry
 
-    def _task_pb(self, session: Session, row: TaskRow, *, with_log: bool) -> task_pb2.Task:
+    def task_pb(self, session: Session, row: TaskRow, *, with_log: bool) -> task_pb2.Task:
         entries: Sequence[TaskLogRow] = ()
         if with_log:
             entries = list(
@@ -319,13 +270,13 @@ class GraphStore:
                     .limit(LOG_ENTRIES_RETURNED)
                 )
             )[::-1]
-        return convert.task(row, self._tags_of(session, [row.id])[row.id], entries)
+        return convert.task(row, self.tags_of(session, [row.id])[row.id], entries)
 
-    def _runtime_pb(self, session: Session, rt: ChatRuntimeRow) -> runtime_pb2.ChatRuntime:
-        return convert.runtime(rt, self._runs_of(session, [rt.chat_id])[rt.chat_id])
+    def runtime_pb(self, session: Session, rt: ChatRuntimeRow) -> runtime_pb2.ChatRuntime:
+        return convert.runtime(rt, self.runs_of(session, [rt.chat_id])[rt.chat_id])
 
     @staticmethod
-    def _get_task(session: Session, task_id: str, *, lock: bool = False) -> TaskRow:
+    def task_row(session: Session, task_id: str, *, lock: bool = False) -> TaskRow:
         stmt = sa.select(TaskRow).where(TaskRow.id == task_id)
         if lock:
             # FOR NO KEY UPDATE: serializes writers of this task without blocking the foreign-key
@@ -338,8 +289,8 @@ class GraphStore:
         return row
 
     @staticmethod
-    def _get_runtime(session: Session, chat_id: str, *, lock: bool = False) -> ChatRuntimeRow:
-        GraphStore._get_task(session, chat_id)
+    def runtime_row(session: Session, chat_id: str, *, lock: bool = False) -> ChatRuntimeRow:
+        GraphStore.task_row(session, chat_id)
         stmt = sa.select(ChatRuntimeRow).where(ChatRuntimeRow.chat_id == chat_id)
         if lock:
             stmt = stmt.with_for_update()
@@ -348,38 +299,11 @@ class GraphStore:
             raise FailedPrecondition(f"chat {chat_id} has no runtime record")
         return rt
 
-    def _owned_runtime(self, session: Session, chat_id: str, supervisor_id: str) -> ChatRuntimeRow:
-        rt = self._get_runtime(session, chat_id, lock=True)
-        if rt.supervisor_id != supervisor_id:
-            raise FailedPrecondition(
-                f"chat {chat_id} is owned by supervisor {rt.supervisor_id!r}, not {supervisor_id!r}; "
-                f"ClaimChat first (possible once the owner's lease expires, at {_iso(rt.lease_expires_at)})"
-            )
-        return rt
+    def set_state(self, rt: ChatRuntimeRow, state: int, now: datetime) -> None:
+        set_state(rt, state, now, rt.chat_id)
 
     @staticmethod
-    def _set_state(rt: ChatRuntimeRow, state: int, now: datetime) -> None:
-        if rt.state != state:
-            rt.state = state
-            rt.state_changed_at = now
-        rt.version += 1
-
-    @staticmethod
-    def _prune_runs(session: Session, chat_id: str) -> None:
-        keep = (
-            sa.select(RunRow.number)
-            .where(RunRow.chat_id == chat_id)
-            .order_by(RunRow.number.desc())
-            .limit(RUNS_KEPT)
-            .scalar_subquery()
-        )
-        session.execute(
-            sa.delete(RunRow).where(RunRow.chat_id == chat_id, RunRow.number.not_in(keep)),
-            execution_options={"synchronize_session": False},
-        )
-
-    @staticmethod
-    def _next_counter(session: Session, name: str) -> int:
+    def next_counter(session: Session, name: str) -> int:
         """UPDATE … RETURNING inside the caller's transaction: the row lock serializes allocators."""
         value = session.execute(
             sa.update(Counter).where(Counter.name == name).values(value=Counter.value + 1).returning(Counter.value),
@@ -398,12 +322,12 @@ class GraphStore:
             v.task_id(req.id)
         v.text(req.title, "title", required=True, max_len=v.MAX_TITLE)
         v.text(req.description, "description", required=False, max_len=v.MAX_DESCRIPTION)
-        status = S.TASK_STATUS_OPEN if req.status == S.TASK_STATUS_UNSPECIFIED else _status(req.status, "status")
-        tags = _tags(req.tags, "tags")
+        status = S.TASK_STATUS_OPEN if req.status == S.TASK_STATUS_UNSPECIFIED else status_value(req.status, "status")
+        tags = tags_value(req.tags, "tags")
         if v.CHAT_LOOP_TAG in tags:
             raise InvalidArgument(f"tag {v.CHAT_LOOP_TAG!r} is reserved for chats (use CreateChatTask)")
         v.text(req.model, "model", required=False, max_len=v.MAX_MODEL)
-        _label(req.executor, "executor", required=False, max_len=MAX_EXECUTOR)
+        label(req.executor, "executor", required=False, max_len=MAX_EXECUTOR)
         v.text(req.endpoint, "endpoint", required=False, max_len=v.MAX_ENDPOINT)
         v.request_id(req.request_id)
 
@@ -411,7 +335,7 @@ class GraphStore:
             if req.request_id:
                 existing = session.scalars(sa.select(TaskRow).where(TaskRow.request_id == req.request_id)).first()
                 if existing is not None:
-                    return graph_pb2.CreateTaskResponse(task=self._task_pb(session, existing, with_log=True),
+                    return graph_pb2.CreateTaskResponse(task=self.task_pb(session, existing, with_log=True),
                                                         created=False)
             if req.id:
                 task_id = req.id
@@ -419,10 +343,10 @@ class GraphStore:
                     raise AlreadyExists(f"task {task_id!r} already exists")
             else:
                 while True:
-                    task_id = f"task-{self._next_counter(session, 'task')}"
+                    task_id = f"task-{self.next_counter(session, 'task')}"
                     if session.get(TaskRow, task_id) is None:
                         break
-            now = self._now()
+            now = self.now()
             row = TaskRow(
                 id=task_id, title=req.title, description=req.description, status=status,
                 priority=req.priority or DEFAULT_PRIORITY, assigned="", model=req.model,
@@ -434,33 +358,33 @@ class GraphStore:
             session.add(row)
             session.flush()
             session.add_all(TaskTag(task_id=task_id, tag=t) for t in tags)
-            self._log(session, task_id, "graph", "task created", now)
+            self.log(session, task_id, "graph", "task created", now)
             session.flush()
-            return graph_pb2.CreateTaskResponse(task=self._task_pb(session, row, with_log=True), created=True)
+            return graph_pb2.CreateTaskResponse(task=self.task_pb(session, row, with_log=True), created=True)
 
-        return await self._run(self._write, op)
+        return await self.run(self.write, op)
 
     async def get_task(self, req: graph_pb2.GetTaskRequest) -> graph_pb2.GetTaskResponse:
         v.task_id(req.id)
 
         def op() -> graph_pb2.GetTaskResponse:
-            with self._read() as session:
-                return graph_pb2.GetTaskResponse(task=self._task_pb(session, self._get_task(session, req.id),
+            with self.read() as session:
+                return graph_pb2.GetTaskResponse(task=self.task_pb(session, self.task_row(session, req.id),
                                                                     with_log=True))
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def list_tasks(self, req: graph_pb2.ListTasksRequest) -> graph_pb2.ListTasksResponse:
-        statuses = [_status(s, "statuses entry") for s in req.statuses]
+        statuses = [status_value(s, "statuses entry") for s in req.statuses]
         if req.tag:
             v.tag(req.tag)
         size = v.page_size(req.page_size)
         after = ""
         if req.page_token:
-            after = _decode_token(req.page_token, lambda s: bool(v.TASK_ID_RE.match(s) or v.CHAT_ID_RE.match(s)))
+            after = decode_token(req.page_token, lambda s: bool(v.TASK_ID_RE.match(s) or v.CHAT_ID_RE.match(s)))
 
         def op() -> graph_pb2.ListTasksResponse:
-            with self._read() as session:
+            with self.read() as session:
                 stmt = sa.select(TaskRow).order_by(TaskRow.id).limit(size + 1)
                 if statuses:
                     stmt = stmt.where(TaskRow.status.in_(statuses))
@@ -473,38 +397,38 @@ class GraphStore:
                 rows = list(session.scalars(stmt))
                 more = len(rows) > size
                 rows = rows[:size]
-                tags = self._tags_of(session, [r.id for r in rows])
+                tags = self.tags_of(session, [r.id for r in rows])
                 return graph_pb2.ListTasksResponse(
                     tasks=[convert.task(r, tags[r.id]) for r in rows],
-                    next_page_token=_encode_token(rows[-1].id) if more else "",
+                    next_page_token=encode_token(rows[-1].id) if more else "",
                 )
 
-        return await self._run(op)
+        return await self.run(op)
 
     async def update_task(self, req: graph_pb2.UpdateTaskRequest) -> graph_pb2.UpdateTaskResponse:
         v.task_id(req.id)
-        _non_negative(req.expected_version, "expected_version")
+        non_negative(req.expected_version, "expected_version")
         u = req.update
         if u.HasField("title"):
             v.text(u.title, "update.title", required=True, max_len=v.MAX_TITLE)
         if u.HasField("description"):
             v.text(u.description, "update.description", required=False, max_len=v.MAX_DESCRIPTION)
         if u.HasField("status"):
-            _status(u.status, "update.status")
+            status_value(u.status, "update.status")
         if u.HasField("assigned"):
-            _label(u.assigned, "update.assigned", required=False, max_len=200)
+            label(u.assigned, "update.assigned", required=False, max_len=200)
         if u.HasField("model"):
             v.text(u.model, "update.model", required=False, max_len=v.MAX_MODEL)
         if u.HasField("executor"):
-            _label(u.executor, "update.executor", required=False, max_len=MAX_EXECUTOR)
+            label(u.executor, "update.executor", required=False, max_len=MAX_EXECUTOR)
         if u.HasField("endpoint"):
             v.text(u.endpoint, "update.endpoint", required=False, max_len=v.MAX_ENDPOINT)
-        add_tags = _tags(u.add_tags, "update.add_tags")
-        remove_tags = _tags(u.remove_tags, "update.remove_tags")
+        add_tags = tags_value(u.add_tags, "update.add_tags")
+        remove_tags = tags_value(u.remove_tags, "update.remove_tags")
         if set(add_tags) & set(remove_tags):
             raise InvalidArgument("update.add_tags and update.remove_tags must not name the same tag")
         v.text(req.log_message, "log_message", required=False, max_len=v.MAX_LOG_MESSAGE)
-        actor = _label(req.actor, "actor", required=False, max_len=MAX_ACTOR) or "api"
+        actor = label(req.actor, "actor", required=False, max_len=MAX_ACTOR) or "api"
         is_chat = v.is_chat_id(req.id)
         if v.CHAT_LOOP_TAG in add_tags and not is_chat:
             raise InvalidArgument(f"tag {v.CHAT_LOOP_TAG!r} is reserved for chats")
@@ -512,10 +436,10 @@ class GraphStore:
             raise InvalidArgument(f"tag {v.CHAT_LOOP_TAG!r} cannot be removed from a chat")
 
         def op(session: Session) -> graph_pb2.UpdateTaskResponse:
-            row = self._get_task(session, req.id)
+            row = self.task_row(session, req.id)
             if req.expected_version and row.version != req.expected_version:
                 raise self._version_mismatch(req.id, row.version, req.expected_version)
-            now = self._now()
+            now = self.now()
             values: dict[str, Any] = {}
             for name in ("title", "description", "priority", "assigned", "model", "executor", "endpoint"):
                 if u.HasField(name) and getattr(u, name) != getattr(row, name):
@@ -526,11 +450,11 @@ class GraphStore:
                 if u.status == S.TASK_STATUS_IN_PROGRESS:
                     values["started_at"] = now
                 values["completed_at"] = now if u.status in TERMINAL else None
-            current_tags = set(self._tags_of(session, [row.id])[row.id])
+            current_tags = set(self.tags_of(session, [row.id])[row.id])
             to_add = [t for t in add_tags if t not in current_tags]
             to_remove = [t for t in remove_tags if t in current_tags]
             if not values and not to_add and not to_remove and not req.log_message:
-                return graph_pb2.UpdateTaskResponse(task=self._task_pb(session, row, with_log=True))
+                return graph_pb2.UpdateTaskResponse(task=self.task_pb(session, row, with_log=True))
             values["updated_at"] = now
             values["version"] = row.version + 1
             # Compare-and-swap on the version read above: of two racing updates only one matches.
@@ -547,16 +471,16 @@ class GraphStore:
                 session.execute(sa.delete(TaskTag).where(TaskTag.task_id == row.id, TaskTag.tag.in_(to_remove)))
             session.add_all(TaskTag(task_id=row.id, tag=t) for t in to_add)
             if req.log_message:
-                self._log(session, row.id, actor, req.log_message, now)
+                self.log(session, row.id, actor, req.log_message, now)
             elif "status" in values:
-                self._log(session, row.id, actor,
+                self.log(session, row.id, actor,
                           f"status {S.TaskStatus.Name(old_status)} -> {S.TaskStatus.Name(u.status)}", now)
             session.flush()
             session.expire(row)
-            fresh = self._get_task(session, req.id)
-            return graph_pb2.UpdateTaskResponse(task=self._task_pb(session, fresh, with_log=True))
+            fresh = self.task_row(session, req.id)
+            return graph_pb2.UpdateTaskResponse(task=self.task_pb(session, fresh, with_log=True))
 
-        return await self._run(self._write, op)
+        return await self.run(self.write, op)
 
     @staticmethod
     def _version_mismatch(task_id: str, current: int | None, expected: int) -> Aborted:
@@ -567,158 +491,32 @@ class GraphStore:
 
     async def append_task_log(self, req: graph_pb2.AppendTaskLogRequest) -> graph_pb2.AppendTaskLogResponse:
         v.task_id(req.id)
-        actor = _label(req.actor, "actor", required=False, max_len=MAX_ACTOR) or "api"
+        actor = label(req.actor, "actor", required=False, max_len=MAX_ACTOR) or "api"
         v.text(req.message, "message", required=True, max_len=v.MAX_LOG_MESSAGE)
 
         def op(session: Session) -> graph_pb2.AppendTaskLogResponse:
-            self._get_task(session, req.id)
-            entry = self._log(session, req.id, actor, req.message, self._now())
+            self.task_row(session, req.id)
+            entry = self.log(session, req.id, actor, req.message, self.now())
             session.flush()
             return graph_pb2.AppendTaskLogResponse(entry=convert.log_entry(entry))
 
-        return await self._run(self._write, op)
-
-    # -- chats ---------------------------------------------------------------------------------
-
-    async def create_chat_task(self, req: graph_pb2.CreateChatTaskRequest) -> graph_pb2.CreateChatTaskResponse:
-        v.text(req.name, "name", required=False, max_len=v.MAX_NAME)
-        if "\n" in req.name or "\r" in req.name:
-            raise InvalidArgument("name must be a single line")
-        v.text(req.model, "model", required=False, max_len=v.MAX_MODEL)
-        _label(req.executor, "executor", required=False, max_len=MAX_EXECUTOR)
-        v.text(req.endpoint, "endpoint", required=False, max_len=v.MAX_ENDPOINT)
-        argv = v.argv(list(req.command_argv), "command_argv")
-        v.text(req.working_dir, "working_dir", required=False, max_len=v.MAX_PATH)
-        v.request_id(req.request_id)
-        supervisor = _supervisor_id(req.supervisor_id)
-        lease = _lease(req.lease_seconds)
-        cap = _non_negative(req.max_live_chats, "max_live_chats")
-        _trace_id(req.trace_id)
-        _span_id(req.span_id)
-
-        def existing_response(session: Session, row: TaskRow) -> graph_pb2.CreateChatTaskResponse:
-            if row.chat_number is None:
-                raise AlreadyExists(
-                    f"request_id {req.request_id!r} was already used to create task {row.id!r}, which is not a chat"
-                )
-            rt = self._get_runtime(session, row.id)
-            return graph_pb2.CreateChatTaskResponse(
-                task=self._task_pb(session, row, with_log=True), runtime=self._runtime_pb(session, rt), created=False
-            )
-
-        def op(session: Session) -> graph_pb2.CreateChatTaskResponse:
-            if req.request_id:
-                existing = session.scalars(sa.select(TaskRow).where(TaskRow.request_id == req.request_id)).first()
-                if existing is not None:
-                    return existing_response(session, existing)
-            # The counter row lock (first statement that writes) serializes creators, so the count
-            # below sees every chat committed before us: the cap cannot be overshot by a race.
-            number = self._next_counter(session, "chat")
-            if cap:
-                live = session.scalar(
-                    sa.select(sa.func.count()).select_from(TaskRow).where(
-                        TaskRow.chat_number.is_not(None), TaskRow.status == S.TASK_STATUS_IN_PROGRESS
-                    )
-                ) or 0
-                if live >= cap:
-                    raise ResourceExhausted(
-                        f"{live} chats are live and the cap is {cap} (WGS_MAX_LIVE_CHATS); stop, archive or "
-                        "delete a chat first, or raise the cap"
-                    )
-            chat_id = f"{v.CHAT_PREFIX}{number}"
-            now = self._now()
-            row = TaskRow(
-                id=chat_id, chat_number=number, title=f"Chat: {req.name}" if req.name.strip() else f"Chat {number}",
-                description="", status=S.TASK_STATUS_IN_PROGRESS, priority=CHAT_PRIORITY, assigned="",
-                model=req.model, executor=req.executor, endpoint=req.endpoint, command_argv=argv,
-                working_dir=req.working_dir, request_id=req.request_id or None, created_at=now,
-                started_at=now, completed_at=None, updated_at=now, version=1,
-            )
-            session.add(row)
-            session.flush()
-            session.add(TaskTag(task_id=chat_id, tag=v.CHAT_LOOP_TAG))
-            rt = ChatRuntimeRow(
-                chat_id=chat_id, state=R.RUNTIME_STATE_STARTING, restart_count=0, next_restart_at=None,
-                last_error="", plan_json="", trace_id=req.trace_id, span_id=req.span_id, supervisor_id=supervisor,
-                lease_expires_at=now + timedelta(seconds=lease), state_changed_at=now, version=1,
-            )
-            session.add(rt)
-            what = " ".join(argv) if argv else (req.model or "default model")
-            self._log(session, chat_id, "graph", f"chat created by supervisor {supervisor} ({what})", now)
-            session.flush()
-            return graph_pb2.CreateChatTaskResponse(
-                task=self._task_pb(session, row, with_log=True), runtime=convert.runtime(rt, []), created=True
-            )
-
-        return await self._run(self._write, op)
-
-    async def get_chat_record(self, req: graph_pb2.GetChatRecordRequest) -> graph_pb2.GetChatRecordResponse:
-        v.chat_id(req.chat_id)
-
-        def op() -> graph_pb2.GetChatRecordResponse:
-            with self._read() as session:
-                row = self._get_task(session, req.chat_id)
-                rt = self._get_runtime(session, req.chat_id)
-                return graph_pb2.GetChatRecordResponse(
-                    task=self._task_pb(session, row, with_log=True), runtime=self._runtime_pb(session, rt)
-                )
-
-        return await self._run(op)
-
-    async def list_chat_records(self, req: graph_pb2.ListChatRecordsRequest) -> graph_pb2.ListChatRecordsResponse:
-        if req.supervisor_id:
-            _supervisor_id(req.supervisor_id)
-        states = [_state(s, "states entry") for s in req.states]
-        size = v.page_size(req.page_size)
-        after = -1
-        if req.page_token:
-            after = int(_decode_token(req.page_token, lambda s: bool(re.fullmatch(r"[0-9]{1,18}", s))))
-
-        def op() -> graph_pb2.ListChatRecordsResponse:
-            with self._read() as session:
-                stmt = (
-                    sa.select(TaskRow, ChatRuntimeRow)
-                    .join(ChatRuntimeRow, ChatRuntimeRow.chat_id == TaskRow.id)
-                    .where(TaskRow.chat_number.is_not(None), TaskRow.chat_number > after)
-                    .order_by(TaskRow.chat_number)
-                    .limit(size + 1)
-                )
-                if not req.include_ended:
-                    stmt = stmt.where(
-                        TaskRow.status != S.TASK_STATUS_ABANDONED,
-                        ~sa.exists().where(TaskTag.task_id == TaskRow.id, TaskTag.tag == v.ARCHIVED_TAG),
-                    )
-                if req.supervisor_id:
-                    stmt = stmt.where(ChatRuntimeRow.supervisor_id == req.supervisor_id)
-                if states:
-                    stmt = stmt.where(ChatRuntimeRow.state.in_(states))
-                rows = [(t, rt) for t, rt in session.execute(stmt)]
-                more = len(rows) > size
-                rows = rows[:size]
-                ids = [t.id for t, _ in rows]
-                tags = self._tags_of(session, ids)
-                runs = self._runs_of(session, ids)
-                last = rows[-1][0].chat_number if rows else None
-                return graph_pb2.ListChatRecordsResponse(
-                    chats=[
-                        graph_pb2.ChatRecord(task=convert.task(t, tags[t.id]), runtime=convert.runtime(rt, runs[t.id]))
-                        for t, rt in rows
-                    ],
-                    next_page_token=_encode_token(str(last)) if more and last is not None else "",
-                )
-
-        return await self._run(op)
+        return await self.run(self.write, op)
 
     # -- messages ------------------------------------------------------------------------------
 
-    async def append_message(self, req: graph_pb2.AppendMessageRequest) -> graph_pb2.AppendMessageResponse:
+    async def append_message(self, req: graph_pb2.AppendMessageRequest,
+                             trace_parent: str = "") -> graph_pb2.AppendMessageResponse:
+        """Append a message; `trace_parent` (the caller's W3C traceparent) is stored with USER
+        messages so the agent's answer can join that trace."""
         v.chat_id(req.chat_id)
         role = _role(req.role)
         v.text(req.content, "content", required=True, max_len=v.MAX_MESSAGE)
         v.request_id(req.request_id)
+        if not TRACE_PARENT_RE.fullmatch(trace_parent) or role != S.MESSAGE_ROLE_USER:
+            trace_parent = ""
 
         def op(session: Session) -> graph_pb2.AppendMessageResponse:
-            self._get_task(session, req.chat_id, lock=True)  # serializes appends to this chat
+            self.task_row(session, req.chat_id, lock=True)  # serializes appends to this chat
             if req.request_id:
                 existing = session.scalars(
                     sa.select(MessageRow).where(
@@ -730,19 +528,21 @@ class GraphStore:
                     return graph_pb2.AppendMessageResponse(message=convert.message(existing), created=False)
             last = session.scalar(sa.select(sa.func.max(MessageRow.seq)).where(MessageRow.chat_id == req.chat_id))
             row = MessageRow(chat_id=req.chat_id, seq=(last or 0) + 1, role=role, content=req.content,
-                             request_id=req.request_id or None, created_at=self._now())
+                             request_id=req.request_id or None, created_at=self.now(), trace_parent=trace_parent)
             session.add(row)
             session.flush()
             return graph_pb2.AppendMessageResponse(message=convert.message(row), created=True)
 
-        resp = await self._run(self._write, op)
+        resp = await self.run(self.write, op)
         if resp.created:
-            self._notify(req.chat_id)
+            if role != S.MESSAGE_ROLE_USER and req.request_id:
+                self.fanout.finish_partial(req.chat_id, req.request_id)
+            self.fanout.message_stored(req.chat_id)
         return resp
 
     def _messages(self, chat_id: str, after_seq: int, limit: int) -> list[task_pb2.ChatMessage]:
-        with self._read() as session:
-            self._get_task(session, chat_id)
+        with self.read() as session:
+            self.task_row(session, chat_id)
             rows = session.scalars(
                 sa.select(MessageRow)
                 .where(MessageRow.chat_id == chat_id, MessageRow.seq > after_seq)
@@ -753,256 +553,153 @@ class GraphStore:
 
     async def list_messages(self, req: graph_pb2.ListMessagesRequest) -> graph_pb2.ListMessagesResponse:
         v.chat_id(req.chat_id)
-        _non_negative(req.after_seq, "after_seq")
-        limit = v.page_size(req.limit, default=1000, field="limit")
-        msgs = await self._run(self._messages, req.chat_id, req.after_seq, limit)
-        return graph_pb2.ListMessagesResponse(messages=msgs)
+        after = non_negative(req.after_seq, "after_seq")
+        size = v.page_size(req.page_size)
+        if req.page_token:
+            after = max(after, int(decode_token(req.page_token, lambda s: bool(re.fullmatch(r"[0-9]{1,18}", s)))))
+        msgs = await self.run(self._messages, req.chat_id, after, size + 1)
+        more = len(msgs) > size
+        msgs = msgs[:size]
+        return graph_pb2.ListMessagesResponse(
+            messages=msgs, next_page_token=encode_token(str(msgs[-1].seq)) if more and msgs else "")
 
     async def watch_messages(
         self, req: graph_pb2.WatchMessagesRequest
-    ) -> AsyncGenerator[task_pb2.ChatMessage, None]:
-        """Stored messages after after_seq, then each new one; ends with Unavailable on shutdown.
+    ) -> AsyncGenerator[graph_pb2.WatchMessagesResponse, None]:
+        """Stored messages after after_seq, then each new one (and, with include_partial, pieces of
+        replies being generated); ends with Unavailable on shutdown.
 
-        Appends in this process wake the watcher at once; a re-query every watch_poll_seconds
-        catches writers in other processes.
+        Woken by appends in this process and, on PostgreSQL, by the other graph replicas' NOTIFYs
+        (Fanout); no polling.
         """
         v.chat_id(req.chat_id)
-        last = _non_negative(req.after_seq, "after_seq")
-        wake = asyncio.Event()
-        self._watchers[req.chat_id].add(wake)
+        last = non_negative(req.after_seq, "after_seq")
+        watcher = self.fanout.watch(req.chat_id, req.include_partial)
         try:
+            await self.run(self._messages, req.chat_id, last, 1)  # NOT_FOUND before anything is sent
             while True:
-                wake.clear()  # before the query: an append after it sets the event again
+                watcher.wake.clear()  # before the query: an append after it sets the event again
                 if self._closing.is_set():
                     raise Unavailable(
                         f"the graph service is shutting down; reconnect and watch {req.chat_id} "
                         f"again with after_seq={last}"
                     )
-                batch = await self._run(self._messages, req.chat_id, last, WATCH_BATCH)
+                batch = await self.run(self._messages, req.chat_id, last, WATCH_BATCH)
                 for msg in batch:
                     last = msg.seq
-                    yield msg
+                    yield graph_pb2.WatchMessagesResponse(message=msg)
                 if len(batch) == WATCH_BATCH:
                     continue
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=self.watch_poll_seconds)
-                except TimeoutError:
-                    pass
+                while watcher.partials:
+                    yield graph_pb2.WatchMessagesResponse(partial=watcher.partials.popleft())
+                if watcher.wake.is_set():
+                    continue
+                await watcher.wake.wait()
         finally:
-            watchers = self._watchers.get(req.chat_id)
-            if watchers is not None:
-                watchers.discard(wake)
-                if not watchers:
-                    del self._watchers[req.chat_id]
+            self.fanout.unwatch(watcher)
 
-    # -- runtime -------------------------------------------------------------------------------
+    # -- what agents report ----------------------------------------------------------------------
 
-    @staticmethod
-    def _upsert_run(session: Session, chat_id: str, run: runtime_pb2.Run, supervisor: str,
-                    now: datetime, *, started: bool) -> RunRow:
-        row = session.scalars(
-            sa.select(RunRow).where(RunRow.chat_id == chat_id, RunRow.number == run.number)
-        ).one_or_none()
-        if row is None:
-            row = RunRow(chat_id=chat_id, number=run.number)
-            session.add(row)
-        if started or row.pid == 0:
-            row.pid = run.pid
-            row.process_start_ticks = run.process_start_ticks
-            row.monitor_pid = run.monitor_pid
-            row.monitor_start_ticks = run.monitor_start_ticks
-            row.argv = list(run.argv)
-            row.stderr_path = run.stderr_path
-            row.started_at = from_ts(run.started_at) if run.HasField("started_at") else (row.started_at or now)
-            row.hostname = run.hostname
-            row.supervisor_id = run.supervisor_id or supervisor
-            row.trace_id = run.trace_id
-        if not started:
-            row.exited_at = from_ts(run.exited_at) if run.HasField("exited_at") else now
-            row.exit_code = run.exit_code if run.HasField("exit_code") else None
-            row.signal = run.signal if run.HasField("signal") else None
-            row.signal_name = run.signal_name
-            row.stderr_tail = run.stderr_tail
-            row.error = run.error
-        else:
-            row.exited_at = None
-            row.exit_code = None
-            row.signal = None
-            row.signal_name = ""
-            row.stderr_tail = ""
-            row.error = run.error
-        return row
+    def _live_run(self, session: Session, chat_id: str, number: int) -> ChatRuntimeRow:
+        """The chat's runtime, if `number` is its live run (else FailedPrecondition)."""
+        rt = self.runtime_row(session, chat_id, lock=True)
+        run = session.scalars(sa.select(RunRow).where(RunRow.chat_id == chat_id)
+                              .order_by(RunRow.number.desc()).limit(1)).one_or_none()
+        if run is None or run.number != number or run.exited_at is not None or rt.state not in chat_states.LIVE_STATES:
+            current = f"run {run.number}{' (ended)' if run.exited_at else ''}" if run is not None else "no run"
+            raise FailedPrecondition(f"run {number} of chat {chat_id} is not its live run ({current}, state "
+                                     f"{chat_states.name(rt.state)}): only a live run reports")
+        return rt
 
-    async def record_run_started(self, req: graph_pb2.RecordRunStartedRequest) -> graph_pb2.RecordRunStartedResponse:
+    async def is_live_run(self, chat_id: str, number: int) -> bool:
+        """Whether run `number` of the chat is its live run (for per-run agent credentials)."""
+        def op() -> bool:
+            with self.read() as session:
+                try:
+                    self._live_run(session, chat_id, number)
+                except (FailedPrecondition, NotFound):
+                    return False
+                return True
+
+        return await self.run(op)
+
+    async def report_agent_status(self, req: graph_pb2.ReportAgentStatusRequest) -> graph_pb2.ReportAgentStatusResponse:
         v.chat_id(req.chat_id)
-        supervisor = _supervisor_id(req.supervisor_id)
-        if not req.HasField("run"):
-            raise InvalidArgument("run is required (at least its number and pid)")
-        _validate_run(req.run)
-        state = R.RUNTIME_STATE_RUNNING if req.state == R.RUNTIME_STATE_UNSPECIFIED else _state(req.state)
-        _plan_for(req.plan if req.HasField("plan") else None, req.chat_id)
+        if req.run_number < 1:
+            raise InvalidArgument(f"run_number must be 1 or more, got {req.run_number}", "run_number")
+        if req.HasField("answer_error"):
+            v.text(req.answer_error.message, "answer_error.message", required=True, max_len=MAX_ERROR)
+            label(req.answer_error.error_class, "answer_error.error_class", required=True, max_len=64)
+            v.request_id(req.answer_error.request_id, "answer_error.request_id")
+            valid_ts(req.answer_error.at, "answer_error.at")
+        if req.HasField("waiting"):
+            v.text(req.waiting.reason, "waiting.reason", required=True, max_len=MAX_ERROR)
+            valid_ts(req.waiting.since, "waiting.since")
+            valid_ts(req.waiting.next_attempt_at, "waiting.next_attempt_at")
+        if req.answer_succeeded and req.HasField("answer_error"):
+            raise InvalidArgument("answer_succeeded and answer_error exclude each other", "answer_succeeded")
+        if req.endpoint_ok and req.HasField("waiting"):
+            raise InvalidArgument("endpoint_ok and waiting exclude each other", "endpoint_ok")
+        for name in ("input_tokens", "output_tokens", "context_window"):
+            non_negative(getattr(req, name), name)
+        if req.input_tokens > 10**9 or req.output_tokens > 10**9:
+            raise InvalidArgument("token counts of one report must be at most 10^9", "input_tokens")
 
-        def op(session: Session) -> graph_pb2.RecordRunStartedResponse:
-            rt = self._owned_runtime(session, req.chat_id, supervisor)
-            now = self._now()
-            self._upsert_run(session, req.chat_id, req.run, supervisor, now, started=True)
-            self._set_state(rt, state, now)
-            rt.next_restart_at = None
-            if req.HasField("plan"):
-                rt.plan_json = convert.plan_to_json(req.plan)
-            where = f" on {req.run.hostname}" if req.run.hostname else ""
-            self._log(session, req.chat_id, supervisor, f"run {req.run.number} started: pid {req.run.pid}{where}", now)
-            session.flush()
-            self._prune_runs(session, req.chat_id)
-            return graph_pb2.RecordRunStartedResponse(runtime=self._runtime_pb(session, rt))
-
-        return await self._run(self._write, op)
-
-    async def record_run_exited(self, req: graph_pb2.RecordRunExitedRequest) -> graph_pb2.RecordRunExitedResponse:
-        v.chat_id(req.chat_id)
-        supervisor = _supervisor_id(req.supervisor_id)
-        if not req.HasField("run"):
-            raise InvalidArgument("run is required (its number plus exit_code, signal or error)")
-        _validate_run(req.run)
-        state = _state(req.state)
-        if state not in EXIT_STATES:
-            raise InvalidArgument(
-                f"state must be BACKOFF, EXITED, FAILED or STOPPED after a run ended, got {R.RuntimeState.Name(state)}"
-            )
-        _non_negative(req.restart_count, "restart_count")
-        v.text(req.last_error, "last_error", required=False, max_len=MAX_ERROR)
-        _plan_for(req.plan if req.HasField("plan") else None, req.chat_id)
-
-        def op(session: Session) -> graph_pb2.RecordRunExitedResponse:
-            rt = self._owned_runtime(session, req.chat_id, supervisor)
-            now = self._now()
-            run = self._upsert_run(session, req.chat_id, req.run, supervisor, now, started=False)
-            self._set_state(rt, state, now)
-            rt.restart_count = req.restart_count
-            rt.next_restart_at = from_ts(req.next_restart_at) if req.HasField("next_restart_at") else None
-            rt.last_error = req.last_error
-            if req.HasField("plan"):
-                rt.plan_json = convert.plan_to_json(req.plan)
-            if run.exit_code is not None:
-                how = f"exited with code {run.exit_code}"
-            elif run.signal is not None:
-                how = f"was killed by {run.signal_name or 'signal ' + str(run.signal)}"
-            else:
-                how = "ended"
-            if run.error:
-                how += f" ({run.error})" if run.pid else f": failed to start: {run.error}"
-            self._log(session, req.chat_id, supervisor,
-                      f"run {run.number} {how}; state {R.RuntimeState.Name(state)}", now)
-            session.flush()
-            self._prune_runs(session, req.chat_id)
-            return graph_pb2.RecordRunExitedResponse(runtime=self._runtime_pb(session, rt))
-
-        return await self._run(self._write, op)
-
-    async def update_chat_runtime(
-        self, req: graph_pb2.UpdateChatRuntimeRequest
-    ) -> graph_pb2.UpdateChatRuntimeResponse:
-        v.chat_id(req.chat_id)
-        supervisor = _supervisor_id(req.supervisor_id)
-        state = _state(req.state)
-        if req.HasField("restart_count"):
-            _non_negative(req.restart_count, "restart_count")
-        if req.HasField("last_error"):
-            v.text(req.last_error, "last_error", required=False, max_len=MAX_ERROR)
-        _plan_for(req.plan if req.HasField("plan") else None, req.chat_id)
-
-        def op(session: Session) -> graph_pb2.UpdateChatRuntimeResponse:
-            rt = self._owned_runtime(session, req.chat_id, supervisor)
-            now = self._now()
-            self._set_state(rt, state, now)
-            if req.HasField("restart_count"):
-                rt.restart_count = req.restart_count
-            rt.next_restart_at = from_ts(req.next_restart_at) if req.HasField("next_restart_at") else None
-            if req.HasField("last_error"):
-                rt.last_error = req.last_error
-            if req.HasField("plan"):
-                rt.plan_json = convert.plan_to_json(req.plan)
-            session.flush()
-            return graph_pb2.UpdateChatRuntimeResponse(runtime=self._runtime_pb(session, rt))
-
-        return await self._run(self._write, op)
-
-    async def renew_leases(self, req: graph_pb2.RenewLeasesRequest) -> graph_pb2.RenewLeasesResponse:
-        supervisor = _supervisor_id(req.supervisor_id)
-        lease = _lease(req.lease_seconds)
-
-        def op(session: Session) -> graph_pb2.RenewLeasesResponse:
-            expires = self._now() + timedelta(seconds=lease)
-            result = session.execute(
-                sa.update(ChatRuntimeRow).where(ChatRuntimeRow.supervisor_id == supervisor)
-                .values(lease_expires_at=expires),
-                execution_options={"synchronize_session": False},
-            )
-            return graph_pb2.RenewLeasesResponse(renewed=result.rowcount,  # type: ignore[attr-defined]
-                                                 lease_expires_at=to_ts(expires))
-
-        return await self._run(self._write, op)
-
-    async def claim_chat(self, req: graph_pb2.ClaimChatRequest) -> graph_pb2.ClaimChatResponse:
-        v.chat_id(req.chat_id)
-        supervisor = _supervisor_id(req.supervisor_id)
-        lease = _lease(req.lease_seconds)
-
-        def op(session: Session) -> graph_pb2.ClaimChatResponse:
-            rt = self._get_runtime(session, req.chat_id, lock=True)
-            now = self._now()
-            previous = rt.supervisor_id
-            expired = rt.lease_expires_at is None or rt.lease_expires_at <= now
-            if previous != supervisor and not expired:
-                raise FailedPrecondition(
-                    f"chat {req.chat_id} is owned by supervisor {previous!r} whose lease is valid until "
-                    f"{_iso(rt.lease_expires_at)}; it can be claimed once that lease expires"
-                )
-            old_lease = rt.lease_expires_at
-            rt.supervisor_id = supervisor
-            rt.lease_expires_at = now + timedelta(seconds=lease)
+        def op(session: Session) -> graph_pb2.ReportAgentStatusResponse:
+            rt = self._live_run(session, req.chat_id, req.run_number)
+            status = convert.agent_status(rt)
+            status.run_number = req.run_number
+            status.updated_at.FromDatetime(self.now())
+            if req.HasField("answer_error"):
+                status.last_answer_error.CopyFrom(req.answer_error)
+                if not status.last_answer_error.HasField("at"):
+                    status.last_answer_error.at.FromDatetime(self.now())
+            if req.answer_succeeded:
+                status.ClearField("last_answer_error")
+                status.answers += 1
+            if req.HasField("waiting"):
+                status.waiting.CopyFrom(req.waiting)
+            if req.endpoint_ok:
+                status.ClearField("waiting")
+            status.input_tokens += req.input_tokens
+            status.output_tokens += req.output_tokens
+            if req.context_window:
+                status.context_window = req.context_window
+                status.context_window_source = req.context_window_source
+            rt.agent_status_json = convert.message_to_json(status)
             rt.version += 1
-            if previous != supervisor:
-                self._log(session, req.chat_id, supervisor,
-                          f"claimed by supervisor {supervisor} from {previous} (its lease expired at "
-                          f"{_iso(old_lease)})", now)
-            session.flush()
-            return graph_pb2.ClaimChatResponse(runtime=self._runtime_pb(session, rt),
-                                               previous_supervisor_id=previous)
+            return graph_pb2.ReportAgentStatusResponse(status=status)
 
-        return await self._run(self._write, op)
+        resp = await self.run(self.write, op)
+        self.fanout.runtime_changed(req.chat_id)
+        return resp
+
+    async def publish_partial(self, req: graph_pb2.PublishPartialMessageRequest
+                              ) -> graph_pb2.PublishPartialMessageResponse:
+        v.chat_id(req.chat_id)
+        v.request_id(req.request_id)
+        if not req.request_id:
+            raise InvalidArgument("request_id is required: the user message being answered", "request_id")
+        if req.run_number < 1:
+            raise InvalidArgument(f"run_number must be 1 or more, got {req.run_number}", "run_number")
+        non_negative(req.offset, "offset")
+        v.text(req.text, "text", required=False, max_len=MAX_PARTIAL)
+        if not await self.is_live_run(req.chat_id, req.run_number):
+            raise FailedPrecondition(f"run {req.run_number} of chat {req.chat_id} is not its live run: only a live "
+                                     "run publishes")
+        piece = task_pb2.PartialMessage(chat_id=req.chat_id, request_id=req.request_id, offset=req.offset,
+                                        text=req.text)
+        return graph_pb2.PublishPartialMessageResponse(delivered=self.fanout.partial(piece))
+
+    def forget_partials(self, chat_id: str) -> None:
+        self.fanout.forget_chat(chat_id)
 
     # -- reconcile -----------------------------------------------------------------------------
 
-    def _judge(self, task: TaskRow, rt: ChatRuntimeRow | None, runs: list[RunRow],
-               now: datetime) -> tuple[bool, str]:
-        """(reset?, reason). Reset only with proof that the owner is gone."""
-        if rt is None:
-            who = f"assigned to {task.assigned!r}, but " if task.assigned else ""
-            return False, f"{who}no owner recorded (no lease, no run): left alone"
-        if rt.lease_expires_at is not None:
-            if rt.lease_expires_at > now:
-                return False, f"lease of supervisor {rt.supervisor_id!r} valid until {_iso(rt.lease_expires_at)}"
-            return True, f"lease of supervisor {rt.supervisor_id!r} expired at {_iso(rt.lease_expires_at)}"
-        current = max(runs, key=lambda r: r.number, default=None)
-        if current is None or current.pid <= 0:
-            return False, "no lease and no running agent recorded: left alone"
-        if current.exited_at is not None:
-            return False, f"no lease recorded and run {current.number} already exited: left alone"
-        if current.hostname != self.hostname:
-            return False, (f"run {current.number} runs on host {current.hostname!r}, not this host "
-                           f"({self.hostname!r}): cannot check its pid, left alone")
-        ticks = procfs.start_ticks(current.pid)
-        if ticks is None:
-            return True, f"agent pid {current.pid} of run {current.number} on {self.hostname} is gone"
-        if current.process_start_ticks and ticks != current.process_start_ticks:
-            return True, (f"pid {current.pid} of run {current.number} on {self.hostname} now belongs to another "
-                          f"process (start ticks {ticks}, recorded {current.process_start_ticks})")
-        return False, f"agent pid {current.pid} of run {current.number} is alive on {self.hostname}"
-
     async def reconcile(self, req: graph_pb2.ReconcileRequest) -> graph_pb2.ReconcileResponse:
-        def judge_all(session: Session, lock: bool) -> tuple[list[tuple[TaskRow, ChatRuntimeRow | None, bool, str]],
-                                                                int]:
+        Judged = tuple[TaskRow, ChatRuntimeRow | None, bool, str]
+
+        def judge_all(session: Session, lock: bool) -> tuple[list[Judged], int]:
             stmt = sa.select(TaskRow).where(TaskRow.status == S.TASK_STATUS_IN_PROGRESS).order_by(TaskRow.id)
             if lock:
                 stmt = stmt.with_for_update(key_share=True)
@@ -1012,17 +709,19 @@ class GraphStore:
             if lock:
                 rt_stmt = rt_stmt.with_for_update()
             rts = {rt.chat_id: rt for rt in session.scalars(rt_stmt)} if ids else {}
-            runs = self._runs_of(session, ids)
-            now = self._now()
-            out = []
+            now = self.now()
+            out: list[Judged] = []
             for t in tasks:
                 rt = rts.get(t.id)
-                reset, reason = self._judge(t, rt, runs[t.id], now)
+                record = reconcile.Record(assigned=t.assigned, has_runtime=rt is not None,
+                                          supervisor_id=rt.supervisor_id if rt else "",
+                                          lease_expires_at=rt.lease_expires_at if rt else None,
+                                          resume_on_start=rt.resume_on_start if rt else False)
+                reset, reason = reconcile.judge(record, now)
                 out.append((t, rt, reset, reason))
             return out, len(tasks)
 
-        def build(results: list[tuple[TaskRow, ChatRuntimeRow | None, bool, str]], examined: int,
-                  applied: bool) -> graph_pb2.ReconcileResponse:
+        def build(results: list[Judged], examined: int, applied: bool) -> graph_pb2.ReconcileResponse:
             resp = graph_pb2.ReconcileResponse(examined=examined)
             for t, _rt, reset, reason in results:
                 target = resp.actions if reset else resp.kept
@@ -1032,22 +731,22 @@ class GraphStore:
             return resp
 
         def dry() -> graph_pb2.ReconcileResponse:
-            with self._read() as session:
+            with self.read() as session:
                 results, examined = judge_all(session, lock=False)
                 return build(results, examined, applied=False)
 
         def apply(session: Session) -> graph_pb2.ReconcileResponse:
             results, examined = judge_all(session, lock=True)
-            now = self._now()
+            now = self.now()
             for t, rt, reset, reason in results:
                 if not reset:
                     continue
                 t.status = S.TASK_STATUS_OPEN
                 t.updated_at = now
                 t.version += 1
-                self._log(session, t.id, "reconcile", f"reset IN_PROGRESS -> OPEN: {reason}", now)
+                self.log(session, t.id, "reconcile", f"reset IN_PROGRESS -> OPEN: {reason}", now)
                 if rt is not None:
-                    self._set_state(rt, R.RUNTIME_STATE_STOPPED, now)
+                    self.set_state(rt, R.RUNTIME_STATE_STOPPED, now)
                     rt.next_restart_at = None
                     rt.last_error = f"stopped by reconcile: {reason}; the chat's owner is gone"
                 log.info("reconcile reset %s: %s", t.id, reason, extra=fields(task_id=t.id))
@@ -1055,5 +754,8 @@ class GraphStore:
             return build(results, examined, applied=True)
 
         if req.dry_run:
-            return await self._run(dry)
-        return await self._run(self._write, apply)
+            return await self.run(dry)
+        resp = await self.run(self.write, apply)
+        for action in resp.actions:
+            self.fanout.runtime_changed(action.task_id)
+        return resp

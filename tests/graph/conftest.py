@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.graph import db, migrate
+from services.graph.records import ChatRecords
 from services.graph.store import GraphStore
 from tests import harness
 
@@ -24,8 +25,14 @@ async def store(db_url: str) -> AsyncIterator[GraphStore]:
     """A GraphStore over a freshly migrated database."""
     engine = db.create_engine(db_url)
     migrate.upgrade(engine)
-    st = GraphStore(engine, hostname="test-host", watch_poll_seconds=0.2)
+    st = GraphStore(engine)
     try:
         yield st
     finally:
         await st.close()
+
+
+@pytest.fixture
+def records(store: GraphStore) -> ChatRecords:
+    """RuntimeService's logic over the same store."""
+    return ChatRecords(store)

@@ -18,7 +18,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from tests.harness import REPO, ServiceProcess, base_env, start_service
 from wgs.v1 import graph_pb2 as g
-from wgs.v1 import graph_pb2_grpc, plan_pb2, runtime_pb2, task_pb2
+from wgs.v1 import graph_pb2_grpc, runtime_pb2, runtime_service_pb2_grpc, task_pb2
+from wgs.v1 import runtime_service_pb2 as rs
 
 S = task_pb2
 R = runtime_pb2
@@ -30,6 +31,7 @@ class Graph:
         self.proc = proc
         self.channel = grpc.insecure_channel(proc.address)
         self.stub = graph_pb2_grpc.GraphServiceStub(self.channel)
+        self.rt = runtime_service_pb2_grpc.RuntimeServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -46,10 +48,10 @@ def graph(db_url: str, tmp_path: Path) -> Iterator[Graph]:
         assert proc.terminate() == 0, proc.stderr()
 
 
-def chat_req(**kw: Any) -> g.CreateChatTaskRequest:
+def chat_req(**kw: Any) -> rs.CreateChatTaskRequest:
     base: dict[str, Any] = {"supervisor_id": "sup-a", "lease_seconds": 30}
     base.update(kw)
-    return g.CreateChatTaskRequest(**base)
+    return rs.CreateChatTaskRequest(**base)
 
 
 def code_of(fn: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
@@ -62,18 +64,18 @@ def code_of(fn: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
 
 def test_health_and_reflection(graph: Graph) -> None:
     health = health_pb2_grpc.HealthStub(graph.channel)
-    for name in ("", "wgs.v1.GraphService"):
+    for name in ("", "wgs.v1.GraphService", "wgs.v1.RuntimeService"):
         resp = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=T)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
     services = set(ProtoReflectionDescriptorDatabase(graph.channel).get_services())
-    assert {"wgs.v1.GraphService", "grpc.health.v1.Health"} <= services
+    assert {"wgs.v1.GraphService", "wgs.v1.RuntimeService", "grpc.health.v1.Health"} <= services
 
 
 def test_bad_input_on_every_rpc_is_rejected_and_writes_nothing(graph: Graph) -> None:
-    s = graph.stub
-    chat = s.CreateChatTask(chat_req(), timeout=T).task.id
+    s, rt = graph.stub, graph.rt
+    chat = rt.CreateChatTask(chat_req(), timeout=T).task.id
     s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_USER, content="hi"), timeout=T)
-    before_chat = s.GetChatRecord(g.GetChatRecordRequest(chat_id=chat), timeout=T)
+    before_chat = rt.GetChatRecord(rs.GetChatRecordRequest(chat_id=chat), timeout=T)
     INV, NF, FP = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                    grpc.StatusCode.FAILED_PRECONDITION)
     run = runtime_pb2.Run(number=1, pid=10)
@@ -97,18 +99,18 @@ def test_bad_input_on_every_rpc_is_rejected_and_writes_nothing(graph: Graph) -> 
         ("AppendTaskLog empty", lambda: s.AppendTaskLog(g.AppendTaskLogRequest(id=chat), timeout=T), INV),
         ("AppendTaskLog unknown", lambda: s.AppendTaskLog(g.AppendTaskLogRequest(id="nope", message="m"),
                                                           timeout=T), NF),
-        ("CreateChatTask no supervisor", lambda: s.CreateChatTask(g.CreateChatTaskRequest(lease_seconds=5),
+        ("CreateChatTask no supervisor", lambda: rt.CreateChatTask(rs.CreateChatTaskRequest(lease_seconds=5),
                                                                   timeout=T), INV),
-        ("CreateChatTask bad lease", lambda: s.CreateChatTask(chat_req(lease_seconds=0), timeout=T), INV),
-        ("CreateChatTask oversized name", lambda: s.CreateChatTask(chat_req(name="n" * 1000), timeout=T), INV),
-        ("GetChatRecord empty", lambda: s.GetChatRecord(g.GetChatRecordRequest(), timeout=T), INV),
-        ("GetChatRecord ill-formed", lambda: s.GetChatRecord(g.GetChatRecordRequest(chat_id="chat-1"), timeout=T),
+        ("CreateChatTask bad lease", lambda: rt.CreateChatTask(chat_req(lease_seconds=0), timeout=T), INV),
+        ("CreateChatTask oversized name", lambda: rt.CreateChatTask(chat_req(name="n" * 1000), timeout=T), INV),
+        ("GetChatRecord empty", lambda: rt.GetChatRecord(rs.GetChatRecordRequest(), timeout=T), INV),
+        ("GetChatRecord ill-formed", lambda: rt.GetChatRecord(rs.GetChatRecordRequest(chat_id="chat-1"), timeout=T),
          INV),
-        ("GetChatRecord unknown", lambda: s.GetChatRecord(g.GetChatRecordRequest(chat_id=".chat-999"), timeout=T),
+        ("GetChatRecord unknown", lambda: rt.GetChatRecord(rs.GetChatRecordRequest(chat_id=".chat-999"), timeout=T),
          NF),
-        ("ListChatRecords bad state", lambda: s.ListChatRecords(g.ListChatRecordsRequest(states=[R.RUNTIME_STATE_UNSPECIFIED]), timeout=T),
+        ("ListChatRecords bad state", lambda: rt.ListChatRecords(rs.ListChatRecordsRequest(states=[R.RUNTIME_STATE_UNSPECIFIED]), timeout=T),
          INV),
-        ("ListChatRecords bad token", lambda: s.ListChatRecords(g.ListChatRecordsRequest(page_token="LmNoYXQ="),
+        ("ListChatRecords bad token", lambda: rt.ListChatRecords(rs.ListChatRecordsRequest(page_token="LmNoYXQ="),
                                                                 timeout=T), INV),
         ("AppendMessage empty", lambda: s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_USER), timeout=T),
          INV),
@@ -125,30 +127,37 @@ def test_bad_input_on_every_rpc_is_rejected_and_writes_nothing(graph: Graph) -> 
          INV),
         ("WatchMessages unknown", lambda: list(s.WatchMessages(g.WatchMessagesRequest(chat_id=".chat-999"),
                                                                timeout=T)), NF),
-        ("RecordRunStarted no run", lambda: s.RecordRunStarted(g.RecordRunStartedRequest(
+        ("RecordRunStarted no run", lambda: rt.RecordRunStarted(rs.RecordRunStartedRequest(
             chat_id=chat, supervisor_id="sup-a"), timeout=T), INV),
-        ("RecordRunStarted not owner", lambda: s.RecordRunStarted(g.RecordRunStartedRequest(
+        ("RecordRunStarted not owner", lambda: rt.RecordRunStarted(rs.RecordRunStartedRequest(
             chat_id=chat, run=run, supervisor_id="sup-b"), timeout=T), FP),
-        ("RecordRunStarted unknown", lambda: s.RecordRunStarted(g.RecordRunStartedRequest(
+        ("RecordRunStarted unknown", lambda: rt.RecordRunStarted(rs.RecordRunStartedRequest(
             chat_id=".chat-999", run=run, supervisor_id="sup-a"), timeout=T), NF),
-        ("RecordRunStarted plan of another chat", lambda: s.RecordRunStarted(g.RecordRunStartedRequest(
-            chat_id=chat, run=run, supervisor_id="sup-a", plan=plan_pb2.SpawnPlan(chat_id=".chat-77")), timeout=T),
-         INV),
-        ("RecordRunExited bad state", lambda: s.RecordRunExited(g.RecordRunExitedRequest(
-            chat_id=chat, run=run, state=R.RUNTIME_STATE_RUNNING, supervisor_id="sup-a"), timeout=T), INV),
-        ("RecordRunExited not owner", lambda: s.RecordRunExited(g.RecordRunExitedRequest(
-            chat_id=chat, run=run, state=R.RUNTIME_STATE_EXITED, supervisor_id="sup-b"), timeout=T), FP),
-        ("UpdateChatRuntime no state", lambda: s.UpdateChatRuntime(g.UpdateChatRuntimeRequest(
+        ("RecordRunStarted without a pid", lambda: rt.RecordRunStarted(rs.RecordRunStartedRequest(
+            chat_id=chat, run=runtime_pb2.Run(number=1), supervisor_id="sup-a"), timeout=T), INV),
+        ("RecordRunExited bad state", lambda: rt.RecordRunExited(rs.RecordRunExitedRequest(exits=[rs.RunExit(
+            chat_id=chat, run=run, state=R.RUNTIME_STATE_RUNNING)], supervisor_id="sup-a"), timeout=T), INV),
+        ("RecordRunExited none", lambda: rt.RecordRunExited(rs.RecordRunExitedRequest(supervisor_id="sup-a"),
+                                                            timeout=T), INV),
+        ("TransitionChat no state", lambda: rt.TransitionChat(rs.TransitionChatRequest(
             chat_id=chat, supervisor_id="sup-a"), timeout=T), INV),
-        ("UpdateChatRuntime unknown", lambda: s.UpdateChatRuntime(g.UpdateChatRuntimeRequest(
-            chat_id=".chat-999", state=R.RUNTIME_STATE_STOPPED, supervisor_id="sup-a"), timeout=T), NF),
-        ("RenewLeases empty", lambda: s.RenewLeases(g.RenewLeasesRequest(), timeout=T), INV),
-        ("RenewLeases oversized lease", lambda: s.RenewLeases(g.RenewLeasesRequest(
+        ("TransitionChat illegal", lambda: rt.TransitionChat(rs.TransitionChatRequest(
+            chat_id=chat, supervisor_id="sup-a", to_state=R.RUNTIME_STATE_EXITED), timeout=T), FP),
+        ("TransitionChat unknown", lambda: rt.TransitionChat(rs.TransitionChatRequest(
+            chat_id=".chat-999", to_state=R.RUNTIME_STATE_STOPPED, supervisor_id="sup-a"), timeout=T), NF),
+        ("ReportAgentStatus no live run", lambda: s.ReportAgentStatus(g.ReportAgentStatusRequest(
+            chat_id=chat, run_number=1, input_tokens=3), timeout=T), FP),
+        ("ReportAgentStatus no run", lambda: s.ReportAgentStatus(g.ReportAgentStatusRequest(chat_id=chat),
+                                                                 timeout=T), INV),
+        ("PublishPartialMessage no request", lambda: s.PublishPartialMessage(g.PublishPartialMessageRequest(
+            chat_id=chat, run_number=1, text="x"), timeout=T), INV),
+        ("RenewLeases empty", lambda: rt.RenewLeases(rs.RenewLeasesRequest(), timeout=T), INV),
+        ("RenewLeases oversized lease", lambda: rt.RenewLeases(rs.RenewLeasesRequest(
             supervisor_id="sup-a", lease_seconds=100_000), timeout=T), INV),
-        ("ClaimChat empty", lambda: s.ClaimChat(g.ClaimChatRequest(), timeout=T), INV),
-        ("ClaimChat unknown", lambda: s.ClaimChat(g.ClaimChatRequest(
+        ("ClaimChat empty", lambda: rt.ClaimChat(rs.ClaimChatRequest(), timeout=T), INV),
+        ("ClaimChat unknown", lambda: rt.ClaimChat(rs.ClaimChatRequest(
             chat_id=".chat-999", supervisor_id="sup-b", lease_seconds=5), timeout=T), NF),
-        ("ClaimChat held", lambda: s.ClaimChat(g.ClaimChatRequest(
+        ("ClaimChat held", lambda: rt.ClaimChat(rs.ClaimChatRequest(
             chat_id=chat, supervisor_id="sup-b", lease_seconds=5), timeout=T), FP),
     ]
     for name, call, expected in cases:
@@ -157,7 +166,7 @@ def test_bad_input_on_every_rpc_is_rejected_and_writes_nothing(graph: Graph) -> 
         assert details and "Traceback" not in details, f"{name}: unhelpful message {details!r}"
     tasks = s.ListTasks(g.ListTasksRequest(), timeout=T).tasks
     assert [t.id for t in tasks] == [chat]
-    after_chat = s.GetChatRecord(g.GetChatRecordRequest(chat_id=chat), timeout=T)
+    after_chat = rt.GetChatRecord(rs.GetChatRecordRequest(chat_id=chat), timeout=T)
     assert after_chat == before_chat
     assert len(s.ListMessages(g.ListMessagesRequest(chat_id=chat), timeout=T).messages) == 1
     assert "Traceback" not in graph.proc.stderr()
@@ -179,7 +188,7 @@ def test_racing_updates_exactly_one_wins(graph: Graph) -> None:
 
 
 def test_fifty_concurrent_chat_creations_get_distinct_ids(graph: Graph) -> None:
-    futures = [graph.stub.CreateChatTask.future(chat_req(name=f"c{i}"), timeout=30) for i in range(50)]
+    futures = [graph.rt.CreateChatTask.future(chat_req(name=f"c{i}"), timeout=30) for i in range(50)]
     ids = [f.result().task.id for f in futures]
     assert len(set(ids)) == 50
     assert sorted(int(i.rsplit("-", 1)[1]) for i in ids) == list(range(1, 51))
@@ -191,14 +200,16 @@ def test_ids_survive_restart_and_are_never_reused(db_url: str, tmp_path: Path) -
     proc = start_service("graph", state, env=env)
     with grpc.insecure_channel(proc.address) as ch:
         stub = graph_pb2_grpc.GraphServiceStub(ch)
-        first = [stub.CreateChatTask(chat_req(), timeout=T).task.id for _ in range(2)]
+        rts = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
+        first = [rts.CreateChatTask(chat_req(), timeout=T).task.id for _ in range(2)]
         stub.AppendMessage(g.AppendMessageRequest(chat_id=first[0], role=S.MESSAGE_ROLE_USER, content="kept"), timeout=T)
     assert proc.terminate() == 0
     proc = start_service("graph", state, env=env)  # migrations run again: a no-op at head
     try:
         with grpc.insecure_channel(proc.address) as ch:
             stub = graph_pb2_grpc.GraphServiceStub(ch)
-            assert stub.CreateChatTask(chat_req(), timeout=T).task.id == ".chat-3"
+            rts = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
+            assert rts.CreateChatTask(chat_req(), timeout=T).task.id == ".chat-3"
             msgs = stub.ListMessages(g.ListMessagesRequest(chat_id=first[0]), timeout=T).messages
             assert [m.content for m in msgs] == ["kept"]
     finally:
@@ -206,8 +217,8 @@ def test_ids_survive_restart_and_are_never_reused(db_url: str, tmp_path: Path) -
 
 
 def test_sigterm_ends_watch_streams_refuses_new_calls_and_exits_zero(graph: Graph) -> None:
-    s = graph.stub
-    chat = s.CreateChatTask(chat_req(), timeout=T).task.id
+    s, rt = graph.stub, graph.rt
+    chat = rt.CreateChatTask(chat_req(), timeout=T).task.id
     s.AppendMessage(g.AppendMessageRequest(chat_id=chat, role=S.MESSAGE_ROLE_USER, content="one"), timeout=T)
     stream = s.WatchMessages(g.WatchMessagesRequest(chat_id=chat), timeout=30)
     received: list[str] = []
@@ -237,14 +248,14 @@ def test_sigterm_ends_watch_streams_refuses_new_calls_and_exits_zero(graph: Grap
     assert ended and ended[0].code() == grpc.StatusCode.UNAVAILABLE
     assert "after_seq=2" in (ended[0].details() or "")
     assert graph.proc.proc.wait(15) == 0
-    code, _ = code_of(lambda: s.GetChatRecord(g.GetChatRecordRequest(chat_id=chat), timeout=2))
+    code, _ = code_of(lambda: rt.GetChatRecord(rs.GetChatRecordRequest(chat_id=chat), timeout=2))
     assert code == grpc.StatusCode.UNAVAILABLE
 
 
 def test_reconcile_resets_only_chats_whose_lease_expired(graph: Graph) -> None:
-    s = graph.stub
-    short = s.CreateChatTask(chat_req(lease_seconds=1, supervisor_id="sup-dying"), timeout=T).task.id
-    long = s.CreateChatTask(chat_req(lease_seconds=600), timeout=T).task.id
+    s, rt = graph.stub, graph.rt
+    short = rt.CreateChatTask(chat_req(lease_seconds=1, supervisor_id="sup-dying"), timeout=T).task.id
+    long = rt.CreateChatTask(chat_req(lease_seconds=600), timeout=T).task.id
     s.CreateTask(g.CreateTaskRequest(id="worker", title="W", status=S.TASK_STATUS_IN_PROGRESS), timeout=T)
     deadline = time.monotonic() + 10
     while True:  # wait for the 1 s lease to run out, observed through dry runs
@@ -257,7 +268,7 @@ def test_reconcile_resets_only_chats_whose_lease_expired(graph: Graph) -> None:
     assert s.GetTask(g.GetTaskRequest(id=short), timeout=T).task.status == S.TASK_STATUS_IN_PROGRESS
     done = s.Reconcile(g.ReconcileRequest(), timeout=T)
     assert [(a.task_id, a.applied) for a in done.actions] == [(short, True)]
-    rec = s.GetChatRecord(g.GetChatRecordRequest(chat_id=short), timeout=T)
+    rec = rt.GetChatRecord(rs.GetChatRecordRequest(chat_id=short, with_log=True), timeout=T)
     assert rec.task.status == S.TASK_STATUS_OPEN and rec.runtime.state == R.RUNTIME_STATE_STOPPED
     assert rec.task.log[-1].actor == "reconcile"
     assert s.GetTask(g.GetTaskRequest(id=long), timeout=T).task.status == S.TASK_STATUS_IN_PROGRESS
@@ -277,8 +288,8 @@ def test_calls_in_flight_at_sigterm_complete_and_nothing_is_half_written(db_url:
     env = {"WGS_DATABASE_URL": db_url}
     proc = start_service("graph", state, env=env)
     with grpc.insecure_channel(proc.address) as ch:
-        stub = graph_pb2_grpc.GraphServiceStub(ch)
-        futures = [stub.CreateChatTask.future(chat_req(request_id=f"req-{i}"), timeout=20) for i in range(30)]
+        rts = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
+        futures = [rts.CreateChatTask.future(chat_req(request_id=f"req-{i}"), timeout=20) for i in range(30)]
         futures[0].result()  # the server is working through the batch: signal it now
         proc.proc.send_signal(signal.SIGTERM)
         outcomes = [code_of(f.result) for f in futures]
@@ -291,14 +302,14 @@ def test_calls_in_flight_at_sigterm_complete_and_nothing_is_half_written(db_url:
     proc = start_service("graph", state, env=env)
     try:
         with grpc.insecure_channel(proc.address) as ch:
-            stub = graph_pb2_grpc.GraphServiceStub(ch)
-            chats = stub.ListChatRecords(g.ListChatRecordsRequest(page_size=1000), timeout=T).chats
+            rts = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
+            chats = rts.ListChatRecords(rs.ListChatRecordsRequest(page_size=1000), timeout=T).chats
             stored = {c.task.id for c in chats}
             assert stored == set(ok_ids), "a refused call left a chat behind, or a confirmed one is missing"
             assert all(c.runtime.state == R.RUNTIME_STATE_STARTING and c.runtime.supervisor_id == "sup-a"
                        for c in chats)
             # A client retrying a refused call with its request_id gets exactly one chat per request.
-            again = [stub.CreateChatTask(chat_req(request_id=f"req-{i}"), timeout=T) for i in range(30)]
+            again = [rts.CreateChatTask(chat_req(request_id=f"req-{i}"), timeout=T) for i in range(30)]
             assert len({r.task.id for r in again}) == 30
             assert {r.task.id for r in again if not r.created} == stored
     finally:
