@@ -18,7 +18,12 @@ Format (see config.example.toml):
     provider = "oai-compat"    # default
     api_key_env = "LAMBDA01_API_KEY"
     default = true
-    context_window = 32768
+    context_window = 32768     # optional: assumed when the server does not report its window
+    ca_file = "/etc/ssl/lambda01-ca.pem"   # optional: extra CA for this endpoint (added to the system store)
+    max_tokens = 1024          # optional generation settings (a chat's own values win)
+    temperature = 0.2
+    top_p = 0.95
+    stop = ["</answer>"]
 """
 
 from __future__ import annotations
@@ -39,10 +44,9 @@ from wgs.common.settings import env_str
 log = logging.getLogger("wgs.dispatch.config")
 
 DEFAULTS_KEYS = ("executor", "model", "endpoint")
-ENDPOINT_KEYS = ("name", "url", "provider", "api_key_env", "default", "context_window")
+ENDPOINT_KEYS = ("name", "url", "provider", "api_key_env", "default", "context_window", "ca_file", "max_tokens",
+                 "temperature", "top_p", "stop")
 TOP_KEYS = ("defaults", "endpoints")
-MIN_CONTEXT_WINDOW = 256  # the native agent refuses smaller windows
-MAX_CONTEXT_WINDOW = 10_000_000
 MAX_ENDPOINTS = 1000
 
 
@@ -56,6 +60,8 @@ class Endpoint:
     api_key_env: str = ""
     default: bool = False
     context_window: int = 0  # 0: not configured
+    ca_file: str = ""  # extra CA certificates for this endpoint's TLS (added to the system store)
+    generation: values.Generation = field(default_factory=values.Generation)
 
 
 @dataclass(frozen=True)
@@ -291,15 +297,21 @@ def _parse_endpoint(raw: dict[str, Any], i: int, path: Path, lines: _Lines) -> E
     if not isinstance(default, bool):
         raise _error(path, line("default"), f"{what}: default must be true or false")
     window = raw.get("context_window", 0)
-    if "context_window" in raw and (
-        isinstance(window, bool) or not isinstance(window, int)
-        or not MIN_CONTEXT_WINDOW <= window <= MAX_CONTEXT_WINDOW
-    ):
-        raise _error(path, line("context_window"),
-                     f"{what}: context_window must be an integer number of tokens from {MIN_CONTEXT_WINDOW} "
-                     f"to {MAX_CONTEXT_WINDOW}")
+    if "context_window" in raw:
+        problem = values.context_window_problem(window)
+        if problem:
+            raise _error(path, line("context_window"), f"{what}: context_window {problem}")
+    ca_file = string("ca_file")
+    if ca_file and not Path(ca_file).is_absolute():
+        raise _error(path, line("ca_file"), f"{what}: ca_file {ca_file!r} must be an absolute path to a PEM file")
+    generation = values.Generation(
+        max_tokens=raw.get("max_tokens"), temperature=raw.get("temperature"), top_p=raw.get("top_p"),
+        stop=tuple(raw["stop"]) if isinstance(raw.get("stop"), list) else raw.get("stop", ()),
+    )
+    for key, problem in values.generation_problems(generation):
+        raise _error(path, line(key), f"{what}: {key} {problem}")
     return Endpoint(name=name, url=url, provider=provider, api_key_env=api_key_env, default=default,
-                    context_window=window)
+                    context_window=window, ca_file=ca_file, generation=generation)
 
 
 def load_config(path: Path) -> Config:

@@ -6,7 +6,11 @@ loader can report it as a ConfigError with file and line and the planner as a gR
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from wgs.common.validation import (
@@ -17,10 +21,32 @@ from wgs.common.validation import (
     MAX_ENDPOINT,
     MAX_MODEL,
     NATIVE,
-    executor_choices,
-    normalize_executor,
     split_model,
 )
+
+# Accepted spellings → executor. Small and explicit on purpose: anything else is an error, never a
+# silent fall-through to a default (upstream ignored "nex" and ran claude instead). Only dispatch
+# interprets executors; the supervisor stores what the plan says.
+EXECUTOR_ALIASES: dict[str, str] = {
+    "native": NATIVE,
+    "nex": NATIVE,
+    "wg-nex": NATIVE,
+    "claude": CLAUDE,
+    "claude-code": CLAUDE,
+    "codex": CODEX,
+    "command": COMMAND,
+    "shell": COMMAND,
+}
+
+
+def executor_choices() -> str:
+    aliases = ", ".join(f"{a} → {e}" for a, e in EXECUTOR_ALIASES.items() if a != e)
+    return f"{', '.join(EXECUTORS)} (aliases: {aliases})"
+
+
+def normalize_executor(value: str) -> str | None:
+    """The executor an accepted spelling means (case-insensitive), or None if unknown."""
+    return EXECUTOR_ALIASES.get(value.strip().lower())
 
 # Executors that talk to an LLM endpoint themselves (only our native agent).
 NEEDS_ENDPOINT = frozenset({NATIVE})
@@ -120,5 +146,56 @@ def _port(scheme: str, port: int | None) -> int:
     if port is not None:
         return port
     return 443 if scheme.lower() == "https" else 80
+
+MIN_CONTEXT_WINDOW = 256  # the native agent refuses smaller windows
+MAX_CONTEXT_WINDOW = 10_000_000
+MAX_MAX_TOKENS = 1_000_000
+MAX_STOP_SEQUENCES = 4  # what OpenAI's API accepts
+MAX_STOP_LEN = 200
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Generation settings as given (None / empty: not given). Values are checked by generation_problems."""
+
+    max_tokens: Any = None
+    temperature: Any = None
+    top_p: Any = None
+    stop: Any = ()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def context_window_problem(value: Any) -> str | None:
+    if not _is_int(value) or not MIN_CONTEXT_WINDOW <= value <= MAX_CONTEXT_WINDOW:
+        return f"must be an integer number of tokens from {MIN_CONTEXT_WINDOW} to {MAX_CONTEXT_WINDOW}"
+    return None
+
+
+def generation_problems(g: Generation) -> Iterator[tuple[str, str]]:
+    """(field, problem) for each bad value of `g`."""
+    if g.max_tokens is not None and (not _is_int(g.max_tokens) or not 1 <= g.max_tokens <= MAX_MAX_TOKENS):
+        yield "max_tokens", f"must be an integer from 1 to {MAX_MAX_TOKENS}"
+    if g.temperature is not None and (not _is_number(g.temperature) or not 0.0 <= g.temperature <= 2.0):
+        yield "temperature", "must be a number from 0 to 2"
+    if g.top_p is not None and (not _is_number(g.top_p) or not 0.0 < g.top_p <= 1.0):
+        yield "top_p", "must be a number greater than 0 and at most 1"
+    stop = g.stop
+    if isinstance(stop, str) or not isinstance(stop, tuple | list):
+        yield "stop", "must be a list of strings"
+        return
+    if len(stop) > MAX_STOP_SEQUENCES:
+        yield "stop", f"has {len(stop)} sequences, at most {MAX_STOP_SEQUENCES}"
+    for item in stop:
+        if not isinstance(item, str) or not item or len(item) > MAX_STOP_LEN or "\x00" in item:
+            yield "stop", f"entries must be non-empty strings of at most {MAX_STOP_LEN} characters"
+            return
+
 
 __all__ = ["CLAUDE", "CODEX", "COMMAND", "EXECUTORS", "NATIVE", "executor_choices", "normalize_executor"]

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from services.dispatch.config import Config, parse_config
-from services.dispatch.planner import EnvVar, PlanRequest, SpawnPlan, plan_spawn
+from services.dispatch.planner import EnvVar, PlanRequest, Source, SpawnPlan, plan_spawn
 from wgs.common.errors import FailedPrecondition, InvalidArgument
+from wgs.v1 import plan_pb2
 
 CFG_PATH = Path("/etc/wgs/config.toml")
 INCIDENT_URL = "https://lambda01.example:30000"
@@ -40,8 +41,14 @@ EMPTY = Config(path=CFG_PATH)
 
 
 def plan(config: Config = EMPTY, **kw: object) -> SpawnPlan:
-    kw.setdefault("chat_id", ".chat-3")
     return plan_spawn(PlanRequest(**kw), config)  # type: ignore[arg-type]
+
+
+def k(source: Source | None) -> str | None:
+    """The kind of a source: "request", "chat", "config_default", "config_endpoint", "builtin", "none"."""
+    if source is None:
+        return None
+    return plan_pb2.ChoiceSource.Name(source.kind).removeprefix("CHOICE_SOURCE_").lower()  # type: ignore[arg-type]
 
 
 def value_after(argv: list[str], flag: str) -> str:
@@ -52,24 +59,25 @@ def value_after(argv: list[str], flag: str) -> str:
 
 def test_incident_inline_endpoint_url_is_used_not_the_configured_default() -> None:
     p = plan(cfg(), executor="native", model="qwen3-coder", endpoint=INCIDENT_URL)
-    assert p.argv == ["wgs-agent", "native", "--chat", ".chat-3", "--model", "qwen3-coder",
-                      "--endpoint", INCIDENT_URL]
+    assert p.argv == ["wgs-agent", "native", "--model", "qwen3-coder", "--endpoint", INCIDENT_URL,
+                      "--max-tokens", "1024"]
+    assert "--chat" not in p.argv  # the agent learns its chat from WGS_CHAT_ID: the plan needs no chat
     assert p.endpoint is not None
     assert p.endpoint.url == INCIDENT_URL
-    assert p.endpoint.source == "request"
+    assert k(p.endpoint.source) == "request"
     assert p.endpoint.name == ""
     assert "default.example" not in " ".join(p.argv) + p.summary
-    assert p.executor_source == "request" and p.model_source == "request"
+    assert k(p.executor_source) == "request" and k(p.model_source) == "request"
     assert p.summary == (f"executor=native (from request), model=qwen3-coder (from request), "
-                         f"endpoint={INCIDENT_URL} (from request)")
+                         f"endpoint={INCIDENT_URL} (from request), max_tokens=1024 (from built-in default)")
     # The default endpoint's key must not be sent to another server.
     assert all(e.name != "WGS_API_KEY" for e in p.env)
 
 
 def test_chat_origin_labels_sources_chat() -> None:
     p = plan(cfg(), executor="native", model="m1", endpoint=INCIDENT_URL, origin="chat")
-    assert (p.executor_source, p.model_source) == ("chat", "chat")
-    assert p.endpoint is not None and p.endpoint.source == "chat"
+    assert (k(p.executor_source), k(p.model_source)) == ("chat", "chat")
+    assert p.endpoint is not None and k(p.endpoint.source) == "chat"
 
 
 # --- executor --------------------------------------------------------------------------------------
@@ -92,22 +100,22 @@ def test_unknown_executor_is_invalid_argument_listing_valid_ones() -> None:
 
 def test_executor_defaults_config_then_builtin() -> None:
     p = plan(cfg("[defaults]\nexecutor = \"claude\"\n"))
-    assert (p.executor, p.executor_source) == ("claude", "config default")
+    assert (p.executor, k(p.executor_source)) == ("claude", "config_default")
     p = plan(cfg(), model="m")
-    assert (p.executor, p.executor_source) == ("native", "config default")
+    assert (p.executor, k(p.executor_source)) == ("native", "config_default")
     p = plan(cfg(FULL.replace('executor = "native"\n', "")), model="m")
-    assert (p.executor, p.executor_source) == ("native", "built-in default")
+    assert (p.executor, k(p.executor_source)) == ("native", "builtin")
 
 
 # --- model -----------------------------------------------------------------------------------------
 
 def test_model_defaults_and_sources() -> None:
     p = plan(cfg())
-    assert (p.model, p.model_source) == ("qwen3-coder", "config default")
+    assert (p.model, k(p.model_source)) == ("qwen3-coder", "config_default")
     p = plan(cfg(), executor="claude")
-    assert (p.model, p.model_source) == ("claude:opus", "built-in default")
+    assert (p.model, k(p.model_source)) == ("claude:opus", "builtin")
     p = plan(cfg(), executor="codex")
-    assert (p.model, p.model_source) == ("codex:gpt-5", "built-in default")
+    assert (p.model, k(p.model_source)) == ("codex:gpt-5", "builtin")
 
 
 def test_native_without_model_or_default_is_failed_precondition_naming_the_config() -> None:
@@ -159,7 +167,7 @@ def test_named_endpoint_is_looked_up_with_its_provider() -> None:
     assert p.endpoint is not None
     assert p.endpoint.name == "lambda02"
     assert p.endpoint.url == "http://lambda02.example:30000"
-    assert p.endpoint.source == "request: endpoint 'lambda02' from config"
+    assert k(p.endpoint.source) == "request" and p.endpoint.source.detail == "request: endpoint 'lambda02' from config"
     assert "endpoint 'lambda02' from config" in p.summary
     assert value_after(p.argv, "--endpoint") == "http://lambda02.example:30000"
     assert {e.name: e.value for e in p.env} == {"WGS_ENDPOINT_PROVIDER": "vllm"}
@@ -175,8 +183,10 @@ def test_unknown_endpoint_name_is_an_error_even_with_a_default() -> None:
 def test_configured_default_endpoint_with_context_window_and_key_env() -> None:
     p = plan(cfg(), executor="native", model="m")
     assert p.endpoint is not None
-    assert p.endpoint.source == "config default (endpoint 'default-ep')"
-    assert p.argv[-4:] == ["--endpoint", "https://default.example:8000/v1", "--context-window", "32768"]
+    assert k(p.endpoint.source) == "config_default" and p.endpoint.source.detail == "config default (endpoint 'default-ep')"
+    assert value_after(p.argv, "--endpoint") == "https://default.example:8000/v1"
+    assert value_after(p.argv, "--context-window") == "32768"
+    assert p.generation is not None and k(p.generation.context_window_source) == "config_endpoint"
     key = [e for e in p.env if e.name == "WGS_API_KEY"]
     assert len(key) == 1
     assert key[0].value_from_env == "DEFAULT_EP_KEY" and key[0].secret and key[0].value == ""
@@ -187,7 +197,7 @@ def test_defaults_endpoint_names_the_default() -> None:
                  '[[endpoints]]\nname = "b"\nurl = "http://b:1"\n')
     p = plan(config, model="m")
     assert p.endpoint is not None and p.endpoint.url == "http://b:1"
-    assert p.endpoint.source == "config default (endpoint 'b')"
+    assert k(p.endpoint.source) == "config_default" and p.endpoint.source.detail == "config default (endpoint 'b')"
 
 
 def test_no_endpoint_and_no_default_is_failed_precondition() -> None:
@@ -205,7 +215,7 @@ def test_no_endpoint_and_no_default_is_failed_precondition() -> None:
 def test_inline_url_of_a_configured_endpoint_uses_its_key_env() -> None:
     p = plan(cfg(), executor="native", model="m", endpoint="https://DEFAULT.example:8000/v1/")
     assert p.endpoint is not None
-    assert p.endpoint.source == "request" and p.endpoint.name == "default-ep"
+    assert k(p.endpoint.source) == "request" and p.endpoint.name == "default-ep"
     assert value_after(p.argv, "--endpoint") == "https://DEFAULT.example:8000/v1/"
     assert any(e.value_from_env == "DEFAULT_EP_KEY" for e in p.env)
     # The agent appends /v1 when missing, so these are the same API as the configured one.
@@ -242,7 +252,7 @@ def test_endpoint_for_cli_executors_is_invalid_argument() -> None:
 
 def test_codex_chat_gets_codex_argv_not_claude() -> None:
     p = plan(cfg(), executor="codex", model="codex:gpt-5")
-    assert p.argv == ["wgs-agent", "codex", "--chat", ".chat-3", "--model", "codex:gpt-5", "--",
+    assert p.argv == ["wgs-agent", "codex", "--model", "codex:gpt-5", "--",
                       "codex", "exec", "--json", "--skip-git-repo-check",
                       "--dangerously-bypass-approvals-and-sandbox", "--model", "gpt-5"]
     assert "claude" not in " ".join(p.argv)
@@ -252,7 +262,7 @@ def test_codex_chat_gets_codex_argv_not_claude() -> None:
 
 def test_claude_argv() -> None:
     p = plan(EMPTY, executor="claude")
-    assert p.argv == ["wgs-agent", "claude", "--chat", ".chat-3", "--model", "claude:opus", "--",
+    assert p.argv == ["wgs-agent", "claude", "--model", "claude:opus", "--",
                       "claude", "--print", "--input-format", "stream-json", "--output-format", "stream-json",
                       "--verbose", "--dangerously-skip-permissions", "--model", "opus"]
 
@@ -261,12 +271,12 @@ def test_claude_argv() -> None:
 
 def test_command_chat_runs_the_argv_as_given() -> None:
     p = plan(cfg(), command=("bash", "-lc", "echo hi; cat"), working_dir="/srv/work")
-    assert (p.executor, p.executor_source) == ("command", "request")
+    assert (p.executor, k(p.executor_source)) == ("command", "request")
     assert p.argv == ["bash", "-lc", "echo hi; cat"]
     assert p.working_dir == "/srv/work"
     assert p.endpoint is None and p.model == "" and p.env == []
     p = plan(cfg(), executor="Command", command=("x",), origin="chat")
-    assert (p.executor, p.executor_source) == ("command", "chat")
+    assert (p.executor, k(p.executor_source)) == ("command", "chat")
 
 
 @pytest.mark.parametrize("kw, fragment", [
@@ -284,13 +294,6 @@ def test_command_conflicts_are_invalid_argument(kw: dict[str, object], fragment:
 
 
 # --- other inputs ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("chat_id", ["", "chat-3", ".chat-x", "../etc", ".chat-3/.."])
-def test_bad_chat_id_is_invalid_argument(chat_id: str) -> None:
-    with pytest.raises(InvalidArgument) as err:
-        plan(cfg(), chat_id=chat_id, model="m")
-    assert "chat_id" in err.value.message
-
 
 def test_working_dir_must_be_absolute() -> None:
     with pytest.raises(InvalidArgument) as err:
@@ -317,3 +320,63 @@ def test_every_endpoints_key_variable_is_unset_for_every_agent() -> None:
         assert p.unset_env == ("DEFAULT_EP_KEY", "THIRD_KEY")
     own = plan(cfg(text))
     assert [e.value_from_env for e in own.env if e.name == "WGS_API_KEY"] == ["DEFAULT_EP_KEY"]
+
+
+# --- generation settings ---------------------------------------------------------------------------
+
+GEN = FULL.replace('context_window = 32768', 'context_window = 32768\nmax_tokens = 512\ntemperature = 0.2\nstop = ["END"]')
+
+
+def test_generation_settings_come_from_the_chat_then_the_endpoint_then_the_builtin_default() -> None:
+    from services.dispatch.values import Generation
+
+    p = plan(cfg(GEN), executor="native", model="m")
+    g = p.generation
+    assert g is not None
+    assert (g.max_tokens, k(g.max_tokens_source)) == (512, "config_endpoint")
+    assert (g.temperature, k(g.temperature_source)) == (0.2, "config_endpoint")
+    assert (g.stop, k(g.stop_source)) == (("END",), "config_endpoint")
+    assert g.top_p is None and g.top_p_source is None  # not set anywhere: not sent
+    assert value_after(p.argv, "--max-tokens") == "512" and value_after(p.argv, "--stop") == "END"
+    assert "--top-p" not in p.argv
+    mine = plan(cfg(GEN), executor="native", model="m", generation=Generation(max_tokens=64, top_p=0.9),
+                context_window=4096)
+    assert mine.generation is not None
+    assert (mine.generation.max_tokens, k(mine.generation.max_tokens_source)) == (64, "request")
+    assert (mine.generation.top_p, k(mine.generation.top_p_source)) == (0.9, "request")
+    assert (mine.generation.temperature, k(mine.generation.temperature_source)) == (0.2, "config_endpoint")
+    assert (mine.generation.context_window, k(mine.generation.context_window_source)) == (4096, "request")
+    inline = plan(cfg(GEN), executor="native", model="m", endpoint=INCIDENT_URL)
+    assert inline.generation is not None
+    assert (inline.generation.max_tokens, k(inline.generation.max_tokens_source)) == (1024, "builtin")
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"max_tokens": 0}, "generation.max_tokens"),
+    ({"temperature": 3.5}, "generation.temperature"),
+    ({"top_p": 0.0}, "generation.top_p"),
+    ({"stop": ("a", "b", "c", "d", "e")}, "generation.stop"),
+])
+def test_bad_generation_settings_are_invalid_argument_naming_the_field(kw: dict[str, object], field: str) -> None:
+    from services.dispatch.values import Generation
+
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), executor="native", model="m", generation=Generation(**kw))  # type: ignore[arg-type]
+    assert err.value.field == field and field in err.value.message
+
+
+def test_generation_settings_are_refused_where_they_cannot_apply() -> None:
+    from services.dispatch.values import Generation
+
+    with pytest.raises(InvalidArgument, match="native executor only") as err:
+        plan(cfg(), executor="claude", generation=Generation(max_tokens=10))
+    assert err.value.field == "generation"
+    with pytest.raises(InvalidArgument, match="no generation settings"):
+        plan(cfg(), command=("bash",), context_window=4096)
+
+
+def test_an_endpoints_ca_file_reaches_the_agent() -> None:
+    p = plan(cfg(FULL.replace('provider = "vllm"', 'provider = "vllm"\nca_file = "/etc/ssl/lab-ca.pem"')),
+             executor="native", model="m", endpoint="lambda02")
+    assert p.endpoint is not None and p.endpoint.ca_file == "/etc/ssl/lab-ca.pem"
+    assert value_after(p.argv, "--ca-file") == "/etc/ssl/lab-ca.pem"

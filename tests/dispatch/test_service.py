@@ -10,11 +10,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
 from tests.harness import REPO, ServiceProcess, base_env, start_service
-from wgs.v1 import dispatch_pb2, dispatch_pb2_grpc
+from wgs.v1 import dispatch_pb2, dispatch_pb2_grpc, plan_pb2
 
 TIMEOUT = 10.0
 INCIDENT_URL = "https://lambda01.example:30000"
@@ -79,31 +81,34 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
 
 def test_incident_inline_url_over_the_wire(stub: dispatch_pb2_grpc.DispatchServiceStub) -> None:
     resp = stub.PlanSpawn(dispatch_pb2.PlanSpawnRequest(
-        chat_id=".chat-0", executor="native", model="qwen3-coder", endpoint=INCIDENT_URL,
+        executor="native", model="qwen3-coder", endpoint=INCIDENT_URL,
         origin=dispatch_pb2.SETTINGS_ORIGIN_REQUEST), timeout=TIMEOUT)
     plan = resp.plan
     argv = list(plan.argv)
-    assert argv == ["wgs-agent", "native", "--chat", ".chat-0", "--model", "qwen3-coder", "--endpoint", INCIDENT_URL]
-    assert plan.endpoint.url == INCIDENT_URL and plan.endpoint.source == "request"
-    assert plan.executor == "native" and plan.executor_source == "request"
+    assert argv == ["wgs-agent", "native", "--model", "qwen3-coder", "--endpoint", INCIDENT_URL, "--max-tokens", "1024"]
+    assert plan.endpoint.url == INCIDENT_URL and plan.endpoint.source == plan_pb2.CHOICE_SOURCE_REQUEST
+    assert plan.executor == "native" and plan.executor_source == plan_pb2.CHOICE_SOURCE_REQUEST
+    assert plan.generation.max_tokens == 1024 and plan.generation.max_tokens_source == plan_pb2.CHOICE_SOURCE_BUILTIN
     assert "default.example" not in str(resp)
 
 
 def test_default_endpoint_plan_carries_key_by_name_only(stub: dispatch_pb2_grpc.DispatchServiceStub) -> None:
-    resp = stub.PlanSpawn(dispatch_pb2.PlanSpawnRequest(chat_id=".chat-1", executor="nex",
+    resp = stub.PlanSpawn(dispatch_pb2.PlanSpawnRequest(executor="nex",
                                                         origin=dispatch_pb2.SETTINGS_ORIGIN_CHAT), timeout=TIMEOUT)
     plan = resp.plan
-    assert (plan.executor, plan.executor_source) == ("native", "chat")
-    assert (plan.model, plan.model_source) == ("qwen3-coder", "config default")
+    assert (plan.executor, plan.executor_source) == ("native", plan_pb2.CHOICE_SOURCE_CHAT)
+    assert (plan.model, plan.model_source) == ("qwen3-coder", plan_pb2.CHOICE_SOURCE_CONFIG_DEFAULT)
+    assert plan.model_source_detail.startswith("config default (")
     assert plan.endpoint.name == "default-ep"
-    assert plan.endpoint.source == "config default (endpoint 'default-ep')"
+    assert plan.endpoint.source == plan_pb2.CHOICE_SOURCE_CONFIG_DEFAULT
+    assert plan.endpoint.source_detail == "config default (endpoint 'default-ep')"
     key = [e for e in plan.env if e.name == "WGS_API_KEY"]
     assert len(key) == 1 and key[0].secret and key[0].value_from_env == "DEFAULT_EP_KEY" and key[0].value == ""
     assert "sk-live-do-not-leak" not in str(resp)
 
 
 def test_codex_plan_over_the_wire(stub: dispatch_pb2_grpc.DispatchServiceStub) -> None:
-    plan = stub.PlanSpawn(dispatch_pb2.PlanSpawnRequest(chat_id=".chat-2", executor="codex", model="codex:gpt-5"),
+    plan = stub.PlanSpawn(dispatch_pb2.PlanSpawnRequest(executor="codex", model="codex:gpt-5"),
                           timeout=TIMEOUT).plan
     assert list(plan.argv[:2]) == ["wgs-agent", "codex"]
     assert "claude" not in " ".join(plan.argv)
@@ -111,16 +116,15 @@ def test_codex_plan_over_the_wire(stub: dispatch_pb2_grpc.DispatchServiceStub) -
 
 
 @pytest.mark.parametrize("kw, code, fragment", [
-    ({"chat_id": ".chat-1", "executor": "gemini"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown executor 'gemini'"),
-    ({"chat_id": "chat-1"}, grpc.StatusCode.INVALID_ARGUMENT, "is not a chat id"),
-    ({"chat_id": ".chat-1", "endpoint": "lambda01"}, grpc.StatusCode.FAILED_PRECONDITION,
+    ({"executor": "gemini"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown executor 'gemini'"),
+    ({"endpoint": "lambda01"}, grpc.StatusCode.FAILED_PRECONDITION,
      "endpoint 'lambda01' is not configured (known: default-ep)"),
-    ({"chat_id": ".chat-1", "executor": "claude", "endpoint": INCIDENT_URL}, grpc.StatusCode.INVALID_ARGUMENT,
+    ({"executor": "claude", "endpoint": INCIDENT_URL}, grpc.StatusCode.INVALID_ARGUMENT,
      "does not use an endpoint"),
-    ({"chat_id": ".chat-1", "command": ["bash"], "model": "m"}, grpc.StatusCode.INVALID_ARGUMENT, "no model"),
-    ({"chat_id": ".chat-1", "working_dir": "rel"}, grpc.StatusCode.INVALID_ARGUMENT, "absolute"),
-    ({"chat_id": ".chat-1", "endpoint": "https://u:sk-pw@h:1"}, grpc.StatusCode.INVALID_ARGUMENT, "credentials"),
-    ({"chat_id": ".chat-1", "origin": 7}, grpc.StatusCode.INVALID_ARGUMENT, "SettingsOrigin"),
+    ({"command": ["bash"], "model": "m"}, grpc.StatusCode.INVALID_ARGUMENT, "no model"),
+    ({"working_dir": "rel"}, grpc.StatusCode.INVALID_ARGUMENT, "absolute"),
+    ({"endpoint": "https://u:sk-pw@h:1"}, grpc.StatusCode.INVALID_ARGUMENT, "credentials"),
+    ({"origin": 7}, grpc.StatusCode.INVALID_ARGUMENT, "SettingsOrigin"),
 ])
 def test_bad_input_gets_a_clear_status(stub: dispatch_pb2_grpc.DispatchServiceStub, kw: dict[str, object],
                                        code: grpc.StatusCode, fragment: str) -> None:
@@ -130,13 +134,17 @@ def test_bad_input_gets_a_clear_status(stub: dispatch_pb2_grpc.DispatchServiceSt
     assert "Traceback" not in (err.details() or "") and "sk-pw" not in (err.details() or "")
 
 
-def test_validate_only_checks_a_request_before_any_chat_exists(stub: dispatch_pb2_grpc.DispatchServiceStub) -> None:
-    ok = stub.PlanSpawn(dispatch_pb2.PlanSpawnRequest(validate_only=True, executor="nex", model="qwen3-coder",
-                                                      endpoint="https://lambda01.example:30000"), timeout=TIMEOUT)
-    assert ok.plan.chat_id == "" and ok.plan.executor == "native"
-    assert plan_error(stub, validate_only=True, executor="bogus").code() == grpc.StatusCode.INVALID_ARGUMENT
-    err = plan_error(stub, validate_only=True, chat_id=".chat-4", executor="nex")
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "validate_only" in (err.details() or "")
+def test_invalid_argument_names_the_field_in_a_bad_request_detail(stub: dispatch_pb2_grpc.DispatchServiceStub) -> None:
+    """grpc examples/python/errors: INVALID_ARGUMENT carries a google.rpc.BadRequest field violation."""
+    err = plan_error(stub, executor="native", model="m", endpoint=INCIDENT_URL,
+                     generation=plan_pb2.GenerationOverrides(temperature=9))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    assert bad.field_violations[0].field == "generation.temperature"
+    assert "0 to 2" in bad.field_violations[0].description
 
 
 def run_with_config(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
@@ -168,9 +176,9 @@ def test_config_edits_apply_without_restart(tmp_path: Path) -> None:
     try:
         with grpc.insecure_channel(proc.address) as ch:
             stub = dispatch_pb2_grpc.DispatchServiceStub(ch)
-            req = dispatch_pb2.PlanSpawnRequest(chat_id=".chat-4", model="m")
+            req = dispatch_pb2.PlanSpawnRequest(model="m")
             # No file: empty config, so a native chat without endpoint is refused.
-            err = plan_error(stub, chat_id=".chat-4", model="m")
+            err = plan_error(stub, model="m")
             assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "no endpoint configured" in (err.details() or "")
 
@@ -186,7 +194,7 @@ def test_config_edits_apply_without_restart(tmp_path: Path) -> None:
             write(config, '[[endpoints]]\nname = "c"\nurl = "nope"\ndefault = true\n')
             plan = stub.PlanSpawn(req, timeout=TIMEOUT).plan
             assert plan.endpoint.url == "http://b.example:2"
-            err = plan_error(stub, chat_id=".chat-4", model="m", endpoint="c")
+            err = plan_error(stub, model="m", endpoint="c")
             assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
             details = err.details() or ""
             assert "endpoint 'c' is not configured (known: b)" in details

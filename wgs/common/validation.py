@@ -22,19 +22,6 @@ COMMAND = "command"
 
 EXECUTORS: tuple[str, ...] = (NATIVE, CLAUDE, CODEX, COMMAND)
 
-# Accepted spellings → executor. Small and explicit on purpose: anything else is an error, never a
-# silent fall-through to a default (upstream ignored "nex" and ran claude instead).
-EXECUTOR_ALIASES: dict[str, str] = {
-    "native": NATIVE,
-    "nex": NATIVE,
-    "wg-nex": NATIVE,
-    "claude": CLAUDE,
-    "claude-code": CLAUDE,
-    "codex": CODEX,
-    "command": COMMAND,
-    "shell": COMMAND,
-}
-
 # Provider prefixes recognized in model strings ("nex:qwen3-coder"), as upstream's KNOWN_PROVIDERS;
 # anything else before a ':' is part of the model name ("deepseek-coder-v2:16b").
 KNOWN_MODEL_PREFIXES = frozenset({
@@ -64,6 +51,14 @@ def chat_id(value: str, field: str = "chat_id") -> str:
         raise InvalidArgument(f"{field} is required (a chat id like '.chat-3')")
     if not CHAT_ID_RE.match(value):
         raise InvalidArgument(f"{field} {_show(value)} is not a chat id; expected '.chat-N' with N a number")
+    return value
+
+
+def chat_name(value: str, field: str = "name") -> str:
+    """A chat's display name: at most MAX_NAME bytes, one line (the title becomes "Chat: <name>")."""
+    text(value, field, required=False, max_len=MAX_NAME)
+    if "\n" in value or "\r" in value:
+        raise InvalidArgument(f"{field} must be a single line")
     return value
 
 
@@ -140,13 +135,3 @@ def split_model(model: str) -> tuple[str, str]:
     if sep and rest and prefix.lower() in KNOWN_MODEL_PREFIXES:
         return prefix.lower(), rest
     return "", model
-
-
-def executor_choices() -> str:
-    aliases = ", ".join(f"{a} → {e}" for a, e in EXECUTOR_ALIASES.items() if a != e)
-    return f"{', '.join(EXECUTORS)} (aliases: {aliases})"
-
-
-def normalize_executor(value: str) -> str | None:
-    """The executor an accepted spelling means (case-insensitive), or None if unknown."""
-    return EXECUTOR_ALIASES.get(value.strip().lower())
