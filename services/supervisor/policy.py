@@ -9,7 +9,12 @@ See docs/restart-policy.md. Summary:
   stayed up `reset_after` seconds resets the delay (it was healthy);
 - more than `max_failures` failures within `failure_window` seconds → FAILED, which stays until
   RestartChat (no token-burning restart loop);
-- a requested stop → STOPPED, never restarted.
+- a requested stop → STOPPED, never restarted; stops wgs makes never count as failures;
+- a *permanent* failure (the executable is missing or not executable, a plan refused, an agent
+  reporting a problem only a person can fix: bad configuration, credentials, TLS, unknown model,
+  missing CLI) → FAILED at once: retrying cannot help, and each try may cost tokens;
+- a run whose end was not the agent's doing (its supervisor or monitor was lost and the run had to
+  be ended, or it was fenced) → restarted at once, not counted as a failure.
 """
 
 from __future__ import annotations
@@ -84,18 +89,30 @@ def on_end(
     exit_code: int | None,
     stop_requested: bool = False,
     describe: str = "",
+    permanent: bool = False,
+    fix: str = "",
+    not_the_agents_fault: bool = False,
 ) -> Decision:
-    """Decide what happens after a run ended (or failed to spawn: started_at None)."""
+    """Decide what happens after a run ended (or failed to spawn: started_at None).
+
+    `permanent`: restarting cannot help (FAILED now; `fix` says what a person must do).
+    `not_the_agents_fault`: the run was ended or lost by wgs itself (restart now, not counted)."""
     if stop_requested:
         return Decision(STOPPED, None, history, "")
     if exit_code == 0:
         return Decision(EXITED, None, replace(history, failures=(), consecutive=0), "")
+    what = describe or "the agent failed"
+    if permanent:
+        reason = f"{what}; restarting cannot fix this" + (f": {fix}" if fix else "") + \
+            "; then `wgs chat restart` (RestartChat)"
+        return Decision(FAILED, None, replace(history, failures=(*history.failures, now)), reason, started_at is None)
+    if not_the_agents_fault:
+        return Decision(BACKOFF, 0.0, history, f"{what}; restarting now")
     uptime = (now - started_at).total_seconds() if started_at is not None else 0.0
     failed_start = started_at is None or uptime < cfg.start_seconds
     consecutive = 1 if uptime >= cfg.reset_after else history.consecutive + 1
     window_start = now - timedelta(seconds=cfg.failure_window)
     failures = (*(t for t in history.failures if t >= window_start), now)
-    what = describe or "the agent failed"
     if failed_start and started_at is not None:
         what = f"failed start ({what} within {cfg.start_seconds:g}s)"
     if len(failures) > cfg.max_failures:

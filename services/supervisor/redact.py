@@ -24,7 +24,12 @@ class Redactor:
     """Replaces known secret values; build one per run from the injected values."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = {s for s in secrets if s and len(s) >= MIN_SECRET_LEN}
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Also redact these values (e.g. a run's own credentials once they are minted)."""
+        values = set(self._secrets) | {s for s in secrets if s and len(s) >= MIN_SECRET_LEN}
         # Longest first, so a secret containing another is replaced whole.
         self._secrets = sorted(values, key=len, reverse=True)
 

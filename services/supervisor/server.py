@@ -4,34 +4,50 @@ from __future__ import annotations
 
 import grpc
 
-from services.supervisor.chats import ChatManager, SupervisorSettings
-from services.supervisor.servicer import ChatServicer
-from wgs.common.clients import aio_channel, dispatch_stub, graph_stub
+from services.supervisor.clients import DispatchClient, GraphClient
+from services.supervisor.lifecycle import Lifecycle
+from services.supervisor.local_backend import LocalProcessBackend
+from services.supervisor.servicer import ChatServicer, SupervisorServicer
+from services.supervisor.settings import SupervisorSettings
+from wgs.common.clients import aio_channel
 from wgs.common.server import Service, main_for
 from wgs.common.settings import CommonSettings, target
-from wgs.v1 import chat_pb2_grpc
+from wgs.v1 import (
+    chat_pb2_grpc,
+    dispatch_pb2_grpc,
+    graph_pb2_grpc,
+    runtime_service_pb2_grpc,
+    supervisor_pb2_grpc,
+)
 
 SERVICE_NAME = "wgs.v1.ChatService"
+ADMIN_SERVICE_NAME = "wgs.v1.SupervisorService"
 
 
 async def build(settings: CommonSettings) -> Service:
     """Read the settings now (bad values stop the process with exit 2); adopt chats before SERVING."""
-    sup = SupervisorSettings.from_env(settings.state_dir)
+    sup = SupervisorSettings.from_env(settings.state_dir, listen=settings.listen)
     graph_channel = aio_channel(target("graph"))
     dispatch_channel = aio_channel(target("dispatch"))
-    manager = ChatManager(sup, graph_stub(graph_channel), dispatch_stub(dispatch_channel))
-    servicer = ChatServicer(manager)
+    graph = GraphClient(graph_pb2_grpc.GraphServiceStub(graph_channel),  # type: ignore[arg-type]
+                        runtime_service_pb2_grpc.RuntimeServiceStub(graph_channel),  # type: ignore[arg-type]
+                        sup.supervisor_id)
+    dispatch = DispatchClient(dispatch_pb2_grpc.DispatchServiceStub(dispatch_channel))  # type: ignore[arg-type]
+    backend = LocalProcessBackend(sup.state_dir, sup.supervisor_id, max_log_bytes=sup.max_log_bytes,
+                                  stop_grace=sup.stop_grace)
+    lifecycle = Lifecycle(sup, graph, dispatch, backend)
 
     def register(server: grpc.aio.Server) -> None:
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(lifecycle), server)
+        supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(lifecycle), server)
 
     async def stop() -> None:
-        await manager.close()
+        await lifecycle.close()
         await graph_channel.close()
         await dispatch_channel.close()
 
-    return Service(name="supervisor", service_names=[SERVICE_NAME], register=register, start=manager.start,
-                   stop=stop, extra={"manager": manager})
+    return Service(name="supervisor", service_names=[SERVICE_NAME, ADMIN_SERVICE_NAME], register=register,
+                   start=lifecycle.start, stop=stop, extra={"manager": lifecycle})
 
 
 def main() -> int:

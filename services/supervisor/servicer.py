@@ -1,4 +1,4 @@
-"""ChatService over gRPC: a thin layer over chats.ChatManager."""
+"""ChatService and SupervisorService over gRPC: thin layers over lifecycle.Lifecycle."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from services.supervisor.chats import ChatManager
-from wgs.v1 import chat_pb2, chat_pb2_grpc
+from services.supervisor.lifecycle import Lifecycle
+from wgs.v1 import chat_pb2, chat_pb2_grpc, supervisor_pb2, supervisor_pb2_grpc
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, manager: ChatManager) -> None:
-        self.m = manager
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.m = lifecycle
 
     async def CreateChat(self, request: chat_pb2.CreateChatRequest,
                          context: grpc.aio.ServicerContext) -> chat_pb2.CreateChatResponse:
-        return await self.m.create_chat(request)
+        return await self.m.create_chat(request, time_remaining=context.time_remaining())
 
     async def GetChat(self, request: chat_pb2.GetChatRequest,
                       context: grpc.aio.ServicerContext) -> chat_pb2.GetChatResponse:
@@ -37,8 +37,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def WatchChatMessages(self, request: chat_pb2.WatchChatMessagesRequest,
                                 context: grpc.aio.ServicerContext
                                 ) -> AsyncIterator[chat_pb2.WatchChatMessagesResponse]:
-        async for message in self.m.watch_messages(request):
-            yield chat_pb2.WatchChatMessagesResponse(message=message)
+        async for item in self.m.watch_messages(request):
+            yield item
 
     async def StopChat(self, request: chat_pb2.StopChatRequest,
                        context: grpc.aio.ServicerContext) -> chat_pb2.StopChatResponse:
@@ -64,3 +64,22 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                         context: grpc.aio.ServicerContext) -> AsyncIterator[chat_pb2.WatchChatResponse]:
         async for chat in self.m.watch_chat(request.chat_id):
             yield chat_pb2.WatchChatResponse(chat=chat)
+
+    async def StreamChatLog(self, request: chat_pb2.StreamChatLogRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[chat_pb2.StreamChatLogResponse]:
+        async for item in self.m.stream_log(request):
+            yield item
+
+
+class SupervisorServicer(supervisor_pb2_grpc.SupervisorServiceServicer):
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.m = lifecycle
+
+    async def StopAgents(self, request: supervisor_pb2.StopAgentsRequest,
+                         context: grpc.aio.ServicerContext) -> supervisor_pb2.StopAgentsResponse:
+        return supervisor_pb2.StopAgentsResponse(stopped=await self.m.stop_agents(request.reason))
+
+    async def ListReplicas(self, request: supervisor_pb2.ListReplicasRequest,
+                           context: grpc.aio.ServicerContext) -> supervisor_pb2.ListReplicasResponse:
+        replicas = await self.m.graph.supervisors(include_expired=request.include_expired)
+        return supervisor_pb2.ListReplicasResponse(replicas=replicas, answered_by=self.m.me)

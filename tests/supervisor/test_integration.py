@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from tests.supervisor.conftest import Stack, pid_alive, wait_chat, wait_gone, wait_output
-from wgs.v1 import chat_pb2, graph_pb2, runtime_pb2, task_pb2
+from wgs.v1 import chat_pb2, graph_pb2, plan_pb2, runtime_pb2, task_pb2
 
 PY = sys.executable
 RS = runtime_pb2
@@ -41,14 +41,14 @@ def test_agent_exit_3_recorded_with_stderr(stack: Stack) -> None:
     code = "import sys, time\ntime.sleep(1.2)\nsys.stderr.write('fatal: cannot reach endpoint\\n')\nsys.exit(3)"
     chat = create(stack, [PY, "-c", code]).chat
     stub = stack.chat()
-    exited, _ = wait_chat(stub, chat.id, lambda c: c.runtime.current_run.HasField("exit_code")
-                          or any(r.HasField("exit_code") for r in c.runtime.previous_runs))
+    exited, _ = wait_chat(stub, chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_BACKOFF)
     runs = [exited.runtime.current_run, *exited.runtime.previous_runs]
     first = next(r for r in runs if r.number == 1)
     assert first.exit_code == 3
     assert "fatal: cannot reach endpoint" in first.stderr_tail
-    got = stub.GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
-    assert "exit" in got.runtime.last_error or got.runtime.state == RS.RUNTIME_STATE_RUNNING
+    # The exit was a failure after a healthy start (not a failed start): BACKOFF, saying so.
+    assert exited.runtime.state == RS.RUNTIME_STATE_BACKOFF
+    assert "agent exited with code 3" in exited.runtime.last_error and "failed start" not in exited.runtime.last_error
 
 
 def test_spawn_failure_reported_in_response_and_chat_persists(stack: Stack) -> None:
@@ -56,15 +56,14 @@ def test_spawn_failure_reported_in_response_and_chat_persists(stack: Stack) -> N
     chat = resp.chat
     assert resp.created
     rt = chat.runtime
-    assert rt.state == RS.RUNTIME_STATE_BACKOFF
+    # Retrying cannot find a missing executable: FAILED at once, the reason and the fix named.
+    assert rt.state == RS.RUNTIME_STATE_FAILED
     assert "executable not found" in rt.last_error and "no-such-agent-binary-xyz" in rt.last_error
+    assert "restarting cannot fix this" in rt.last_error and "wgs chat restart" in rt.last_error
     assert rt.current_run.pid == 0 and "executable not found" in rt.current_run.error
-    assert rt.HasField("next_restart_at")
+    assert rt.current_run.end == RS.RUN_END_SPAWN_FAILED and not rt.HasField("next_restart_at")
     got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
-    assert got.id == chat.id
-    # The restarts keep failing → FAILED (3 allowed failures in the test policy), and the chat remains.
-    failed, _ = wait_chat(stack.chat(), chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_FAILED)
-    assert "until RestartChat" in failed.runtime.last_error
+    assert got.id == chat.id and got.runtime.state == RS.RUNTIME_STATE_FAILED
     with pytest.raises(grpc.RpcError) as err:
         stack.chat().SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hi"), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -113,9 +112,9 @@ def test_idle_exit_then_lazy_respawn_on_message(stack: Stack) -> None:
                             timeout=20)
     assert resp.respawned and resp.message.seq >= 1 and resp.message.request_id == "m1"
     assert resp.runtime.state == RS.RUNTIME_STATE_RUNNING and resp.runtime.current_run.number == 2
-    # A message to a running agent does not respawn.
+    # A message to the running agent does not respawn it (the agent sleeps 1.1 s: still running now).
     again = stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="more"), timeout=20)
-    assert not again.respawned or again.runtime.current_run.number == 3
+    assert not again.respawned and again.runtime.current_run.number == 2
 
 
 def _group_left(pgid: int) -> list[int]:
@@ -256,7 +255,8 @@ def test_bad_input_on_every_rpc(stack: Stack) -> None:
     assert code(stub.SendMessage, chat_pb2.SendMessageRequest(chat_id=".chat-999", text="x")) == \
         grpc.StatusCode.NOT_FOUND
     assert code(stub.ListChatMessages, chat_pb2.ListChatMessagesRequest(chat_id=bad)) == inv
-    assert code(stub.ListChatMessages, chat_pb2.ListChatMessagesRequest(chat_id=".chat-1", limit=5000)) == inv
+    assert code(stub.ListChatMessages, chat_pb2.ListChatMessagesRequest(chat_id=".chat-1", page_size=5000)) == inv
+    assert code(stub.StreamChatLog, chat_pb2.StreamChatLogRequest(chat_id=bad)) == inv
     assert code(stub.WatchChatMessages, chat_pb2.WatchChatMessagesRequest(chat_id=bad)) == inv
     assert code(stub.StopChat, chat_pb2.StopChatRequest(chat_id=bad)) == inv
     assert code(stub.StopChat, chat_pb2.StopChatRequest(chat_id=".chat-999")) == grpc.StatusCode.NOT_FOUND
@@ -290,13 +290,13 @@ def test_incident_replay_native_endpoint(stack: Stack) -> None:
     chat = resp.chat
     rt = chat.runtime
     assert rt.plan.executor == "native" and rt.plan.model == "qwen3-coder"
-    assert rt.plan.endpoint.url.startswith(url) and rt.plan.endpoint.source == "request"
+    assert rt.plan.endpoint.url.startswith(url) and rt.plan.endpoint.source == plan_pb2.CHOICE_SOURCE_REQUEST
     argv = list(rt.current_run.argv)
     assert argv[0].endswith("wgs-agent") and "--endpoint" in argv and argv[argv.index("--endpoint") + 1] == \
         rt.plan.endpoint.url
-    # Spawned at once, without any message.
+    # Spawned at once, without any message (the agent then finds the endpoint unreachable).
     assert rt.current_run.number == 1 and rt.current_run.started_at.seconds > 0
-    assert rt.current_run.pid > 0 or rt.current_run.error
+    assert rt.state == RS.RUNTIME_STATE_RUNNING and rt.current_run.pid > 0 and not rt.current_run.error
     assert Path(rt.current_run.stderr_path).exists()
     assert chat.trace_id == rt.trace_id
     # The sweep leaves it alone (the supervisor's lease is valid).
@@ -306,14 +306,15 @@ def test_incident_replay_native_endpoint(stack: Stack) -> None:
     assert got.status == task_pb2.TASK_STATUS_IN_PROGRESS
 
 
-def test_unknown_endpoint_name_keeps_chat_with_error(stack: Stack) -> None:
-    resp = stack.chat().CreateChat(chat_pb2.CreateChatRequest(
-        model="qwen3-coder", executor="native", endpoint="no-such-endpoint"), timeout=20)
-    assert resp.created
-    rt = resp.chat.runtime
-    assert rt.state == RS.RUNTIME_STATE_FAILED and "no-such-endpoint" in rt.last_error
-    got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=resp.chat.id), timeout=10).chat
-    assert got.runtime.state == RS.RUNTIME_STATE_FAILED
+def test_a_plan_refused_at_creation_writes_nothing_and_says_why_in_dispatchs_words(stack: Stack) -> None:
+    stub = stack.chat()
+    for _ in range(2):  # each try used to leave a FAILED chat behind
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CreateChat(chat_pb2.CreateChatRequest(model="qwen3-coder", executor="native",
+                                                       endpoint="no-such-endpoint"), timeout=20)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "endpoint 'no-such-endpoint' is not configured (known: none)" in (err.value.details() or "")
+    assert list(stub.ListChats(chat_pb2.ListChatsRequest(include_ended=True), timeout=10).chats) == []
 
 
 def test_spawn_span_and_traceparent_reach_the_agent(tmp_path: Path) -> None:
@@ -368,14 +369,22 @@ def test_spawn_span_and_traceparent_reach_the_agent(tmp_path: Path) -> None:
         graph.terminate()
 
 
-def test_watch_all_chats_streams_changes(stack: Stack) -> None:
+def test_watch_all_chats_streams_every_chats_changes(stack: Stack) -> None:
+    """WatchChat("") first lists the chats it has, then keeps streaming: it must not end after that."""
     stub = stack.chat()
+    old = create(stack, SLEEPER).chat
     stream = stub.WatchChat(chat_pb2.WatchChatRequest(), timeout=20)
-    chat = create(stack, [PY, "-c", "pass"]).chat
-    for resp in stream:
-        if resp.chat.id == chat.id and resp.chat.runtime.state == RS.RUNTIME_STATE_EXITED:
-            break
-    stream.cancel()
+    seen: list[tuple[str, int]] = []
+    new = create(stack, [PY, "-c", "pass"]).chat
+    try:
+        for resp in stream:
+            seen.append((resp.chat.id, resp.chat.runtime.state))
+            if resp.chat.id == new.id and resp.chat.runtime.state == RS.RUNTIME_STATE_EXITED:
+                break
+    finally:
+        stream.cancel()
+    assert seen[0] == (old.id, RS.RUNTIME_STATE_RUNNING)  # the snapshot
+    assert (new.id, RS.RUNTIME_STATE_EXITED) in seen  # a change after it
 
 
 def test_live_chat_cap_is_resource_exhausted(stack: Stack) -> None:

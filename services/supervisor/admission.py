@@ -1,0 +1,143 @@
+"""Admission control for CreateChat: refuse fast what the machine cannot serve, never queue until
+deadlines expire.
+
+- **Concurrency.** At most `max_concurrent` creates spawn at once. A create waits for a slot only
+  while waiting can still help: no longer than `queue_seconds`, never past the caller's deadline,
+  and not at all when `max_waiting` creates already wait. Otherwise it is RESOURCE_EXHAUSTED at once,
+  with a google.rpc.RetryInfo hint, before anything is written.
+- **Memory.** A new chat is refused (RESOURCE_EXHAUSTED naming the limit and the use) when the
+  container's cgroup memory in use plus what one chat costs would pass its limit (less a reserve),
+  so the kernel never OOM-kills the pod and every chat in it.
+
+The memory figures come from cgroup files (v2 `memory.max`/`memory.current`, v1
+`memory.limit_in_bytes`/`memory.usage_in_bytes`) read through `MemoryProbe`, injectable for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from wgs.common.errors import ResourceExhausted
+
+UNLIMITED = 1 << 62  # cgroup v1 reports "no limit" as a huge number
+RESERVE_FRACTION = 0.05  # headroom kept below the limit (page cache, bursts)
+
+
+@dataclass(frozen=True)
+class Memory:
+    used: int  # bytes in use by the container's cgroup (0: unknown)
+    limit: int  # its limit (0: none)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return 0 if value >= UNLIMITED else value
+
+
+def own_cgroup_memory(proc_self_cgroup: Path = Path("/proc/self/cgroup"),
+                      root: Path = Path("/sys/fs/cgroup")) -> Memory:
+    """Memory use and limit of this process's cgroup (v2 unified, else v1 memory controller)."""
+    try:
+        lines = proc_self_cgroup.read_text().splitlines()
+    except OSError:
+        return Memory(0, 0)
+    for line in lines:
+        hierarchy, controllers, path = [*line.split(":", 2), "", ""][:3]
+        rel = path.lstrip("/")
+        if hierarchy == "0" and controllers == "":
+            base = root / rel
+            limit = _read_int(base / "memory.max")
+            used = _read_int(base / "memory.current")
+            if limit is not None or used is not None:
+                return Memory(used or 0, limit or 0)
+        if "memory" in controllers.split(","):
+            base = root / "memory" / rel
+            limit = _read_int(base / "memory.limit_in_bytes")
+            used = _read_int(base / "memory.usage_in_bytes")
+            if limit is not None or used is not None:
+                return Memory(used or 0, limit or 0)
+    return Memory(0, 0)
+
+
+MemoryProbe = Callable[[], Memory]
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f} MiB"
+
+
+class Admission:
+    def __init__(self, *, max_concurrent: int, queue_seconds: float, chat_bytes: int,
+                 memory: MemoryProbe = own_cgroup_memory, max_waiting: int | None = None) -> None:
+        self.max_concurrent = max_concurrent
+        self.queue_seconds = queue_seconds
+        self.chat_bytes = chat_bytes
+        self.memory = memory
+        self.max_waiting = max_waiting if max_waiting is not None else 4 * max_concurrent
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._waiting = 0
+        self._busy = 0
+        self._recent: list[float] = []  # durations of recent creates, for the wait estimate
+
+    def estimate(self) -> float:
+        """Typical seconds one create holds a slot (median of recent ones; 50 ms before any)."""
+        if not self._recent:
+            return 0.05
+        return sorted(self._recent)[len(self._recent) // 2]
+
+    def check_memory(self) -> None:
+        mem = self.memory()
+        if mem.limit <= 0 or self.chat_bytes <= 0:
+            return
+        allowed = int(mem.limit * (1 - RESERVE_FRACTION))
+        if mem.used + self.chat_bytes > allowed:
+            raise ResourceExhausted(
+                f"not enough memory for another chat: the supervisor's container uses {_mib(mem.used)} of its "
+                f"{_mib(mem.limit)} limit and a chat needs about {_mib(self.chat_bytes)} (WGS_CHAT_MEMORY_BYTES); "
+                "stop or delete chats, or give the supervisor more memory (or another replica)", retry_after=30.0)
+
+    @asynccontextmanager
+    async def slot(self, time_remaining: float | None = None) -> AsyncIterator[None]:
+        """Hold a create slot for the block; RESOURCE_EXHAUSTED if none can be had in time."""
+        if self._slots.locked():
+            wait = min(self.queue_seconds, time_remaining if time_remaining is not None else self.queue_seconds)
+            queued_ahead = self._waiting // self.max_concurrent + 1
+            expected = queued_ahead * self.estimate()
+            if self._waiting >= self.max_waiting or wait <= 0 or expected > wait:
+                raise ResourceExhausted(
+                    f"the supervisor is busy: {self._busy} chats are being created and {self._waiting} wait; "
+                    f"retry in {max(expected, 0.1):.1f}s", retry_after=max(expected, 0.1))
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), wait)
+            except TimeoutError:
+                raise ResourceExhausted(
+                    f"the supervisor is busy: no create slot freed within {wait:.1f}s; retry in "
+                    f"{self.estimate():.1f}s", retry_after=max(self.estimate(), 0.1)) from None
+            finally:
+                self._waiting -= 1
+        else:
+            await self._slots.acquire()
+        self._busy += 1
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self._slots.release()
+            self._recent.append(time.monotonic() - started)
+            del self._recent[:-50]

@@ -1,0 +1,221 @@
+"""Runs of a chat's agent: spawning one (with its span and pre-spawn log line), and recording how
+runs end (exit spans, the graph record, retried while the graph is unavailable, batched).
+
+The lifecycle decides *what* happens (states, restarts); this module does the work of starting a
+run and of writing down its end, the same way for every caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+
+from services.supervisor import agentenv
+from services.supervisor.backend import ExitInfo, RunBackend, RunHandle, RunSpec, SpawnFailed
+from services.supervisor.clients import GraphClient, status_error
+from services.supervisor.clock import Clock
+from services.supervisor.redact import Redactor
+from services.supervisor.settings import SupervisorSettings
+from wgs.common import attributes as attrs
+from wgs.common import chat_states, errors, telemetry
+from wgs.common.logs import fields
+from wgs.v1 import plan_pb2, runtime_pb2, runtime_service_pb2
+
+log = logging.getLogger("wgs.supervisor")
+tracer = telemetry.tracer("wgs.supervisor")
+RS = runtime_service_pb2
+
+BATCH_WINDOW = 0.005  # exits arriving within this many seconds are recorded in one transaction
+BATCH_MAX = 500
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0, 30.0)  # ~2 min while the graph is unavailable
+
+
+def shown_plan(plan: plan_pb2.SpawnPlan, redactor: Redactor) -> plan_pb2.SpawnPlan:
+    """The plan as recorded and shown: argv with secrets redacted."""
+    out = plan_pb2.SpawnPlan()
+    out.CopyFrom(plan)
+    del out.argv[:]
+    out.argv.extend(redactor.argv(plan.argv))
+    return out
+
+
+@dataclass
+class _Pending:
+    item: RS.RunExit
+    future: asyncio.Future[runtime_pb2.ChatRuntime] = field(default_factory=lambda: asyncio.get_running_loop()
+                                                            .create_future())
+
+
+class ExitRecorder:
+    """Writes RunExit records: batches those arriving together into one RecordRunExited call and
+    retries the batch while the graph is unavailable (the exit files stay on disk meanwhile, so an
+    exit whose record never lands is recorded by the next adoption)."""
+
+    def __init__(self, graph: GraphClient) -> None:
+        self._graph = graph
+        self._queue: list[_Pending] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def record(self, item: RS.RunExit) -> runtime_pb2.ChatRuntime:
+        pending = _Pending(item)
+        self._queue.append(pending)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush())
+        return await pending.future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(BATCH_WINDOW)
+        while self._queue:
+            batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
+            await self._send(batch)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            try:
+                results = await self._graph.runs_exited([p.item for p in batch])
+            except errors.Unavailable as exc:
+                if delay is None or self._closing:
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    return
+                log.warning("could not record %d exit(s) (attempt %d): %s; retrying in %gs", len(batch),
+                            attempt + 1, exc.message, delay)
+                await asyncio.sleep(delay)
+                continue
+            except errors.WgsError as exc:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                return
+            for p, res in zip(batch, results, strict=False):
+                if p.future.done():
+                    continue
+                if res.error_code:
+                    p.future.set_exception(status_error(res.error_code, res.error_message))
+                else:
+                    p.future.set_result(res.runtime)
+            return
+
+    def close(self) -> None:
+        self._closing = True
+        if self._flushing is not None:
+            self._flushing.cancel()
+
+
+class Runs:
+    def __init__(self, settings: SupervisorSettings, graph: GraphClient, backend: RunBackend, clock: Clock,
+                 agent_credentials: Any = None) -> None:
+        self.s = settings
+        self.graph = graph
+        self.backend = backend
+        self.clock = clock
+        self.exits = ExitRecorder(graph)
+        # (chat_id, run_number) -> env vars with the run's own credentials (issue 12); None: none
+        self._credentials = agent_credentials
+
+    # -- spawn -------------------------------------------------------------------------------
+
+    async def spawn(self, chat_id: str, number: int, plan: plan_pb2.SpawnPlan, redactor: Redactor,
+                    links: list[SpanContext]) -> RunHandle:
+        """Start run `number` of the chat with `plan`: pre-spawn log line, spawn span, the run's
+        environment; returns the handle (not yet recorded). SpawnFailed says why not."""
+        cwd = plan.working_dir or self.s.default_cwd
+        log_path = self.backend.log_path(chat_id, number)
+        shown = redactor.argv(plan.argv)
+        program = os.path.basename(plan.argv[0]) if plan.argv else "agent"
+        endpoint = plan.endpoint.url if plan.HasField("endpoint") else ""
+        ep_source = plan.endpoint.source_detail if plan.HasField("endpoint") else ""
+        span_links = [Link(c) for c in links if c.is_valid]
+        with tracer.start_as_current_span(program, kind=SpanKind.CLIENT, links=span_links, attributes={
+            "process.executable.name": program, "process.command_args": shown, attrs.CHAT_ID: chat_id,
+            attrs.STDERR_PATH: str(log_path), attrs.RUN_NUMBER: number, attrs.PLAN_EXECUTOR: plan.executor,
+            attrs.PLAN_MODEL: plan.model, attrs.PLAN_ENDPOINT_URL: endpoint, attrs.PLAN_ENDPOINT_SOURCE: ep_source,
+        }) as span:
+            span_trace = telemetry.current_trace_id()
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            log.info("spawning agent for %s run %d: executor=%s model=%s endpoint=%s (%s) argv=%s cwd=%s stderr=%s",
+                     chat_id, number, plan.executor, plan.model, endpoint or "none", ep_source or "-", shown, cwd,
+                     log_path, extra=fields(chat_id=chat_id, run=number, executor=plan.executor, model=plan.model,
+                                            endpoint=endpoint, endpoint_source=ep_source, argv=shown, cwd=cwd,
+                                            stderr_path=str(log_path), trace_id=span_trace))
+            try:
+                creds = self._credentials(chat_id, number) if self._credentials is not None else None
+                env = agentenv.build(plan, chat_id=chat_id, run_number=number, graph_target=self.s.graph_target,
+                                     state_dir=str(self.s.state_dir), trace_carrier=carrier, credentials=creds)
+                redactor.add(env.secrets)
+                handle = await self.backend.spawn(RunSpec(chat_id=chat_id, number=number, argv=list(plan.argv),
+                                                          display_argv=shown, env=env.env, cwd=cwd))
+            except SpawnFailed as exc:
+                span.set_status(trace.StatusCode.ERROR, exc.message)
+                log.error("spawn of %s run %d failed: %s (stderr=%s)", chat_id, number, exc.message, log_path,
+                          extra=fields(chat_id=chat_id, run=number, error=exc.message))
+                raise
+            span.set_attribute("process.pid", handle.pid)
+            handle.span = span.get_span_context()
+            handle.trace_id = span_trace
+        log.info("agent for %s run %d running: pid %d (monitor %d)", chat_id, number, handle.pid, handle.monitor_pid,
+                 extra=fields(chat_id=chat_id, run=number, pid=handle.pid, monitor_pid=handle.monitor_pid,
+                              stderr_path=str(handle.log_path)))
+        return handle
+
+    def failed_spawn_run(self, chat_id: str, number: int, message: str, started: datetime,
+                         redactor: Redactor, display_argv: list[str]) -> runtime_pb2.Run:
+        """The record of a run that could not start (pid 0, its error and whatever it wrote)."""
+        log_path = self.backend.log_path(chat_id, number)
+        run = runtime_pb2.Run(number=number, pid=0, argv=display_argv, stderr_path=str(log_path), error=message,
+                              hostname=self.backend.hostname, supervisor_id=self.s.supervisor_id,
+                              trace_id=telemetry.current_trace_id(), end=runtime_pb2.RUN_END_SPAWN_FAILED)
+        run.started_at.FromDatetime(started)
+        run.exited_at.FromDatetime(self.clock.now())
+        run.stderr_tail = redactor.text(self.backend.tail(log_path))
+        return run
+
+    # -- exits -------------------------------------------------------------------------------
+
+    def ended_run(self, handle: RunHandle, info: ExitInfo, redactor: Redactor, *, end: int,
+                  detail: str = "") -> runtime_pb2.Run:
+        """The record of how a run ended (exit status, its output tail redacted, who ended it)."""
+        rec = runtime_pb2.Run(number=handle.number, pid=handle.pid, error=info.error, signal_name=info.signal_name,
+                              stderr_tail=redactor.text(self.backend.tail(handle)), end=end,  # type: ignore[arg-type]
+                              end_detail=detail, leftovers_ended=info.leftovers)
+        rec.exited_at.FromDatetime(info.exited_at)
+        if info.exit_code is not None:
+            rec.exit_code = info.exit_code
+        if info.signal is not None:
+            rec.signal = info.signal
+        return rec
+
+    def exit_span(self, handle: RunHandle, info: ExitInfo, state: int, restart_count: int,
+                  create_span: SpanContext | None) -> None:
+        """An `agent exit` span in a trace of its own, linked to the spawn and the creating call."""
+        links = [Link(c) for c in (handle.span, create_span) if c is not None and c.is_valid]
+        exit_attrs: dict[str, Any] = {
+            attrs.CHAT_ID: handle.chat_id, "process.pid": handle.pid, attrs.RUN_NUMBER: handle.number,
+            "process.exit.code": info.exit_code if info.exit_code is not None else -1,
+            attrs.EXIT_SIGNAL: info.signal_name, attrs.STDERR_PATH: str(handle.log_path),
+            attrs.RUNTIME_STATE: chat_states.name(state), attrs.RESTART_COUNT: restart_count,
+        }
+        failed = not handle.stop_reason and (info.exit_code != 0 or info.signal is not None or bool(info.error))
+        if failed:
+            exit_attrs["error.type"] = (info.signal_name or (f"exit code {info.exit_code}"
+                                        if info.exit_code is not None else "unknown exit"))
+        with tracer.start_as_current_span("agent exit", context=trace.set_span_in_context(trace.INVALID_SPAN),
+                                          links=links, attributes=exit_attrs) as span:
+            if failed:
+                span.set_status(Status(StatusCode.ERROR, info.describe()))
+
+    async def record(self, item: RS.RunExit) -> runtime_pb2.ChatRuntime:
+        return await self.exits.record(item)
+
+    def close(self) -> None:
+        self.exits.close()

@@ -1,0 +1,55 @@
+"""The supervisor's settings (environment variables, read once at start; bad values stop it)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.supervisor import policy
+from wgs.common.settings import env_float, env_int, env_str, target
+
+DEFAULT_MAX_LOG_BYTES = 8 * 1024 * 1024
+
+
+def default_supervisor_id(state_dir: Path) -> str:
+    """`<host>-<hash of host and state dir>`: stable across restarts of one stack, distinct per stack."""
+    host = socket.gethostname()
+    return f"{host}-{hashlib.sha256(f'{host}:{state_dir}'.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    state_dir: Path
+    supervisor_id: str
+    lease_seconds: int
+    max_live_chats: int
+    stop_grace: float
+    max_log_bytes: int
+    graph_target: str
+    default_cwd: str
+    policy: policy.PolicyConfig
+    advertise_address: str = ""
+    max_concurrent_creates: int = 8  # creates spawning at once; more wait (bounded) or are refused
+    create_queue_seconds: float = 2.0  # longest a create waits for a slot before RESOURCE_EXHAUSTED
+    chat_memory_bytes: int = 40 * 1024 * 1024  # what one live chat costs (agent + monitor), for admission
+
+    @classmethod
+    def from_env(cls, state_dir: Path, *, listen: str = "") -> SupervisorSettings:
+        return cls(
+            state_dir=state_dir,
+            supervisor_id=env_str("WGS_SUPERVISOR_ID", default_supervisor_id(state_dir)),
+            lease_seconds=env_int("WGS_LEASE_SECONDS", 30, minimum=3, maximum=3600),
+            max_live_chats=env_int("WGS_MAX_LIVE_CHATS", 100, minimum=0),
+            stop_grace=env_float("WGS_STOP_GRACE_SECONDS", 5.0),
+            max_log_bytes=env_int("WGS_MAX_RUN_LOG_BYTES", DEFAULT_MAX_LOG_BYTES, minimum=0),
+            graph_target=target("graph"),
+            default_cwd=os.getcwd(),
+            policy=policy.PolicyConfig.from_env(),
+            advertise_address=env_str("WGS_SUPERVISOR_ADVERTISE_ADDR", listen),
+            max_concurrent_creates=env_int("WGS_MAX_CONCURRENT_CREATES", 8, minimum=1, maximum=1024),
+            create_queue_seconds=env_float("WGS_CREATE_QUEUE_SECONDS", 2.0),
+            chat_memory_bytes=env_int("WGS_CHAT_MEMORY_BYTES", 40 * 1024 * 1024, minimum=0),
+        )

@@ -1,0 +1,86 @@
+"""What clients see of a chat: the Chat message built from the graph record, and the event bus
+that streams changes to WatchChat.
+
+Truthful now vs history: `Chat.pid` is set only while a run of the chat lives (the runs keep their
+pids as history); the runtime's last_error is the graph's, which is cleared when a run starts (the
+failure stays on the run in previous_runs). The stderr tail of a list comes from the records only
+(kept when a run ends): no file is read per chat. Only GetChat reads the live run's file, off the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.supervisor.redact import Redactor
+from wgs.common import chat_states, validation
+from wgs.v1 import chat_pb2, runtime_pb2, task_pb2
+
+QUEUE_SIZE = 1000
+
+
+def chat_name(task: task_pb2.Task) -> str:
+    return task.title.removeprefix("Chat: ") if task.title.startswith("Chat: ") else ""
+
+
+def is_deleted(task: task_pb2.Task) -> bool:
+    return task.status == task_pb2.TASK_STATUS_ABANDONED
+
+
+def is_archived(task: task_pb2.Task) -> bool:
+    return validation.ARCHIVED_TAG in task.tags
+
+
+def run_is_live(runtime: runtime_pb2.ChatRuntime) -> bool:
+    """Whether the record says the current run lives (started, not exited, state RUNNING)."""
+    run = runtime.current_run
+    return (runtime.HasField("current_run") and run.pid > 0 and not run.HasField("exited_at")
+            and runtime.state == chat_states.RUNNING)
+
+
+def to_chat(task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, *, redactor: Redactor,
+            live_tail: str | None = None) -> chat_pb2.Chat:
+    """The Chat of a graph record. `live_tail`: the live run's output tail (GetChat only)."""
+    chat = chat_pb2.Chat(
+        id=task.id, name=chat_name(task), title=task.title, status=task.status, tags=list(task.tags),
+        model=task.model, executor=task.executor, endpoint=task.endpoint, command=list(task.command_argv),
+        runtime=runtime, trace_id=runtime.trace_id,
+    )
+    if task.HasField("created_at"):
+        chat.created_at.CopyFrom(task.created_at)
+    if task.HasField("generation"):
+        chat.generation.CopyFrom(task.generation)
+    if run_is_live(runtime):
+        chat.pid = runtime.current_run.pid
+    tail = live_tail if live_tail else runtime.current_run.stderr_tail
+    chat.stderr_tail = redactor.text(tail)
+    return chat
+
+
+class EventBus:
+    """In-process fan-out of chat changes to WatchChat streams ("" watches every chat)."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[asyncio.Queue[chat_pb2.Chat]]] = {}
+
+    def subscribe(self, chat_id: str) -> asyncio.Queue[chat_pb2.Chat]:
+        q: asyncio.Queue[chat_pb2.Chat] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._subs.setdefault(chat_id, set()).add(q)
+        return q
+
+    def unsubscribe(self, chat_id: str, q: asyncio.Queue[chat_pb2.Chat]) -> None:
+        subs = self._subs.get(chat_id)
+        if subs is not None:
+            subs.discard(q)
+            if not subs:
+                del self._subs[chat_id]
+
+    def wanted(self, chat_id: str) -> bool:
+        return bool(self._subs.get(chat_id) or self._subs.get(""))
+
+    def publish(self, chat: chat_pb2.Chat) -> None:
+        for key in (chat.id, ""):
+            for q in list(self._subs.get(key, ())):
+                if q.full():  # a stuck watcher loses the oldest change, never blocks the supervisor
+                    q.get_nowait()
+                q.put_nowait(chat)
