@@ -32,7 +32,7 @@ from tests.harness import (
     start_service,
     test_database_urls,
 )
-from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2, graph_pb2_grpc, runtime_pb2, task_pb2
+from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2, graph_pb2_grpc, plan_pb2, runtime_pb2, task_pb2
 
 MODEL = "qwen3-coder"
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
@@ -130,7 +130,7 @@ def test_B_the_agent_runs_when_create_chat_returns(incident: Incident) -> None:
 def test_C_the_inline_endpoint_is_used_not_the_default(incident: Incident) -> None:
     chat = incident.create()
     plan = chat.runtime.plan
-    assert plan.endpoint.url == incident.llm.base_url and plan.endpoint.source == "request"
+    assert plan.endpoint.url == incident.llm.base_url and plan.endpoint.source == plan_pb2.CHOICE_SOURCE_REQUEST
     argv = list(chat.runtime.current_run.argv)
     assert argv[argv.index("--endpoint") + 1] == incident.llm.base_url
     sent = incident.chat.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hello"), timeout=10)

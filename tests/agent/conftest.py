@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from tests.harness import REPO, ServiceProcess, base_env, start_service
-from wgs.v1 import graph_pb2, graph_pb2_grpc, task_pb2
+from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_service_pb2, runtime_service_pb2_grpc, task_pb2
 
 USER = task_pb2.MESSAGE_ROLE_USER
 ASSISTANT = task_pb2.MESSAGE_ROLE_ASSISTANT
@@ -83,16 +83,27 @@ class Chat:
 
 
 @pytest.fixture
-def stub(graph: ServiceProcess) -> Iterator[graph_pb2_grpc.GraphServiceStub]:
+def channel(graph: ServiceProcess) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(graph.address) as ch:
-        yield graph_pb2_grpc.GraphServiceStub(ch)
+        yield ch
 
 
 @pytest.fixture
-def chat(stub: graph_pb2_grpc.GraphServiceStub) -> Chat:
-    resp = stub.CreateChatTask(graph_pb2.CreateChatTaskRequest(
-        name="agent-test", supervisor_id="agent-tests", lease_seconds=600), timeout=10)
-    return Chat(stub, resp.task.id)
+def stub(channel: grpc.Channel) -> graph_pb2_grpc.GraphServiceStub:
+    return graph_pb2_grpc.GraphServiceStub(channel)
+
+
+def new_chat(channel: grpc.Channel, name: str = "agent-test") -> Chat:
+    """A chat record in the graph, as a supervisor would create it (the tests play the supervisor)."""
+    resp = runtime_service_pb2_grpc.RuntimeServiceStub(channel).CreateChatTask(
+        runtime_service_pb2.CreateChatTaskRequest(name=name, supervisor_id="agent-tests", lease_seconds=600),
+        timeout=10)
+    return Chat(graph_pb2_grpc.GraphServiceStub(channel), resp.task.id)
+
+
+@pytest.fixture
+def chat(channel: grpc.Channel) -> Chat:
+    return new_chat(channel)
 
 
 @dataclass

@@ -264,9 +264,8 @@ def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> 
     """The message stream is re-opened after the graph service restarts; nothing is lost."""
     import grpc
 
-    from tests.agent.conftest import Chat as ChatHandle
+    from tests.agent.conftest import new_chat
     from tests.harness import base_env, wait_serving
-    from wgs.v1 import graph_pb2, graph_pb2_grpc
 
     state = tmp_path / "own-graph"
     state.mkdir()
@@ -289,10 +288,7 @@ def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> 
     port = int(address.rsplit(":", 1)[1])
     try:
         with grpc.insecure_channel(address) as ch, FakeOpenAI(models=["m"]) as fake:
-            stub = graph_pb2_grpc.GraphServiceStub(ch)
-            cid = stub.CreateChatTask(graph_pb2.CreateChatTaskRequest(
-                supervisor_id="t", lease_seconds=600), timeout=10).task.id
-            chat = ChatHandle(stub, cid)
+            chat = new_chat(ch)
             agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_GRAPH_ADDR": address})
             r1 = chat.send("before restart")
             assert chat.wait_answer(r1).role == ASSISTANT

@@ -60,9 +60,11 @@ def _failed_chat() -> chat_pb2.Chat:
                           argv=["wgs-agent", "native", "--chat", ".chat-7"], stderr_tail="boom\n")
     run.exited_at.FromDatetime(datetime(2026, 1, 1, tzinfo=UTC))
     plan = plan_pb2.SpawnPlan(
-        chat_id=".chat-7", executor="native", executor_source="request", model="qwen3-coder",
-        model_source="request", argv=["wgs-agent", "native"],
-        endpoint=plan_pb2.PlannedEndpoint(url="https://lambda01.example:30000", source="request"),
+        executor="native", executor_source=plan_pb2.CHOICE_SOURCE_REQUEST, executor_source_detail="request",
+        model="qwen3-coder", model_source=plan_pb2.CHOICE_SOURCE_REQUEST, model_source_detail="request",
+        argv=["wgs-agent", "native"],
+        endpoint=plan_pb2.PlannedEndpoint(url="https://lambda01.example:30000", source=plan_pb2.CHOICE_SOURCE_REQUEST,
+                                          source_detail="request"),
         env=[plan_pb2.EnvVar(name="WGS_API_KEY", value_from_env="LAMBDA_KEY", secret=True)],
     )
     rt = runtime_pb2.ChatRuntime(state=runtime_pb2.RUNTIME_STATE_BACKOFF, current_run=run, restart_count=1,
@@ -70,7 +72,7 @@ def _failed_chat() -> chat_pb2.Chat:
                                  trace_id="ab" * 16)
     rt.next_restart_at.FromDatetime(datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC))
     return chat_pb2.Chat(id=".chat-7", name="demo", runtime=rt, stderr_tail="boom\n", trace_id="ab" * 16,
-                         status=task_pb2.TASK_STATUS_IN_PROGRESS)
+                         status=task_pb2.TASK_STATUS_IN_PROGRESS, pid=0)
 
 
 def test_json_has_the_documented_keys() -> None:
@@ -78,11 +80,15 @@ def test_json_has_the_documented_keys() -> None:
     for key in ("id", "state", "pid", "exit_code", "signal", "restart_count", "last_error", "stderr_path",
                 "stderr_tail", "trace_id", "plan"):
         assert key in doc
-    assert doc["id"] == ".chat-7" and doc["state"] == "BACKOFF" and doc["pid"] == 4242
+    # The run's pid is history (it exited): the chat has no live pid now.
+    assert doc["id"] == ".chat-7" and doc["state"] == "BACKOFF" and doc["pid"] is None
+    assert doc["current_run"]["pid"] == 4242 and doc["current_run"]["end"] is None
     assert doc["exit_code"] == 1 and doc["signal"] is None and doc["restart_count"] == 1
     assert doc["plan"]["executor"] == "native" and doc["plan"]["model"] == "qwen3-coder"
     assert doc["plan"]["endpoint"] == {"name": "", "url": "https://lambda01.example:30000", "provider": "",
-                                       "api_key_env": "", "source": "request"}
+                                       "api_key_env": "", "source": "request", "source_kind": "request",
+                                       "ca_file": None}
+    assert doc["plan"]["executor_source"] == "request" and doc["plan"]["executor_source_kind"] == "request"
     assert doc["plan"]["argv"] == ["wgs-agent", "native"]
     assert doc["plan"]["env"] == [{"name": "WGS_API_KEY", "from_env": "LAMBDA_KEY", "secret": True}]
     assert doc["trace_url"] == "http://jaeger:16686/trace/" + "ab" * 16
@@ -128,8 +134,14 @@ def test_failure_of_a_created_chat() -> None:
 
 
 def test_table_lists_state_pid_and_error() -> None:
-    table = chat_table([_failed_chat()])
-    assert ".chat-7" in table and "BACKOFF" in table and "4242" in table and "connection refused" in table
+    dead = _failed_chat()
+    table = chat_table([dead])
+    assert ".chat-7" in table and "BACKOFF" in table and "connection refused" in table
+    assert "4242" not in table  # the run is over: no pid is shown as if it lived
+    live = _failed_chat()
+    live.pid = 4343
+    live.runtime.state = runtime_pb2.RUNTIME_STATE_RUNNING
+    assert "4343" in chat_table([live])
 
 
 def test_reconcile_text_and_json() -> None:

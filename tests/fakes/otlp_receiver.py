@@ -27,6 +27,9 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     links: list[tuple[str, str]]
     status_code: int
+    start_time_unix_nano: int = 0
+    end_time_unix_nano: int = 0
+    events: tuple[str, ...] = ()
 
 
 def _value(v: Any) -> Any:
@@ -85,6 +88,9 @@ class OtlpReceiver:
                             attributes={a.key: _value(a.value) for a in s.attributes},
                             links=[(lk.trace_id.hex(), lk.span_id.hex()) for lk in s.links],
                             status_code=s.status.code,
+                            start_time_unix_nano=s.start_time_unix_nano,
+                            end_time_unix_nano=s.end_time_unix_nano,
+                            events=tuple(e.name for e in s.events),
                         )
                     )
         with self._cond:

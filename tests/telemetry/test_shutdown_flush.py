@@ -25,10 +25,10 @@ def test_sigterm_flushes_spans_and_health_is_not_traced(tmp_path: Path) -> None:
                 for _ in range(3):
                     health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
                 dispatch_pb2_grpc.DispatchServiceStub(ch).PlanSpawn(
-                    dispatch_pb2.PlanSpawnRequest(chat_id=".chat-1", command=["true"]), timeout=5)
+                    dispatch_pb2.PlanSpawnRequest(command=["true"]), timeout=5)
             assert receiver.spans == []  # still held in the batch processor
         finally:
             assert svc.terminate() == 0
         spans = receiver.wait_for(lambda s: any(x.name.endswith("/PlanSpawn") for x in s), timeout=10)
         assert [s.name for s in spans] == ["/wgs.v1.DispatchService/PlanSpawn"]
-        assert spans[0].attributes["wgs.chat.id"] == ".chat-1"
+        assert spans[0].attributes["wgs.plan.executor"] == "command"

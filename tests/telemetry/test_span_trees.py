@@ -21,9 +21,10 @@ from opentelemetry.util._once import Once
 from services.dispatch.config import ConfigStore
 from services.dispatch.servicer import DispatchServicer
 from services.graph import db, migrate
-from services.graph.servicer import GraphServicer
+from services.graph.records import ChatRecords
+from services.graph.servicer import RuntimeServicer
 from services.graph.store import GraphStore
-from wgs.v1 import dispatch_pb2, dispatch_pb2_grpc, graph_pb2, graph_pb2_grpc
+from wgs.v1 import dispatch_pb2, dispatch_pb2_grpc, runtime_service_pb2, runtime_service_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ async def graph(exporter: InMemorySpanExporter, tmp_path: Path) -> AsyncIterator
     SQLAlchemyInstrumentor().instrument(engine=engine, tracer_provider=trace.get_tracer_provider())
     store = GraphStore(engine)
     server, address = await _serve(
-        lambda s: graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphServicer(store), s))
+        lambda s: runtime_service_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(ChatRecords(store)), s))
     exporter.clear()
     yield address
     await server.stop(0)
@@ -75,10 +76,10 @@ async def graph(exporter: InMemorySpanExporter, tmp_path: Path) -> AsyncIterator
 
 async def test_graph_rpc_span_holds_its_database_spans(graph: str, exporter: InMemorySpanExporter) -> None:
     async with grpc.aio.insecure_channel(graph) as ch:
-        resp = await graph_pb2_grpc.GraphServiceStub(ch).CreateChatTask(graph_pb2.CreateChatTaskRequest(
+        resp = await runtime_service_pb2_grpc.RuntimeServiceStub(ch).CreateChatTask(runtime_service_pb2.CreateChatTaskRequest(
             name="t", supervisor_id="sup-1", lease_seconds=30, executor="native"), timeout=10)
     spans = exporter.get_finished_spans()
-    rpc = next(s for s in spans if s.name == "/wgs.v1.GraphService/CreateChatTask")
+    rpc = next(s for s in spans if s.name == "/wgs.v1.RuntimeService/CreateChatTask")
     assert rpc.kind == SpanKind.SERVER
     assert rpc.attributes is not None and rpc.attributes["wgs.supervisor.id"] == "sup-1"
     sql = _children(spans, rpc)
@@ -105,10 +106,9 @@ async def test_plan_span_carries_the_resolution_and_its_sources(dispatch: str,
                                                                exporter: InMemorySpanExporter) -> None:
     async with grpc.aio.insecure_channel(dispatch) as ch:
         await dispatch_pb2_grpc.DispatchServiceStub(ch).PlanSpawn(dispatch_pb2.PlanSpawnRequest(
-            chat_id=".chat-32", executor="nex", model="qwen3-coder"), timeout=10)
+            executor="nex", model="qwen3-coder"), timeout=10)
     [span] = [s for s in exporter.get_finished_spans() if s.name == "/wgs.v1.DispatchService/PlanSpawn"]
     attrs = dict(span.attributes or {})
-    assert attrs["wgs.chat.id"] == ".chat-32"
     assert (attrs["wgs.plan.executor"], attrs["wgs.plan.executor.source"]) == ("native", "request")
     assert (attrs["wgs.plan.model"], attrs["wgs.plan.model.source"]) == ("qwen3-coder", "request")
     assert attrs["wgs.plan.endpoint.name"] == "lambda01"

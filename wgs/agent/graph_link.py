@@ -38,19 +38,18 @@ class GraphLink:
     async def list_all(self) -> list[Msg]:
         """Every stored message of the chat, oldest first (paged)."""
         out: list[Msg] = []
-        after = 0
+        token = ""
         while True:
             try:
                 resp = await self._stub.ListMessages(
-                    graph_pb2.ListMessagesRequest(chat_id=self.chat_id, after_seq=after, limit=1000),
+                    graph_pb2.ListMessagesRequest(chat_id=self.chat_id, page_size=1000, page_token=token),
                     timeout=deadline())
             except grpc.aio.AioRpcError as exc:
                 raise self._fatal(exc, "reading the chat") from None
-            batch = [Msg.from_proto(m) for m in resp.messages]
-            out.extend(batch)
-            if len(batch) < 1000:
+            out.extend(Msg.from_proto(m) for m in resp.messages)
+            token = resp.next_page_token
+            if not token:
                 return out
-            after = batch[-1].seq
 
     async def append(self, role: int, content: str, request_id: str) -> Msg:
         """Append a message; returns the stored one (the existing one if the request was answered)."""
@@ -76,6 +75,8 @@ class GraphLink:
             try:
                 async for resp in call:
                     outage_since, delay = None, 0.2
+                    if not resp.HasField("message"):
+                        continue
                     m = Msg.from_proto(resp.message)
                     after_seq = max(after_seq, m.seq)
                     yield m

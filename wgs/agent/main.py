@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"context window in tokens (default {DEFAULT_CONTEXT_WINDOW})")
         if kind == "native":
             p.add_argument("--endpoint", required=True, help="base URL of the OpenAI-compatible API")
+            p.add_argument("--max-tokens", type=int, default=0, help="longest reply in tokens")
+            p.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+            p.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
+            p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+            p.add_argument("--ca-file", default="", help="extra CA certificates for the endpoint's TLS")
     return parser
 
 
@@ -100,6 +105,7 @@ def _backend(ns: argparse.Namespace, cli_argv: list[str], api_key: str) -> Backe
             backoff_base=env_float("WGS_AGENT_BACKOFF_SECONDS", 1.0, minimum=0.0),
             backoff_cap=env_float("WGS_AGENT_BACKOFF_CAP_SECONDS", 30.0, minimum=0.0),
             context_window=window,
+            max_reply_tokens=ns.max_tokens or 4096,
         )
         prompt = env_str("WGS_AGENT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT).replace("{chat}", ns.chat)
         return NativeBackend(OpenAIClient(settings), prompt)

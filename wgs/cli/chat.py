@@ -29,11 +29,12 @@ from wgs.cli.output import (
     reconcile_lines,
     reconcile_to_dict,
     role_name,
+    run_outcome,
     state_name,
 )
 from wgs.cli.rpc import Conn, connect
 from wgs.common.settings import env_str
-from wgs.v1 import chat_pb2, graph_pb2, runtime_pb2, task_pb2
+from wgs.v1 import chat_pb2, graph_pb2, plan_pb2, runtime_pb2, task_pb2
 
 CREATE_TIMEOUT_MIN = 60.0
 ATTACH_STREAM_DEADLINE = 7 * 24 * 3600.0  # attach is interactive; the stream still has a deadline
@@ -78,12 +79,38 @@ def _watch_until(conn: Conn, chat: chat_pb2.Chat, done: Any, timeout: float) -> 
     return chat
 
 
+def _generation(ns: argparse.Namespace) -> plan_pb2.GenerationOverrides | None:
+    g = plan_pb2.GenerationOverrides()
+    if ns.max_tokens is not None:
+        g.max_tokens = ns.max_tokens
+    if ns.temperature is not None:
+        g.temperature = ns.temperature
+    if ns.top_p is not None:
+        g.top_p = ns.top_p
+    if ns.stop:
+        g.stop.extend(ns.stop)
+    if ns.context_window is not None:
+        g.context_window = ns.context_window
+    return g if g.ListFields() else None
+
+
+TERMINAL_STATES = (runtime_pb2.RUNTIME_STATE_FAILED, runtime_pb2.RUNTIME_STATE_STOPPED)
+SURVIVE = 1.0  # a run up this long has passed its failed-start window (WGS_RESTART_START_SECONDS default)
+
+
+def _run_age(chat: chat_pb2.Chat) -> float | None:
+    run = chat.runtime.current_run
+    if not chat.runtime.HasField("current_run") or not run.HasField("started_at"):
+        return None
+    return time.time() - run.started_at.ToNanoseconds() / 1e9
+
+
 def cmd_create(ns: argparse.Namespace) -> int:
     command = list(ns.command or []) + list(ns.argv or [])
     req = chat_pb2.CreateChatRequest(
         name=ns.name or "", model=ns.model or "", executor=ns.executor or "", endpoint=ns.endpoint or "",
         command=command, request_id=ns.request_id or "",
-        working_dir=str(Path(ns.cwd).resolve()) if ns.cwd else "",
+        working_dir=str(Path(ns.cwd).resolve()) if ns.cwd else "", generation=_generation(ns),
     )
     with _supervisor(ns) as conn:
         stub = conn.chat()
@@ -92,10 +119,17 @@ def cmd_create(ns: argparse.Namespace) -> int:
         starting = runtime_pb2.RUNTIME_STATE_STARTING
         if chat.runtime.state == starting:
             chat = _watch_until(conn, chat, lambda c: c.runtime.state != starting, max(conn.timeout, 30.0))
-        if chat.runtime.state == runtime_pb2.RUNTIME_STATE_RUNNING and ns.settle > 0:
-            # An agent that cannot work (bad endpoint, model, key) exits within its first seconds:
-            # watch that long so the caller learns it here, not later.
-            chat = _watch_until(conn, chat, lambda c: chat_failure(c) is not None, ns.settle)
+        if ns.settle > 0 and chat.runtime.state not in TERMINAL_STATES:
+            # An agent that cannot work (bad endpoint, model, key) dies within its first seconds: watch
+            # the whole settle time (a first failure may still recover by a restart) and judge the
+            # state at its end; a chat that went FAILED or STOPPED ends the watch at once.
+            chat = _watch_until(conn, chat, lambda c: c.runtime.state in TERMINAL_STATES, ns.settle)
+            young = _run_age(chat)
+            if chat.runtime.state == runtime_pb2.RUNTIME_STATE_RUNNING and young is not None and young < SURVIVE:
+                # A run started just now (a restart) has not shown yet that it survives its start.
+                chat = _watch_until(conn, chat, lambda c: c.runtime.state != runtime_pb2.RUNTIME_STATE_RUNNING
+                                    or c.runtime.current_run.number != chat.runtime.current_run.number,
+                                    SURVIVE - young)
         chat = conn.call(lambda: stub.GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=conn.timeout)).chat
     failure = chat_failure(chat)
     if ns.json:
@@ -105,7 +139,7 @@ def cmd_create(ns: argparse.Namespace) -> int:
         print(f"{verb}: {chat_summary_line(chat)}")
         plan = chat.runtime.plan
         if plan.HasField("endpoint"):
-            print(f"  endpoint {plan.endpoint.url} (from {plan.endpoint.source or '-'})")
+            print(f"  endpoint {plan.endpoint.url} (from {plan.endpoint.source_detail or '-'})")
         if chat.runtime.HasField("current_run") and chat.runtime.current_run.stderr_path:
             print(f"  stderr   {chat.runtime.current_run.stderr_path}")
     if failure is not None:
@@ -114,6 +148,11 @@ def cmd_create(ns: argparse.Namespace) -> int:
             print("stderr tail:\n" + indent(chat.stderr_tail), file=sys.stderr)
         print(f"wgs: details: wgs chat show {chat.id}", file=sys.stderr)
         return 1
+    if chat.runtime.restart_count:
+        failed = [r for r in chat.runtime.previous_runs if r.HasField("exited_at")]
+        how = f": {run_outcome(failed[0])}" if failed else ""
+        print(f"wgs: note: {chat.runtime.restart_count} earlier run(s) of {chat.id} failed{how}; it runs again "
+              f"after a restart (history: wgs chat show {chat.id})", file=sys.stderr)
     return 0
 
 
@@ -155,14 +194,14 @@ def cmd_show(ns: argparse.Namespace) -> int:
 
 def _all_messages(conn: Conn, chat_id: str) -> list[task_pb2.ChatMessage]:
     out: list[task_pb2.ChatMessage] = []
-    after = 0
+    token = ""
     while True:
-        req = chat_pb2.ListChatMessagesRequest(chat_id=chat_id, after_seq=after, limit=1000)
-        page = conn.call(lambda req=req: conn.chat().ListChatMessages(req, timeout=conn.timeout)).messages  # type: ignore[misc]
-        out.extend(page)
-        if len(page) < 1000:
+        req = chat_pb2.ListChatMessagesRequest(chat_id=chat_id, page_size=1000, page_token=token)
+        resp = conn.call(lambda req=req: conn.chat().ListChatMessages(req, timeout=conn.timeout))  # type: ignore[misc]
+        out.extend(resp.messages)
+        token = resp.next_page_token
+        if not token:
             return out
-        after = page[-1].seq
 
 
 def cmd_history(ns: argparse.Namespace) -> int:
@@ -180,67 +219,72 @@ def cmd_history(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _pick_run(chat: chat_pb2.Chat, previous: bool) -> runtime_pb2.Run:
-    rt = chat.runtime
-    if previous:
-        if not rt.previous_runs:
-            raise CliError(f"{chat.id} has no previous run")
-        return rt.previous_runs[0]
-    if not rt.HasField("current_run"):
-        raise CliError(f"{chat.id} has no run yet (state {state_name(rt.state)})")
-    return rt.current_run
-
-
 def cmd_logs(ns: argparse.Namespace) -> int:
+    """The run file, streamed by the supervisor that owns the chat (no path on this machine needed)."""
     chat_id = parse_chat_id(ns.chat)
+    req = chat_pb2.StreamChatLogRequest(chat_id=chat_id, run=-1 if ns.previous else 0, follow=ns.follow)
     with _supervisor(ns) as conn:
-        chat = _get(conn, chat_id)
-        run = _pick_run(chat, ns.previous)
-        path = Path(run.stderr_path) if run.stderr_path else None
-        if path is None or not path.exists():
-            where = f"{path} is not on this machine" if path else "no stderr file recorded"
-            print(f"wgs: {where}; showing the tail the supervisor kept", file=sys.stderr)
-            sys.stdout.write(run.stderr_tail or chat.stderr_tail)
-            return 0
-        with path.open("rb") as fh:
-            _copy(fh)
-            if not ns.follow:
-                return 0
-            number = run.number
-            last_check = 0.0
-            while True:
-                if _copy(fh):
-                    continue
-                now = time.monotonic()
-                if now - last_check >= 1.0:
-                    last_check = now
+        timeout = ATTACH_STREAM_DEADLINE if ns.follow else max(conn.timeout, 60.0)
+        stream = conn.chat().StreamChatLog(req, timeout=timeout)
+        try:
+            for item in stream:
+                if item.from_record:
+                    print(f"wgs: the file of run #{item.run_number} is gone; showing the tail kept with the run",
+                          file=sys.stderr)
+                if item.data:
+                    sys.stdout.buffer.write(item.data)
+                    sys.stdout.flush()
+                if item.ended and ns.follow and not item.from_record:
                     rt = _get(conn, chat_id).runtime
-                    cur = rt.current_run
-                    if cur.number != number or cur.HasField("exited_at"):
-                        _copy(fh)
-                        print(f"wgs: run #{number} of {chat_id} ended; state {state_name(rt.state)}", file=sys.stderr)
-                        return 0
-                time.sleep(0.2)
+                    print(f"wgs: run #{item.run_number} of {chat_id} ended; state {state_name(rt.state)}",
+                          file=sys.stderr)
+        except grpc.RpcError as exc:
+            raise conn.error(exc) from None
+        finally:
+            stream.cancel()
+    return 0
 
 
-def _copy(fh: Any) -> bool:
-    data = fh.read()
-    if data:
-        sys.stdout.buffer.write(data)
+class _Printer:
+    """Prints a reply as its text streams in (partial pieces), then whatever the stored reply adds."""
+
+    def __init__(self) -> None:
+        self.shown: dict[str, str] = {}
+
+    def partial(self, piece: task_pb2.PartialMessage) -> None:
+        so_far = self.shown.get(piece.request_id, "")
+        if piece.offset > len(so_far):
+            return  # a gap (joined mid-reply): wait for the stored reply
+        text = so_far[: piece.offset] + piece.text
+        if not text.startswith(so_far):
+            sys.stdout.write("\n")  # the reply restarted (the agent retried): start a new line
+            so_far = ""
+        sys.stdout.write(text[len(so_far):])
         sys.stdout.flush()
-    return bool(data)
+        self.shown[piece.request_id] = text
+
+    def final(self, m: task_pb2.ChatMessage, prefix: str = "") -> None:
+        so_far = self.shown.pop(m.request_id, "")
+        content = m.content.rstrip("\n")
+        if so_far and content.startswith(so_far) and not prefix:
+            print(content[len(so_far):], flush=True)
+        else:
+            if so_far:
+                sys.stdout.write("\n")
+            print(prefix + content, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # send / attach
 
 
-def _await_answer(conn: Conn, chat_id: str, after_seq: int, request_id: str, timeout: float) -> task_pb2.ChatMessage | None:
+def _await_answer(conn: Conn, chat_id: str, after_seq: int, request_id: str, timeout: float,
+                  printer: _Printer | None = None) -> task_pb2.ChatMessage | None:
     """The ASSISTANT or SYSTEM_ERROR message answering `request_id`, or None after `timeout`.
 
     The chat's runtime is watched alongside: if the agent ends up FAILED or STOPPED no answer can
     come, so the wait ends at once with the reason instead of running into the timeout."""
-    req = chat_pb2.WatchChatMessagesRequest(chat_id=chat_id, after_seq=after_seq)
+    req = chat_pb2.WatchChatMessagesRequest(chat_id=chat_id, after_seq=after_seq, include_partial=printer is not None)
     stream = conn.chat().WatchChatMessages(req, timeout=timeout)
     runtime_stream = conn.chat().WatchChat(chat_pb2.WatchChatRequest(chat_id=chat_id), timeout=timeout)
     dead: list[chat_pb2.Chat] = []
@@ -260,6 +304,10 @@ def _await_answer(conn: Conn, chat_id: str, after_seq: int, request_id: str, tim
     watcher.start()
     try:
         for resp in stream:
+            if resp.HasField("partial"):
+                if printer is not None and resp.partial.request_id == request_id:
+                    printer.partial(resp.partial)
+                continue
             m = resp.message
             if m.role in ANSWER_ROLES and m.request_id == request_id:
                 return m
@@ -295,7 +343,8 @@ def cmd_send(ns: argparse.Namespace) -> int:
             return 0
         if note:
             print(f"wgs: {chat_id}{note}", file=sys.stderr)
-        answer = _await_answer(conn, chat_id, msg.seq, msg.request_id, ns.wait)
+        printer = _Printer() if sys.stdout.isatty() or ns.stream else None
+        answer = _await_answer(conn, chat_id, msg.seq, msg.request_id, ns.wait, printer)
         if answer is None:
             rt = _get(conn, chat_id).runtime
             error = f"; last error: {one_line(rt.last_error)}" if rt.last_error else ""
@@ -304,8 +353,13 @@ def cmd_send(ns: argparse.Namespace) -> int:
                 f"{state_name(rt.state)}{error}); see `wgs chat show {chat_id}`"
             )
     if answer.role == task_pb2.MESSAGE_ROLE_SYSTEM_ERROR:
+        if printer is not None and printer.shown.get(answer.request_id):
+            sys.stdout.write("\n")
         raise CliError(f"{chat_id} could not answer: {answer.content.strip()}")
-    print(answer.content.rstrip("\n"))
+    if printer is not None:
+        printer.final(answer)
+    else:
+        print(answer.content.rstrip("\n"))
     return 0
 
 
@@ -318,18 +372,24 @@ def cmd_attach(ns: argparse.Namespace) -> int:
         pending: set[str] = set()
         cond = threading.Condition()
         stream = conn.chat().WatchChatMessages(
-            chat_pb2.WatchChatMessagesRequest(chat_id=chat_id, after_seq=last_seq), timeout=ATTACH_STREAM_DEADLINE
-        )
+            chat_pb2.WatchChatMessagesRequest(chat_id=chat_id, after_seq=last_seq, include_partial=True),
+            timeout=ATTACH_STREAM_DEADLINE)
         failure: list[str] = []
+        printer = _Printer()
 
         def reader() -> None:
             try:
                 for resp in stream:
+                    if resp.HasField("partial"):
+                        with cond:
+                            printer.partial(resp.partial)
+                        continue
                     m = resp.message
                     if m.role == task_pb2.MESSAGE_ROLE_USER:
                         continue
                     prefix = "" if m.role == task_pb2.MESSAGE_ROLE_ASSISTANT else f"[{role_name(m.role).lower()}] "
-                    print(prefix + m.content.rstrip("\n"), flush=True)
+                    with cond:
+                        printer.final(m, prefix)
                     with cond:
                         if m.role in ANSWER_ROLES:
                             pending.discard(m.request_id)
@@ -448,7 +508,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--request-id", help="idempotency key: repeating it returns the same chat")
     p.add_argument("--cwd", help="working directory of the agent (must exist)")
     p.add_argument("--settle", type=float, default=2.0,
-                   help="seconds to keep watching a RUNNING agent for an early death (0: don't; default 2)")
+                   help="seconds to watch the new chat before judging it: exit 1 unless its agent runs (or exited "
+                        "0) at the end, or at once if it went FAILED (0: judge at once; default 2)")
+    p.add_argument("--max-tokens", type=int, help="native: longest reply in tokens (default: endpoint config or 1024)")
+    p.add_argument("--temperature", type=float, help="native: sampling temperature 0-2")
+    p.add_argument("--top-p", type=float, help="native: nucleus sampling, 0 < P <= 1")
+    p.add_argument("--stop", action="append", help="native: a stop sequence (repeatable, at most 4)")
+    p.add_argument("--context-window", type=int,
+                   help="native: context window in tokens when the server does not report one")
     p.add_argument("--json", action="store_true", help="print the chat as JSON")
     p.add_argument("argv", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_create)
@@ -471,6 +538,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("text", help="message text ('-' reads stdin)")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait this long for the reply and print it")
     p.add_argument("--request-id", help="idempotency key (the reply carries it)")
+    p.add_argument("--stream", action="store_true",
+                   help="with --wait: print the reply as it is generated even when stdout is not a terminal")
     p.set_defaults(func=cmd_send)
 
     p = csub.add_parser("history", help="print a chat's messages")
@@ -479,7 +548,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_history)
 
-    p = csub.add_parser("logs", help="print the agent's stderr file (current or previous run)")
+    p = csub.add_parser("logs", help="print the agent's stdout/stderr file (current or previous run), from the "
+                                     "supervisor that runs it")
     _common(p)
     p.add_argument("chat", help="chat id")
     p.add_argument("--previous", action="store_true", help="the run before the current one")

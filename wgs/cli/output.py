@@ -119,25 +119,79 @@ def run_to_dict(run: runtime_pb2.Run) -> dict[str, Any]:
         "hostname": run.hostname,
         "supervisor_id": run.supervisor_id,
         "trace_id": run.trace_id,
+        "end": run_end_name(run.end),
+        "end_detail": run.end_detail or None,
+        "leftovers_ended": run.leftovers_ended,
     }
+
+
+def run_end_name(end: int) -> str | None:
+    """"stopped" for RUN_END_STOPPED; None while the run lives."""
+    if end == runtime_pb2.RUN_END_UNSPECIFIED:
+        return None
+    return runtime_pb2.RunEnd.Name(end).removeprefix("RUN_END_").lower()  # type: ignore[arg-type]
+
+
+def source_name(source: int) -> str | None:
+    """"request" for CHOICE_SOURCE_REQUEST; None when not set."""
+    if source == plan_pb2.CHOICE_SOURCE_UNSPECIFIED:
+        return None
+    return plan_pb2.ChoiceSource.Name(source).removeprefix("CHOICE_SOURCE_").lower()  # type: ignore[arg-type]
 
 
 def endpoint_to_dict(ep: plan_pb2.PlannedEndpoint) -> dict[str, Any]:
     return {"name": ep.name, "url": ep.url, "provider": ep.provider, "api_key_env": ep.api_key_env,
-            "source": ep.source}
+            "source": ep.source_detail, "source_kind": source_name(ep.source), "ca_file": ep.ca_file or None}
+
+
+def generation_to_dict(g: plan_pb2.GenerationSettings) -> dict[str, Any]:
+    def item(present: bool, value: Any, source: int) -> dict[str, Any] | None:
+        return {"value": value, "source": source_name(source)} if present else None
+
+    return {
+        "max_tokens": item(g.HasField("max_tokens"), g.max_tokens, g.max_tokens_source),
+        "temperature": item(g.HasField("temperature"), g.temperature, g.temperature_source),
+        "top_p": item(g.HasField("top_p"), g.top_p, g.top_p_source),
+        "stop": item(bool(g.stop), list(g.stop), g.stop_source),
+        "context_window": item(bool(g.context_window), g.context_window, g.context_window_source),
+    }
+
+
+def agent_status_to_dict(a: runtime_pb2.AgentStatus) -> dict[str, Any]:
+    err = a.last_answer_error
+    wait = a.waiting
+    return {
+        "run_number": a.run_number,
+        "updated_at": ts_iso(a.updated_at, a.HasField("updated_at")),
+        "last_answer_error": {"at": ts_iso(err.at, err.HasField("at")), "class": err.error_class,
+                              "message": err.message, "request_id": err.request_id}
+        if a.HasField("last_answer_error") else None,
+        "waiting_for_endpoint": {"since": ts_iso(wait.since, wait.HasField("since")), "reason": wait.reason,
+                                 "next_attempt_at": ts_iso(wait.next_attempt_at, wait.HasField("next_attempt_at"))}
+        if a.HasField("waiting") else None,
+        "context_window": a.context_window or None,
+        "context_window_source": source_name(a.context_window_source),
+        "input_tokens": a.input_tokens,
+        "output_tokens": a.output_tokens,
+        "answers": a.answers,
+    }
 
 
 def plan_to_dict(plan: plan_pb2.SpawnPlan, present: bool = True) -> dict[str, Any]:
     """The plan with the source of every choice. Env values are never secrets (secrets are by name)."""
     if not present:
-        return {"executor": None, "executor_source": None, "model": None, "model_source": None,
-                "endpoint": None, "argv": [], "env": [], "working_dir": None, "summary": None}
+        return {"executor": None, "executor_source": None, "executor_source_kind": None, "model": None,
+                "model_source": None, "model_source_kind": None, "endpoint": None, "generation": None, "argv": [],
+                "env": [], "working_dir": None, "summary": None}
     return {
         "executor": plan.executor,
-        "executor_source": plan.executor_source,
+        "executor_source": plan.executor_source_detail,
+        "executor_source_kind": source_name(plan.executor_source),
         "model": plan.model,
-        "model_source": plan.model_source,
+        "model_source": plan.model_source_detail,
+        "model_source_kind": source_name(plan.model_source),
         "endpoint": endpoint_to_dict(plan.endpoint) if plan.HasField("endpoint") else None,
+        "generation": generation_to_dict(plan.generation) if plan.HasField("generation") else None,
         "argv": list(plan.argv),
         "env": [
             {"name": e.name, "from_env": e.value_from_env, "secret": e.secret} if e.value_from_env or e.secret
@@ -162,7 +216,7 @@ def chat_to_dict(chat: chat_pb2.Chat, jaeger_url: str = "") -> dict[str, Any]:
         "status": task_status_name(chat.status),
         "tags": list(chat.tags),
         "state": state_name(rt.state),
-        "pid": (run.pid or None) if has_run else None,
+        "pid": chat.pid or None,
         "exit_code": _opt_int(run, "exit_code") if has_run else None,
         "signal": (run.signal_name or (f"signal {run.signal}" if run.HasField("signal") else None))
         if has_run else None,
@@ -180,6 +234,7 @@ def chat_to_dict(chat: chat_pb2.Chat, jaeger_url: str = "") -> dict[str, Any]:
         "created_at": ts_iso(chat.created_at, chat.HasField("created_at")),
         "supervisor_id": rt.supervisor_id,
         "plan": plan_to_dict(rt.plan, rt.HasField("plan")),
+        "agent": agent_status_to_dict(rt.agent) if rt.HasField("agent") else None,
         "current_run": run_to_dict(run) if has_run else None,
         "previous_runs": [run_to_dict(r) for r in rt.previous_runs],
     }
@@ -201,26 +256,37 @@ def dumps(obj: Any) -> str:
 
 
 def run_outcome(run: runtime_pb2.Run) -> str:
-    """How a run ended, in words: "exit code 1", "killed by SIGKILL", "running", "spawn failed: ..."."""
-    if run.HasField("exit_code"):
-        return f"exit code {run.exit_code}"
-    if run.HasField("signal"):
-        return f"killed by {run.signal_name or f'signal {run.signal}'}"
+    """How a run ended, in words: "exit code 1", "killed by SIGKILL", "stopped (StopChat), exit code 0",
+    "running", "spawn failed: ..."."""
     if run.pid == 0 and run.error:
         return f"spawn failed: {run.error}"
-    if run.HasField("exited_at"):
-        return f"ended ({run.error or 'exit status unknown'})"
-    return "running"
+    if run.HasField("exit_code"):
+        how = f"exit code {run.exit_code}"
+    elif run.HasField("signal"):
+        how = f"killed by {run.signal_name or f'signal {run.signal}'}"
+    elif run.HasField("exited_at"):
+        how = f"ended ({run.error or 'exit status unknown'})"
+    else:
+        return "running"
+    if run.end == runtime_pb2.RUN_END_STOPPED:
+        how = f"stopped ({run.end_detail or 'by wgs'}), {how}"
+    elif run.end == runtime_pb2.RUN_END_FENCED:
+        how = f"fenced (its supervisor's lease was not renewed), {how}"
+    elif run.end == runtime_pb2.RUN_END_UNKNOWN and run.error and run.error not in how:
+        how = f"{how}: {run.error}"
+    if run.leftovers_ended:
+        how += f"; {run.leftovers_ended} leftover process(es) ended"
+    return how
 
 
 def chat_summary_line(chat: chat_pb2.Chat) -> str:
     """One line for create/stop/restart results: "`.chat-3` RUNNING pid 1234 (native qwen3-coder)"."""
     rt = chat.runtime
     parts = [chat.id, state_name(rt.state)]
+    if chat.pid:
+        parts.append(f"pid {chat.pid}")
     if rt.HasField("current_run"):
         run = rt.current_run
-        if run.pid:
-            parts.append(f"pid {run.pid}")
         if run.HasField("exited_at") or run.error:
             parts.append(f"({run_outcome(run)})")
     if rt.HasField("plan") and rt.plan.executor:
@@ -239,17 +305,31 @@ def chat_table(chats: list[chat_pb2.Chat]) -> str:
     lines = [header]
     for c in chats:
         rt = c.runtime
-        pid = str(rt.current_run.pid) if rt.HasField("current_run") and rt.current_run.pid else "-"
+        pid = str(c.pid) if c.pid else "-"
         executor = rt.plan.executor or c.executor or "-"
         model = rt.plan.model or c.model or "-"
         note = c.name or ""
-        if rt.last_error:
-            note = (note + ": " if note else "") + one_line(rt.last_error)
+        problem = rt.last_error or answer_problem(rt)
+        if problem:
+            note = (note + ": " if note else "") + one_line(problem)
         lines.append(
             f"{c.id:<10} {state_name(rt.state):<9} {task_status_name(c.status):<12} {pid:>7} "
             f"{rt.restart_count:>8}  {_cell(executor, 8):<8} {_cell(model, 20):<20} {_cell(note, 80)}"
         )
     return "\n".join(lines)
+
+
+def answer_problem(rt: runtime_pb2.ChatRuntime) -> str:
+    """What keeps a live agent from answering now: waiting for its endpoint, or its last answer error."""
+    if not rt.HasField("agent"):
+        return ""
+    a = rt.agent
+    if a.HasField("waiting"):
+        return f"waiting for its endpoint since {ts_iso(a.waiting.since)}: {a.waiting.reason}"
+    if a.HasField("last_answer_error"):
+        e = a.last_answer_error
+        return f"last answer failed ({e.error_class}): {e.message}"
+    return ""
 
 
 def indent(text: str, prefix: str = "    ") -> str:
@@ -265,7 +345,8 @@ def chat_details(chat: chat_pb2.Chat, jaeger_url: str = "", now: datetime | None
     lines.append(f"state       {state_name(rt.state)}")
     if rt.HasField("current_run"):
         run = rt.current_run
-        lines.append(f"run         #{run.number}  pid {run.pid or '-'}  {run_outcome(run)}")
+        pid = f"pid {chat.pid}" if chat.pid else f"pid {run.pid} (gone)" if run.pid else "pid -"
+        lines.append(f"run         #{run.number}  {pid}  {run_outcome(run)}")
         if run.HasField("started_at"):
             lines.append(f"started     {ts_iso(run.started_at)}")
         if run.HasField("exited_at"):
@@ -276,18 +357,41 @@ def chat_details(chat: chat_pb2.Chat, jaeger_url: str = "", now: datetime | None
     if rt.HasField("next_restart_at"):
         lines.append(f"next start  {ts_iso(rt.next_restart_at)} ({ago(rt.next_restart_at, now)})")
     lines.append(f"last error  {one_line(rt.last_error) if rt.last_error else '-'}")
+    if rt.HasField("agent"):
+        a = rt.agent
+        if a.HasField("waiting"):
+            lines.append(f"waiting     for its endpoint since {ts_iso(a.waiting.since)}: {one_line(a.waiting.reason)}")
+        if a.HasField("last_answer_error"):
+            e = a.last_answer_error
+            lines.append(f"answer err  {ts_iso(e.at)} {e.error_class}: {one_line(e.message)}"
+                         + (f" (request {e.request_id})" if e.request_id else ""))
+        if a.context_window:
+            lines.append(f"context     {a.context_window} tokens (from {source_name(a.context_window_source) or '-'})")
+        lines.append(f"tokens      {a.input_tokens} in, {a.output_tokens} out, {a.answers} answer(s)")
     if rt.HasField("plan"):
         p = rt.plan
         lines.append("plan")
-        lines.append(f"  executor  {p.executor or '-'}  (from {p.executor_source or '-'})")
+        lines.append(f"  executor  {p.executor or '-'}  (from {p.executor_source_detail or '-'})")
         if p.model or p.model_source:
-            lines.append(f"  model     {p.model or '-'}  (from {p.model_source or '-'})")
+            lines.append(f"  model     {p.model or '-'}  (from {p.model_source_detail or '-'})")
         if p.HasField("endpoint"):
             ep = p.endpoint
             name = f" [{ep.name}]" if ep.name else ""
-            lines.append(f"  endpoint  {ep.url}{name}  (from {ep.source or '-'})")
+            lines.append(f"  endpoint  {ep.url}{name}  (from {ep.source_detail or '-'})")
             if ep.api_key_env:
                 lines.append(f"  api key   from ${ep.api_key_env}")
+        if p.HasField("generation"):
+            g = p.generation
+            settings = [f"max_tokens {g.max_tokens} ({source_name(g.max_tokens_source)})"]
+            if g.HasField("temperature"):
+                settings.append(f"temperature {g.temperature:g} ({source_name(g.temperature_source)})")
+            if g.HasField("top_p"):
+                settings.append(f"top_p {g.top_p:g} ({source_name(g.top_p_source)})")
+            if g.stop:
+                settings.append(f"stop {list(g.stop)} ({source_name(g.stop_source)})")
+            if g.context_window:
+                settings.append(f"context_window {g.context_window} ({source_name(g.context_window_source)})")
+            lines.append(f"  generate  {', '.join(settings)}")
         if p.working_dir:
             lines.append(f"  cwd       {p.working_dir}")
     argv = list(rt.current_run.argv) if rt.HasField("current_run") and rt.current_run.argv else list(rt.plan.argv)
@@ -355,7 +459,8 @@ def chat_failure(chat: chat_pb2.Chat) -> str | None:
     state = rt.state
     run = rt.current_run if rt.HasField("current_run") else None
     if state == runtime_pb2.RUNTIME_STATE_RUNNING:
-        return None
+        problem = answer_problem(rt)
+        return f"agent of {chat.id} runs but is {problem}" if problem.startswith("waiting") else None
     if state == runtime_pb2.RUNTIME_STATE_EXITED and run is not None and run.HasField("exit_code") and run.exit_code == 0:
         return None
     what = run_outcome(run) if run is not None else "no run"

@@ -13,7 +13,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from wgs.cli.output import CliError, dumps
 from wgs.cli.procs import describe_exit, is_alive, start_ticks, tail_lines, terminate, wait_gone
 from wgs.common.clients import sync_channel
 from wgs.common.settings import DEFAULT_PORTS, SERVICES, env_float, env_str, rpc_timeout
-from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_pb2
+from wgs.v1 import supervisor_pb2, supervisor_pb2_grpc
 
 STACK_FILE = "stack.json"
 START_TIMEOUT = 60.0  # per phase: a fresh SQLite/PostgreSQL migration can take a few seconds
@@ -299,11 +298,11 @@ class Stack:
         (unless kept for adoption), then the rest."""
         grace = grace_seconds()
         order = [n for n in ("supervisor", "dispatch", "graph") if n in self.children]
+        sup = self.children.get("supervisor")
+        if agents and sup is not None:
+            stop_agents(self.state, sup.address if sup.address and sup.proc.poll() is None else None, grace,
+                        self.out)
         for name in order:
-            graph = self.children.get("graph")
-            if (name == "dispatch" and agents and "supervisor" in self.children and graph is not None
-                    and graph.address and graph.proc.poll() is None):
-                stop_agents(graph.address, grace, self.out)
             child = self.children[name]
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
@@ -429,51 +428,66 @@ def _state_flag(arg: str | None) -> str:
 # wgs down / status
 
 
-def live_agent_runs(graph_address: str, timeout: float) -> list[tuple[str, runtime_pb2.Run]]:
-    """(chat id, run) of every agent run on this host that the graph records as not yet exited."""
-    host = socket.gethostname()
-    out: list[tuple[str, runtime_pb2.Run]] = []
-    with sync_channel(graph_address) as ch:
-        stub = graph_pb2_grpc.GraphServiceStub(ch)
-        token = ""
-        while True:
-            resp = stub.ListChatRecords(
-                graph_pb2.ListChatRecordsRequest(include_ended=True, page_size=1000, page_token=token), timeout=timeout
-            )
-            for rec in resp.chats:
-                run = rec.runtime.current_run
-                if (rec.runtime.HasField("current_run") and run.monitor_pid and not run.HasField("exited_at")
-                        and run.hostname == host and is_alive(run.monitor_pid, run.monitor_start_ticks or None)):
-                    out.append((rec.task.id, run))
-            token = resp.next_page_token
-            if not token:
-                return out
+def stop_agents_via_supervisor(address: str, timeout: float, out: TextIO) -> bool:
+    """Ask the supervisor to stop its agents (recorded as a shutdown: they resume on the next start).
+    False if it could not be asked (then the caller stops verified local runs itself)."""
+    with sync_channel(address) as ch:
+        try:
+            resp = supervisor_pb2_grpc.SupervisorServiceStub(ch).StopAgents(
+                supervisor_pb2.StopAgentsRequest(reason="shutdown (wgs down)"), timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code().name if hasattr(exc, "code") else "error"  # type: ignore[attr-defined]
+            print(f"wgs: the supervisor could not stop its agents ({code}); stopping them here", file=sys.stderr)
+            return False
+    for agent in resp.stopped:
+        print(f"  agent      pid {agent.pid:<8} {agent.outcome} ({agent.chat_id} run #{agent.run_number})", file=out)
+    return True
 
 
-def stop_agent_group(run: runtime_pb2.Run, grace: float) -> str:
-    """SIGTERM the run's process group (the per-run monitor leads it and records the exit), then SIGKILL."""
-    pgid, ticks = run.monitor_pid, run.monitor_start_ticks or None
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return "not running"
-    if wait_gone(pgid, ticks, grace):
-        return "stopped"
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    wait_gone(pgid, ticks, 5.0)
-    return f"killed (did not stop within {grace:g}s of SIGTERM)"
+def local_run_monitors(state: Path) -> list[tuple[int, int | None]]:
+    """(pid, start ticks) of the run monitors of this state dir on this host, identified by their
+    command line (runmon.py with this state dir's run files or --state-dir)."""
+    chats = str(state / "chats") + "/"
+    out: list[tuple[int, int | None]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode("utf-8", "replace") for a in argv]
+        if not any(a.endswith("runmon.py") for a in args):
+            continue
+        ours = any(a.startswith(chats) for a in args) or any(
+            args[i] == "--state-dir" and i + 1 < len(args) and args[i + 1] == str(state) for i in range(len(args)))
+        if ours:
+            out.append((int(entry), start_ticks(int(entry))))
+    return out
 
 
-def stop_agents(graph_address: str, grace: float, out: TextIO) -> None:
-    try:
-        runs = live_agent_runs(graph_address, rpc_timeout())
-    except grpc.RpcError as exc:
-        code = exc.code().name if hasattr(exc, "code") else "error"  # type: ignore[attr-defined]
-        print(f"wgs: could not list agents from the graph ({code}); agents may still run", file=sys.stderr)
+def stop_local_runs(state: Path, grace: float, out: TextIO) -> None:
+    """With the supervisor dead: end this stack's runs on this host (SIGTERM each verified monitor's
+    process group — the monitor records the exit — then SIGKILL what is left after the grace)."""
+    monitors = local_run_monitors(state)
+    for pid, _ticks in monitors:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    for pid, ticks in monitors:
+        if wait_gone(pid, ticks, grace):
+            print(f"  run monitor pid {pid:<8} stopped", file=out)
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        wait_gone(pid, ticks, 5.0)
+        print(f"  run monitor pid {pid:<8} killed (did not stop within {grace:g}s of SIGTERM)", file=out)
+
+
+def stop_agents(state: Path, supervisor_address: str | None, grace: float, out: TextIO) -> None:
+    if supervisor_address and stop_agents_via_supervisor(supervisor_address, max(rpc_timeout(), grace * 2 + 10),
+                                                          out):
         return
-    for chat_id, run in runs:
-        print(f"  agent      pid {run.pid:<8} {stop_agent_group(run, grace)} ({chat_id} run #{run.number})", file=out)
+    stop_local_runs(state, grace, out)
 
 
 def cmd_down(ns: argparse.Namespace) -> int:
@@ -488,14 +502,15 @@ def cmd_down(ns: argparse.Namespace) -> int:
         result = terminate(record.owner_pid, record.owner_start_ticks, grace * 2 + 10)
         print(f"  wgs up     pid {record.owner_pid:<8} {result}")
     sup = record.services.get("supervisor")
+    if not ns.keep_agents:
+        # The supervisor leaves agents running when it stops (a restarted supervisor adopts them);
+        # `wgs down` means nothing of the stack keeps running: the supervisor stops them (recorded as a
+        # shutdown, so they resume on the next `wgs up`), or, if it is dead, this command does.
+        alive = sup is not None and is_alive(sup.pid, sup.start_ticks)
+        stop_agents(state, sup.address if alive and sup is not None else None, grace, sys.stdout)
     if sup is not None:
         result = terminate(sup.pid, sup.start_ticks, grace)
         print(f"  {'supervisor':<10} pid {sup.pid:<8} {result}")
-    graph = record.services.get("graph")
-    if not ns.keep_agents and graph is not None and is_alive(graph.pid, graph.start_ticks):
-        # The supervisor leaves agents running on purpose (a restarted supervisor adopts them);
-        # `wgs down` means nothing of the stack keeps running, so stop them here.
-        stop_agents(graph.address, grace, sys.stdout)
     for name in ("dispatch", "graph"):
         svc = record.services.get(name)
         if svc is None:
