@@ -23,10 +23,13 @@ class Msg:
     role: int
     content: str
     request_id: str
+    traceparent: str = ""  # W3C trace context of the call that sent it (SendMessage), when stored
 
     @classmethod
     def from_proto(cls, m: task_pb2.ChatMessage) -> Msg:
-        return cls(seq=m.seq, role=m.role, content=m.content, request_id=m.request_id)
+        # `traceparent` is read only if the message type has it (added with the service side).
+        return cls(seq=m.seq, role=m.role, content=m.content, request_id=m.request_id,
+                   traceparent=str(getattr(m, "traceparent", "") or ""))
 
     @property
     def key(self) -> str:
