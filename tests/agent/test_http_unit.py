@@ -304,21 +304,34 @@ async def test_context_errors_are_recognised_in_each_servers_words(server: str) 
         assert over.value.n_ctx == 64 and over.value.n_prompt_tokens is not None
 
 
-async def test_empty_200_stream_is_an_overflow_only_after_a_long_prompt() -> None:
-    with FakeOpenAI(models=["qwen3-coder"], server="llama.cpp", n_ctx=64, overflow_stream="empty") as fake:
+@pytest.mark.parametrize("quirk", ["empty", "error_event"])
+async def test_llama_cpp_streamed_overflow_gets_the_servers_own_words(quirk: str) -> None:
+    with FakeOpenAI(models=["qwen3-coder"], server="llama.cpp", n_ctx=64, overflow_stream=quirk) as fake:
         c = client(fake)
-        with pytest.raises(ContextOverflow) as over:
-            await c.complete([{"role": "user", "content": "word " * 200}], GEN, empty_means_overflow=True)
-        assert over.value.empty_stream and over.value.server_message == ""
-        assert len(fake.chat_requests()) == 1
-        # A short prompt: an empty stream is a broken reply, retried.
-        fake.script(Reply(empty_stream=True))
-        assert (await c.complete(USER, GEN)).text == "echo: x"
-        assert len(fake.chat_requests()) == 3
-        # The server's own words come with a non-streamed request.
-        with pytest.raises(ContextOverflow, match="exceeds the available context size"):
-            await c.complete([{"role": "user", "content": "word " * 200}], GEN, stream=False)
+        with pytest.raises(ContextOverflow, match="exceeds the available context size") as over:
+            await c.complete([{"role": "user", "content": "word " * 200}], GEN)
         await c.aclose()
+        reqs = fake.chat_requests()
+    assert over.value.n_ctx == 64
+    if quirk == "empty":  # 200 without data: one non-streamed request gets the 400 and its words
+        assert [r.body["stream"] for r in reqs] == [True, False] and "stream_options" not in reqs[1].body
+    else:  # llama.cpp before PR #16486: the error is an event of the 200 stream
+        assert [r.body["stream"] for r in reqs] == [True]
+
+
+async def test_an_empty_stream_that_is_not_an_overflow_still_gets_its_reply() -> None:
+    with FakeOpenAI(models=["qwen3-coder"]) as fake:
+        fake.script(Reply(empty_stream=True), Reply(text="the reply, not streamed"))
+        c = client(fake)
+        seen: list[str] = []
+
+        async def on_delta(delta: str, text: str) -> None:
+            seen.append(text)
+
+        done = await c.complete(USER, GEN, on_delta=on_delta)
+        await c.aclose()
+        assert [r.body["stream"] for r in fake.chat_requests()] == [True, False]
+    assert done.text == "the reply, not streamed" and seen == [done.text]
 
 
 async def test_connection_closed_mid_reply_is_retried() -> None:

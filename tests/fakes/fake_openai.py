@@ -145,6 +145,7 @@ class FakeOpenAI:
         self.models_status: int | None = None  # force a status on GET /v1/models
         self.models_hang = False  # GET /v1/models never answers (until the server stops)
         self._script: deque[Reply] = deque()
+        self._conns: set[Any] = set()  # open client connections, closed by stop() as a dying server's are
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -211,9 +212,19 @@ class FakeOpenAI:
         return self
 
     def stop(self) -> None:
+        """Stop like a dead server: no listener, and every open (keep-alive) connection closed."""
+        import socket
+
         self._stop.set()
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()
@@ -253,6 +264,16 @@ class FakeOpenAI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with fake._lock:
+                    fake._conns.add(self.connection)
+
+            def finish(self) -> None:
+                with fake._lock:
+                    fake._conns.discard(self.connection)
+                super().finish()
 
             def log_message(self, format: str, *args: Any) -> None:
                 return None

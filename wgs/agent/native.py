@@ -7,9 +7,9 @@ Policy on top of the HTTP client (openai_http):
   offers /tokenize), stream the reply (partials to the status), report token usage;
 - an outage (EndpointUnavailable) at start or mid-answer is waited out: a *waiting for endpoint*
   status, retries with capped backoff, then the same request again — the agent never exits for it;
-- an overflow (ContextOverflow) is not retried blindly: cut the history further (half the turns)
-  and retry once; then fail with the server's own words, obtained by one non-streamed request when
-  the server only sent an empty stream (llama.cpp's quirk for streamed requests).
+- an overflow (ContextOverflow, with the server's own words: for llama.cpp's empty 200 stream the
+  client obtains them with one non-streamed request) is not retried blindly: cut the history
+  further (half the turns) and retry once; then fail with the server's words.
 """
 
 from __future__ import annotations
@@ -122,9 +122,8 @@ class NativeBackend:
 
     async def _send(self, fitted: Fitted, ctx: AnswerContext, *, stream: bool = True) -> Completion:
         def op() -> Awaitable[Completion]:
-            return self.client.complete(
-                fitted.messages, self.gen, stream=stream, on_delta=ctx.partial if stream else None,
-                empty_means_overflow=fitted.prompt_tokens > self.window.tokens // 2, max_tokens=self.max_tokens)
+            return self.client.complete(fitted.messages, self.gen, stream=stream,
+                                        on_delta=ctx.partial if stream else None, max_tokens=self.max_tokens)
 
         return await self._available(op, ctx.status)
 
@@ -151,22 +150,15 @@ class NativeBackend:
         if fitted.turns_kept > 0:
             cut = await self._fit(history, prompt, max_turns=fitted.turns_kept // 2)
             log.warning("the request did not fit (%s); retrying once with %d of %d earlier turns",
-                        first.server_message or "empty reply stream", cut.turns_kept, fitted.turns_kept)
+                        first.server_message, cut.turns_kept, fitted.turns_kept)
             try:
                 return await self._send(cut, ctx), cut
             except ContextOverflow as second:
                 await self._learn_overflow(second, cut, ctx.status)
                 last, fitted = second, cut
-        if not last.server_message:
-            # Only an empty stream so far: one non-streamed request gets the server's own words
-            # (or, if the server takes it after all, the reply).
-            try:
-                return await self._send(fitted, ctx, stream=False), fitted
-            except ContextOverflow as exc:
-                last = exc
-        words = last.server_message or "the server ended the reply stream without any data"
         raise AnswerFailed(f"the request does not fit the model's context window ({self.window.describe()}, "
-                           f"{fitted.turns_kept} earlier turns sent): the server says: {words}", FAIL_CONTEXT)
+                           f"{fitted.turns_kept} earlier turns sent); the server says: "
+                           f"{last.server_message or 'no reason given'}", FAIL_CONTEXT)
 
     async def _learn_overflow(self, exc: ContextOverflow, fitted: Fitted, status: Status) -> None:
         """After an overflow: trust the server's n_ctx if it gave one, and count more conservatively."""

@@ -9,10 +9,11 @@
   WGS_CA_BUNDLE add CA certificates, they never replace the store;
 - failures are classified (`complete`): an outage (connection refused, DNS, 502/503/504, "Loading
   model") raises EndpointUnavailable at once, for the caller to wait for the endpoint; a request
-  that does not fit raises ContextOverflow (400/500 with the server's context words, an error event
-  in the stream, or — llama.cpp quirk — a 200 stream without any data after a long prompt); 429/408
-  (Retry-After honoured), other 5xx and a connection lost mid-reply are retried, bounded; other
-  4xx never; a read timeout (hung server) is not retried;
+  that does not fit raises ContextOverflow (400/500 with the server's context words, or an error
+  event in the stream); a 200 stream without any data (llama.cpp's answer to a streamed request
+  that is too long) is asked once more without streaming, which gets the server's own words (or
+  the reply); 429/408 (Retry-After honoured), other 5xx and a connection lost mid-reply are
+  retried, bounded; other 4xx never; a read timeout (hung server) is not retried;
 - traces: each `complete` is one GenAI client span `chat {model}` (OpenTelemetry GenAI semantic
   conventions: gen_ai.request.*, gen_ai.response.*, gen_ai.usage.*, time to first chunk) covering
   the whole stream and its retries; each HTTP attempt is a child span with the current HTTP
@@ -263,17 +264,18 @@ class EndpointUnavailable(Exception):
 
 
 class ContextOverflow(AnswerFailed):
-    """The server says the request does not fit its context window (`server_message` empty when it
-    only sent an empty stream)."""
+    """The server says the request does not fit its context window (`server_message`: its words)."""
 
-    def __init__(self, server_message: str, *, n_prompt_tokens: int | None = None, n_ctx: int | None = None,
-                 empty_stream: bool = False) -> None:
-        words = server_message or "the server ended the reply stream without any data"
-        super().__init__(f"the request does not fit the model's context window: {words}", FAIL_CONTEXT)
+    def __init__(self, server_message: str, *, n_prompt_tokens: int | None = None,
+                 n_ctx: int | None = None) -> None:
+        super().__init__(f"the request does not fit the model's context window: {server_message}", FAIL_CONTEXT)
         self.server_message = server_message
         self.n_prompt_tokens = n_prompt_tokens
         self.n_ctx = n_ctx
-        self.empty_stream = empty_stream
+
+
+class _EmptyStream(Exception):
+    """A 200 event stream that ended without any data."""
 
 
 class _Retryable(Exception):
@@ -542,8 +544,7 @@ class OpenAIClient:
     # ---- chat completions -----------------------------------------------------------------
 
     async def complete(self, messages: list[dict[str, str]], gen: GenerationSettings, *, stream: bool = True,
-                       on_delta: DeltaCallback | None = None, empty_means_overflow: bool = False,
-                       max_tokens: int | None = None) -> Completion:
+                       on_delta: DeltaCallback | None = None, max_tokens: int | None = None) -> Completion:
         """One chat completion (streamed unless `stream` is False), with bounded retries of transient
         failures. Raises EndpointUnavailable, ContextOverflow, AnswerFailed or AgentFatal (TLS)."""
         body: dict[str, Any] = {"model": self.served_model, "messages": messages, **gen.body(max_tokens),
@@ -566,7 +567,7 @@ class OpenAIClient:
                                           record_exception=False, set_status_on_exception=False) as span:
             started = time.monotonic()
             try:
-                result = await self._complete_retrying(body, stream, on_delta, empty_means_overflow, span, started)
+                result = await self._complete_retrying(body, stream, on_delta, span, started)
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
                     kind = getattr(exc, "kind", "") or type(exc).__qualname__
@@ -588,11 +589,21 @@ class OpenAIClient:
             return result
 
     async def _complete_retrying(self, body: dict[str, Any], stream: bool, on_delta: DeltaCallback | None,
-                                 empty_means_overflow: bool, span: Span, started: float) -> Completion:
+                                 span: Span, started: float) -> Completion:
         last: _Retryable | None = None
         for attempt in range(self.s.max_retries + 1):
             try:
-                result = await self._attempt(body, stream, on_delta, empty_means_overflow, span, started)
+                try:
+                    result = await self._attempt(body, stream, on_delta, span, started)
+                except _EmptyStream:
+                    # llama.cpp server quirk: a streamed request too long for its context gets 200 and an
+                    # event stream without any data; only a non-streamed request gets the 400 and its words.
+                    log.warning("the reply stream ended without any data; asking once more without streaming")
+                    span.add_event("empty reply stream; asking without streaming")
+                    plain = {k: v for k, v in body.items() if k != "stream_options"}
+                    result = await self._attempt({**plain, "stream": False}, False, None, span, started)
+                    if on_delta is not None and result.text:
+                        await on_delta(result.text, result.text)
                 result.attempts = attempt + 1
                 return result
             except _Retryable as exc:
@@ -619,7 +630,7 @@ class OpenAIClient:
                            last.kind)
 
     async def _attempt(self, body: dict[str, Any], stream: bool, on_delta: DeltaCallback | None,
-                       empty_means_overflow: bool, genai: Span, started: float) -> Completion:
+                       genai: Span, started: float) -> Completion:
         url = self._url("/chat/completions")
         headers: dict[str, str] = {}
         with self._http_span("POST", url, headers) as span:
@@ -638,11 +649,7 @@ class OpenAIClient:
                 raise _Retryable("the connection broke in the middle of the reply "
                                  f"({describe_transport_error(exc)})", kind=FAIL_CONNECTION) from None
         if acc.chunks == 0:
-            if empty_means_overflow:
-                # llama.cpp server quirk: a streamed request too long for the context gets 200 and an
-                # event stream without any data (only a non-streamed request gets the 400 and its words).
-                raise ContextOverflow("", empty_stream=True)
-            raise _Retryable("the reply stream ended without any data", kind=FAIL_CONNECTION)
+            raise _EmptyStream()
         if not done:
             raise _Retryable("the connection closed in the middle of the reply", kind=FAIL_CONNECTION)
         usage = acc.usage or {}
