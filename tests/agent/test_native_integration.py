@@ -231,6 +231,18 @@ def test_an_endpoint_down_or_loading_at_start_is_waited_for(agents: AgentRunner,
     assert agent.wait() == 0
 
 
+def test_an_outage_longer_than_the_wait_limit_is_fatal(agents: AgentRunner, chat: Chat) -> None:
+    pending = chat.send("hello?")
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    agent = agents.start(native(chat, endpoint, "m"), chat, {"WGS_AGENT_ENDPOINT_WAIT_SECONDS": "0.5"})
+    assert agent.wait() == EXIT_UNREACHABLE
+    lines = agent.error_lines()
+    assert len(lines) == 1 and "unreachable: connection refused" in lines[0] and endpoint in lines[0]
+    assert "WGS_AGENT_ENDPOINT_WAIT_SECONDS" in lines[0]
+    err = chat.wait_answer(pending)
+    assert err.role == SYSTEM_ERROR and "connection refused" in err.content
+
+
 def test_generation_settings_are_sent_and_max_tokens_has_a_default(agents: AgentRunner, chat: Chat) -> None:
     with FakeOpenAI(models=["m"]) as fake:
         agent = agents.start(native(chat, fake.base_url, "m", "--max-tokens", "3", "--temperature", "0.5",

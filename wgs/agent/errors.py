@@ -6,8 +6,9 @@ non-zero code as a crash, and 0 as a clean/idle exit):
   0  clean exit: SIGTERM, or idle for WGS_AGENT_IDLE_EXIT_SECONDS
   1  unexpected internal error (a bug; traceback in the log)
   2  usage or configuration error (bad arguments, bad WGS_* value, chat not found)
-  3  endpoint unusable: it answers, but not as an OpenAI-compatible server (an outage -- connection
-     refused, DNS, 502/503, "loading model" -- is not an exit: the agent waits for the endpoint)
+  3  endpoint unusable: it answers, but not as an OpenAI-compatible server; or it stayed unavailable
+     longer than WGS_AGENT_ENDPOINT_WAIT_SECONDS (default 0: an outage -- connection refused, DNS,
+     502/503/504, "loading model" -- is not an exit: the agent waits for the endpoint)
   4  TLS failure (certificate verification, handshake)
   5  authentication failure (HTTP 401/403 from the endpoint at start)
   6  unknown model (not in the endpoint's model list)
@@ -31,7 +32,7 @@ EXIT_CODES_HELP = """exit codes:
   0  clean exit (SIGTERM, or idle for WGS_AGENT_IDLE_EXIT_SECONDS)
   1  internal error
   2  usage or configuration error
-  3  endpoint unusable (not OpenAI-compatible)
+  3  endpoint unusable (not OpenAI-compatible), or unavailable past WGS_AGENT_ENDPOINT_WAIT_SECONDS
   4  TLS failure
   5  authentication failed (HTTP 401/403)
   6  unknown model

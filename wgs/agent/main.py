@@ -152,7 +152,8 @@ def _backend(ns: argparse.Namespace, cli_argv: list[str], api_key: str) -> Backe
             backoff_cap=env_float("WGS_AGENT_BACKOFF_CAP_SECONDS", 30.0, minimum=0.0),
         )
         prompt = env_str("WGS_AGENT_SYSTEM_PROMPT", DEFAULT_SYSTEM_PROMPT).replace("{chat}", ns.chat)
-        return NativeBackend(OpenAIClient(settings), prompt, gen, context_window_flag=flag_window)
+        return NativeBackend(OpenAIClient(settings), prompt, gen, context_window_flag=flag_window,
+                             give_up_after=env_float("WGS_AGENT_ENDPOINT_WAIT_SECONDS", 0.0))
     argv = cli_argv or _default_cli_argv(ns.kind, ns.model)
     if ns.kind == "claude":
         session_file = state_dir() / "chats" / ns.chat / "claude-session-id"

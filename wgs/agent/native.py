@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -29,7 +30,7 @@ from wgs.agent.context import (
     reply_budget,
 )
 from wgs.agent.conversation import Turn
-from wgs.agent.errors import FAIL_CONTEXT, AnswerFailed
+from wgs.agent.errors import EXIT_UNREACHABLE, FAIL_CONTEXT, AgentFatal, AnswerFailed
 from wgs.agent.openai_http import (
     Completion,
     ContextOverflow,
@@ -48,8 +49,10 @@ T = TypeVar("T")
 
 class NativeBackend:
     def __init__(self, client: OpenAIClient, system_prompt: str, gen: GenerationSettings, *,
-                 context_window_flag: int = 0, sleep: Sleeper = asyncio.sleep) -> None:
+                 context_window_flag: int = 0, sleep: Sleeper = asyncio.sleep,
+                 give_up_after: float = 0.0) -> None:
         self.client = client
+        self.give_up_after = give_up_after  # > 0: an outage longer than this is fatal (exit 3)
         self.system_prompt = system_prompt
         self.gen = gen
         self.flag = context_window_flag
@@ -68,13 +71,18 @@ class NativeBackend:
         """Run `op` until the endpoint is available for it: while it raises EndpointUnavailable,
         report *waiting*, back off (capped, Retry-After honoured) and try again."""
         attempt = 0
+        since = time.monotonic()
         while True:
             try:
                 result = await op()
             except EndpointUnavailable as exc:
+                waited = time.monotonic() - since
+                if self.give_up_after > 0 and waited >= self.give_up_after:
+                    raise AgentFatal(EXIT_UNREACHABLE, f"{exc.reason} (gave up after waiting {waited:.0f}s; "
+                                     "WGS_AGENT_ENDPOINT_WAIT_SECONDS)") from None
                 await status.endpoint_waiting(exc.reason)
                 delay = backoff_delay(attempt, self.client.s.backoff_base, self.client.s.backoff_cap, exc.retry_after)
-                log.warning("waiting for the endpoint (%s); next try in %.1fs", exc.reason, delay)
+                log.info("endpoint unavailable (%s); next try in %.1fs", exc.reason, delay)
                 await self._sleep(delay)
                 attempt += 1
                 self._rediscover = True
