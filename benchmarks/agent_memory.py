@@ -69,7 +69,8 @@ def measure(variant: str, graph_addr: str, state: Path, fake: FakeOpenAI, idle: 
             argv = [sys.executable, "-c", SDK_PRELUDE, *args, fake.base_url]
         env = base_env(state, {"WGS_GRAPH_ADDR": graph_addr, "WGS_CHAT_ID": chat})
         env.pop("OTEL_SDK_DISABLED", None)
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(state / f"{variant}.stderr", "ab"))
+        with open(state / f"{variant}.stderr", "ab") as err:
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:
             stub.AppendMessage(graph_pb2.AppendMessageRequest(
                 chat_id=chat, role=task_pb2.MESSAGE_ROLE_USER, content="hello", request_id="r1"), timeout=10)
@@ -81,7 +82,8 @@ def measure(variant: str, graph_addr: str, state: Path, fake: FakeOpenAI, idle: 
         finally:
             proc.terminate()
             proc.wait(10)
-            print((state / f"{variant}.stderr").read_text()[-2000:], file=sys.stderr) if proc.returncode not in (0, -15) else None
+            if proc.returncode not in (0, -15):
+                print((state / f"{variant}.stderr").read_text()[-2000:], file=sys.stderr)
     return {"rss_mib": roll["Rss"] / 1024, "pss_mib": roll["Pss"] / 1024,
             "uss_mib": (roll.get("Private_Clean", 0) + roll.get("Private_Dirty", 0)) / 1024}
 
@@ -96,7 +98,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wgs-agent-mem-") as tmp:
         state = Path(tmp)
         graph = start_service("graph", state / "graph")
-        print(f"state: {state}", flush=True)
         try:
             with FakeOpenAI(models=["m"]) as fake:
                 for variant in ns.variants.split(","):

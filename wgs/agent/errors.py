@@ -54,6 +54,7 @@ FAIL_PROTOCOL = "protocol"  # the reply is not an OpenAI chat completion
 FAIL_EMPTY = "empty_reply"  # the model returned no text
 FAIL_INTERRUPTED = "interrupted"  # SIGINT (InterruptChat)
 FAIL_CLI = "cli_error"  # claude/codex reported an error
+FAIL_STOPPED = "agent_stopped"  # a fatal error stopped the agent (it exits non-zero)
 FAIL_OTHER = "error"
 
 

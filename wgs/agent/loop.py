@@ -39,7 +39,7 @@ from opentelemetry.trace import Link, StatusCode
 from opentelemetry.trace import Status as SpanStatus
 
 from wgs.agent.conversation import ASSISTANT, SYSTEM_ERROR, Conversation, Msg, Turn
-from wgs.agent.errors import EXIT_OK, FAIL_EMPTY, FAIL_INTERRUPTED, AgentFatal, AnswerFailed
+from wgs.agent.errors import EXIT_OK, FAIL_EMPTY, FAIL_INTERRUPTED, FAIL_STOPPED, AgentFatal, AnswerFailed
 from wgs.agent.graph_link import GraphLink
 from wgs.agent.status import AnswerContext, LoggingSink, Status, StatusSink
 from wgs.common import attributes as attrs
@@ -134,7 +134,7 @@ class AgentLoop:
         targets = [request] if request is not None else self.conv.pending()
         text = f"The agent stopped: {reason}"
         for m in targets:
-            await self.status.answer_failed(m.key, "agent_stopped", text)
+            await self.status.answer_failed(m.key, FAIL_STOPPED, text)
         with contextlib.suppress(AgentFatal):
             if targets:
                 for m in targets:

@@ -372,7 +372,8 @@ class OpenAIClient:
             headers["Authorization"] = f"Bearer {settings.api_key}"
         self._client = httpx.AsyncClient(
             headers=headers,
-            verify=make_ssl_context(settings.ca_files) if settings.base_url.startswith("https:") else True,
+            # truststore loads the OS store when a TLS connection is made, so an http endpoint pays nothing.
+            verify=make_ssl_context(settings.ca_files),
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout,
                                   pool=settings.connect_timeout),
             transport=transport,
