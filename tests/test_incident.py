@@ -71,7 +71,10 @@ def incident(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Inciden
         procs = [start_service("graph", state, env={**telemetry, "WGS_DATABASE_URL": db_url}),
                  start_service("dispatch", state, env=telemetry)]
         sup_env = {**telemetry, "WGS_GRAPH_ADDR": procs[0].address, "WGS_DISPATCH_ADDR": procs[1].address,
-                   "WGS_CA_BUNDLE": cert, "WGS_RESTART_MAX_FAILURES": "1"}
+                   "WGS_CA_BUNDLE": cert, "WGS_RESTART_MAX_FAILURES": "1",
+                   # An agent waits for an unreachable endpoint (a model server loading); bounded here so
+                   # that test D sees an agent die of it.
+                   "WGS_AGENT_ENDPOINT_WAIT_SECONDS": "1"}
         procs.append(start_service("supervisor", state, env=sup_env))
         channels = [grpc.insecure_channel(procs[2].address), grpc.insecure_channel(procs[0].address)]
         try:
@@ -147,6 +150,34 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_D_an_agent_that_cannot_reach_its_endpoint_says_so_in_chat_show_while_it_waits(
+        incident: Incident, tmp_path: Path) -> None:
+    """Unbounded waiting (the default): the agent stays up, and `wgs chat show` says it is waiting and why."""
+    dead_url = f"https://127.0.0.1:{_closed_port()}"
+    env = {**incident.sup_env, "WGS_AGENT_ENDPOINT_WAIT_SECONDS": "0"}
+    incident.procs[2].terminate()
+    incident.procs[2] = start_service("supervisor", incident.state, env=env)
+    stub = chat_pb2_grpc.ChatServiceStub(grpc.insecure_channel(incident.procs[2].address))
+    chat = stub.CreateChat(chat_pb2.CreateChatRequest(model=MODEL, executor="native", endpoint=dead_url),
+                           timeout=30).chat
+    stream = stub.WatchChat(chat_pb2.WatchChatRequest(chat_id=chat.id), timeout=60)
+    for event in stream:
+        if event.chat.runtime.agent.HasField("waiting"):
+            break
+    stream.cancel()
+    cli = base_env(incident.state, {"WGS_SUPERVISOR_ADDR": incident.procs[2].address})
+    shown = subprocess.run([sys.executable, "-m", "wgs.cli.main", "chat", "show", chat.id], env=cli, cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "state       RUNNING" in shown.stdout
+    waiting = next(line for line in shown.stdout.splitlines() if line.startswith("waiting"))
+    assert "for its endpoint since" in waiting and "connection refused" in waiting
+    listed = subprocess.run([sys.executable, "-m", "wgs.cli.main", "chat", "list"], env=cli, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert "waiting for its endpoint" in listed.stdout
+    stub.DeleteChat(chat_pb2.DeleteChatRequest(chat_id=chat.id), timeout=30)
 
 
 def test_D_a_dying_agent_explains_itself_in_one_command(incident: Incident) -> None:

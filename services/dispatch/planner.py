@@ -40,6 +40,7 @@ CLAUDE_CLI = ["claude", "--print", "--input-format", "stream-json", "--output-fo
 CODEX_CLI = ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
 
 API_KEY_VAR = "WGS_API_KEY"
+WINDOW_SOURCE_VAR = "WGS_CONTEXT_WINDOW_SOURCE"  # where --context-window came from (the agent reports it)
 PROVIDER_VAR = "WGS_ENDPOINT_PROVIDER"
 ENDPOINT_URL_VAR = "WGS_ENDPOINT_URL"
 
@@ -166,12 +167,14 @@ def _plan(req: PlanRequest, config: Config) -> SpawnPlan:
     endpoint: PlannedEndpoint | None = None
     if executor in values.NEEDS_ENDPOINT:
         endpoint = _endpoint(endpoint_in, given, config)
+    elif endpoint_in and executor in values.TAKES_ENDPOINT:
+        endpoint = _endpoint(endpoint_in, given, config)  # codex on an OpenAI-compatible endpoint
     elif endpoint_in:
         raise InvalidArgument(
             f"executor {executor!r} does not use an endpoint (its CLI talks to its own service); "
-            f"drop endpoint {_show_endpoint(endpoint_in)!r}, or use executor 'native' to talk to an "
+            f"drop endpoint {_show_endpoint(endpoint_in)!r}, or use executor 'native' (or 'codex') to talk to an "
             "OpenAI-compatible endpoint", "endpoint")
-    elif _has_generation(req):
+    if executor not in values.NEEDS_ENDPOINT and _has_generation(req):
         raise InvalidArgument(
             f"generation settings (max_tokens, temperature, top_p, stop, context_window) apply to the native "
             f"executor only; executor {executor!r} uses its CLI's own", "generation")
@@ -186,11 +189,18 @@ def _plan(req: PlanRequest, config: Config) -> SpawnPlan:
         if endpoint.ca_file:
             argv += ["--ca-file", endpoint.ca_file]
         env.append(EnvVar(name=PROVIDER_VAR, value=endpoint.provider))
+        if generation.context_window and generation.context_window_source is not None:
+            env.append(EnvVar(name=WINDOW_SOURCE_VAR, value=_source_name(generation.context_window_source)))
         if endpoint.api_key_env:
             env.append(EnvVar(name=API_KEY_VAR, value_from_env=endpoint.api_key_env, secret=True))
     elif executor == values.CLAUDE:
         argv += ["--", *CLAUDE_CLI, "--model", values.split_model(model)[1]]
     elif executor == values.CODEX:
+        if endpoint is not None:
+            # codex as a custom model provider on this endpoint; its key only in the environment.
+            argv += ["--endpoint", endpoint.url]
+            if endpoint.api_key_env:
+                env.append(EnvVar(name=API_KEY_VAR, value_from_env=endpoint.api_key_env, secret=True))
         argv += ["--", *CODEX_CLI, "--model", values.split_model(model)[1]]
 
     ep_summary = (f"{endpoint.url} (from {endpoint.source.detail})" if endpoint is not None
@@ -379,6 +389,10 @@ def _generation(req: PlanRequest, given: Source, endpoint: PlannedEndpoint) -> G
         stop=stop, stop_source=s_src,
         context_window=int(window or 0), context_window_source=w_src,
     )
+
+
+def _source_name(source: Source) -> str:
+    return plan_pb2.ChoiceSource.Name(source.kind).removeprefix("CHOICE_SOURCE_").lower()  # type: ignore[arg-type]
 
 
 def _generation_argv(g: Generation) -> list[str]:

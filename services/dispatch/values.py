@@ -48,8 +48,9 @@ def normalize_executor(value: str) -> str | None:
     """The executor an accepted spelling means (case-insensitive), or None if unknown."""
     return EXECUTOR_ALIASES.get(value.strip().lower())
 
-# Executors that talk to an LLM endpoint themselves (only our native agent).
+# Executors that talk to an LLM endpoint themselves (our native agent), and those that may.
 NEEDS_ENDPOINT = frozenset({NATIVE})
+TAKES_ENDPOINT = frozenset({NATIVE, CODEX})  # codex: an OpenAI-compatible endpoint as a custom provider
 
 
 # Prefixes a CLI executor accepts (the prefix is stripped before it reaches the CLI's --model).

@@ -25,6 +25,15 @@ MAX_QUEUED = 10_000  # pieces queued for one slow watcher before the oldest are 
 
 
 @dataclass(eq=False)
+class RecordWatcher:
+    """A WatchChatRecords stream: the ids of chats whose runtime changed, coalesced."""
+
+    chat_id: str  # "" for every chat
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: dict[str, None] = field(default_factory=dict)  # ordered set
+
+
+@dataclass(eq=False)
 class Watcher:
     chat_id: str
     include_partial: bool
@@ -38,6 +47,7 @@ Broadcast = Callable[[str, str, task_pb2.PartialMessage | None], None]
 class Fanout:
     def __init__(self) -> None:
         self._watchers: dict[str, set[Watcher]] = defaultdict(set)
+        self._record_watchers: dict[str, set[RecordWatcher]] = defaultdict(set)
         self._inflight: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.broadcast: Broadcast | None = None  # (kind, chat_id, piece) to other replicas
 
@@ -83,14 +93,37 @@ class Fanout:
         for key in [k for k in self._inflight if k[0] == chat_id]:
             del self._inflight[key]
 
+    def watch_records(self, chat_id: str) -> RecordWatcher:
+        w = RecordWatcher(chat_id)
+        self._record_watchers[chat_id].add(w)
+        return w
+
+    def unwatch_records(self, w: RecordWatcher) -> None:
+        watchers = self._record_watchers.get(w.chat_id)
+        if watchers is not None:
+            watchers.discard(w)
+            if not watchers:
+                del self._record_watchers[w.chat_id]
+
     def runtime_changed(self, chat_id: str) -> None:
-        """Hook for runtime record changes (agent status); message watchers need no wake-up."""
-        del chat_id
+        """A chat's runtime record changed: wake its record watchers (and those of every chat)."""
+        self._runtime_changed(chat_id)
+        if self.broadcast is not None:
+            self.broadcast("runtime", chat_id, None)
+
+    def _runtime_changed(self, chat_id: str) -> None:
+        for key in (chat_id, ""):
+            for w in self._record_watchers.get(key, ()):
+                w.changed[chat_id] = None
+                w.wake.set()
 
     def wake_all(self) -> None:
         for watchers in self._watchers.values():
             for w in watchers:
                 w.wake.set()
+        for record_watchers in self._record_watchers.values():
+            for rw in record_watchers:
+                rw.wake.set()
 
     # -- events of other replicas -----------------------------------------------------------
 
@@ -101,6 +134,8 @@ class Fanout:
             self._partial(piece)
         elif kind == "finish" and piece is not None:
             self._inflight.pop((chat_id, piece.request_id), None)
+        elif kind == "runtime":
+            self._runtime_changed(chat_id)
 
     # -- internals --------------------------------------------------------------------------
 

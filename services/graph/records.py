@@ -10,7 +10,7 @@ expired.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 
 import grpc
@@ -40,7 +40,9 @@ from wgs.common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
+    Unavailable,
     WgsError,
 )
 from wgs.common.timeutil import from_ts, to_ts
@@ -284,7 +286,10 @@ class ChatRecords:
             return RS.CreateChatTaskResponse(task=g.task_pb(session, row, with_log=False),
                                              runtime=convert.runtime(rt, []), created=True)
 
-        return await g.run(g.write, op)
+        resp = await g.run(g.write, op)
+        if resp.created:
+            g.fanout.runtime_changed(resp.task.id)
+        return resp
 
     async def get_chat_record(self, req: RS.GetChatRecordRequest) -> RS.GetChatRecordResponse:
         v.chat_id(req.chat_id)
@@ -386,7 +391,9 @@ class ChatRecords:
             self._prune_runs(session, req.chat_id)
             return RS.RecordRunStartedResponse(runtime=g.runtime_pb(session, rt))
 
-        return await g.run(g.write, op)
+        resp = await g.run(g.write, op)
+        g.fanout.runtime_changed(req.chat_id)
+        return resp
 
     def _validate_exit(self, item: RS.RunExit, i: int) -> int:
         field = f"exits[{i}]"
@@ -471,6 +478,7 @@ class ChatRecords:
         for res in resp.results:
             if res.error_code == 0:
                 g.forget_partials(res.chat_id)
+                g.fanout.runtime_changed(res.chat_id)
         return resp
 
     # -- transitions ---------------------------------------------------------------------------
@@ -524,7 +532,9 @@ class ChatRecords:
             return RS.TransitionChatResponse(task=g.task_pb(session, task, with_log=False),
                                              runtime=g.runtime_pb(session, rt))
 
-        return await g.run(g.write, op)
+        resp = await g.run(g.write, op)
+        g.fanout.runtime_changed(req.chat_id)
+        return resp
 
     # -- leases, ownership, supervisors ---------------------------------------------------------
 
@@ -603,7 +613,10 @@ class ChatRecords:
             resp.task.CopyFrom(g.task_pb(session, g.task_row(session, req.chat_id), with_log=False))
             return resp
 
-        return await g.run(g.write, op)
+        claimed = await g.run(g.write, op)
+        if claimed.previous_supervisor_id != supervisor:
+            g.fanout.runtime_changed(req.chat_id)
+        return claimed
 
     async def list_supervisors(self, req: RS.ListSupervisorsRequest) -> RS.ListSupervisorsResponse:
         g = self.g
@@ -625,6 +638,34 @@ class ChatRecords:
         return await g.run(op)
 
 
+async def watch_chat_records(records: ChatRecords, req: RS.WatchChatRecordsRequest
+                             ) -> AsyncIterator[RS.WatchChatRecordsResponse]:
+    """Each change of the chat's (or any chat's) runtime, as the record after it."""
+    if req.chat_id:
+        v.chat_id(req.chat_id)
+        await records.get_chat_record(RS.GetChatRecordRequest(chat_id=req.chat_id))  # NOT_FOUND first
+    g = records.g
+    watcher = g.fanout.watch_records(req.chat_id)
+    try:
+        while True:
+            if g.closing:
+                raise Unavailable("the graph service is shutting down; watch the chat records again")
+            if not watcher.changed:
+                watcher.wake.clear()
+                if not watcher.changed:
+                    await watcher.wake.wait()
+                continue
+            chat_id = next(iter(watcher.changed))
+            del watcher.changed[chat_id]
+            try:
+                rec = await records.get_chat_record(RS.GetChatRecordRequest(chat_id=chat_id))
+            except NotFound:
+                continue
+            yield RS.WatchChatRecordsResponse(chat=RS.ChatRecord(task=rec.task, runtime=rec.runtime))
+    finally:
+        g.fanout.unwatch_records(watcher)
+
+
 def status_code_name(code: int) -> str:
     for status in grpc.StatusCode:
         if status.value[0] == code:
@@ -632,5 +673,5 @@ def status_code_name(code: int) -> str:
     return str(code)
 
 
-__all__ = ["ChatRecords", "status_code_name", "validate_run"]
+__all__ = ["ChatRecords", "status_code_name", "validate_run", "watch_chat_records"]
 

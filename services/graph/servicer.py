@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from services.graph.records import ChatRecords
+from services.graph.records import ChatRecords, watch_chat_records
 from services.graph.store import GraphStore
 from wgs.common import attributes as attrs
 from wgs.common import telemetry
@@ -142,3 +142,9 @@ class RuntimeServicer(runtime_service_pb2_grpc.RuntimeServiceServicer):
     async def ListSupervisors(self, request: RS.ListSupervisorsRequest,
                               context: grpc.aio.ServicerContext) -> RS.ListSupervisorsResponse:
         return await self.records.list_supervisors(request)
+
+    async def WatchChatRecords(self, request: RS.WatchChatRecordsRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[RS.WatchChatRecordsResponse]:
+        _annotate(request)
+        async for item in watch_chat_records(self.records, request):
+            yield item

@@ -227,6 +227,10 @@ class GraphStore:
         await asyncio.to_thread(self._executor.shutdown, wait=True)
         self.engine.dispose()
 
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
     def begin_shutdown(self) -> None:
         self._closing.set()
         self.fanout.wake_all()

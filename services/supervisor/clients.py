@@ -8,7 +8,7 @@ violations survive the hop. Stubs are passed in, so tests can use the real servi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
 import grpc
@@ -137,6 +137,17 @@ class GraphClient:
         resp = await call("graph ListSupervisors", self._runtime.ListSupervisors(
             RS.ListSupervisorsRequest(include_expired=include_expired), timeout=deadline()))
         return list(resp.supervisors)
+
+    async def watch_records(self, chat_id: str) -> AsyncGenerator[RS.ChatRecord, None]:
+        """Each later change of the chat's (or, with "", every chat's) record."""
+        stream = self._runtime.WatchChatRecords(RS.WatchChatRecordsRequest(chat_id=chat_id))
+        try:
+            async for item in stream:
+                yield item.chat
+        except grpc.aio.AioRpcError as exc:
+            raise wgs_error(exc, "graph WatchChatRecords") from None
+        finally:
+            stream.cancel()
 
     # -- messages ----------------------------------------------------------------------------
 

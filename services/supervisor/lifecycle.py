@@ -146,7 +146,6 @@ class Lifecycle:
         self.backend = backend
         self.clock = clock or LoopClock()
         self.runs = Runs(settings, graph, backend, self.clock, agent_credentials)
-        self.bus = views.EventBus()
         self.admission = admission or Admission(
             max_concurrent=settings.max_concurrent_creates, queue_seconds=settings.create_queue_seconds,
             chat_bytes=settings.chat_memory_bytes, memory=own_cgroup_memory)
@@ -206,18 +205,6 @@ class Lifecycle:
              ) -> chat_pb2.Chat:
         return views.to_chat(task, runtime, redactor=self._redactor(task.id, runtime), live_tail=live_tail)
 
-    async def _publish(self, chat_id: str, task: task_pb2.Task | None = None,
-                       runtime: runtime_pb2.ChatRuntime | None = None) -> None:
-        if not self.bus.wanted(chat_id):
-            return
-        if task is None or runtime is None:
-            try:
-                rec = await self.graph.record(chat_id)
-            except errors.WgsError:
-                return
-            task, runtime = rec.task, rec.runtime
-        self.bus.publish(self.view(task, runtime))
-
     # ---------------------------------------------------------------------------- the one state change
 
     async def change_state(self, live: ChatLive, to_state: int, change: Change
@@ -252,7 +239,6 @@ class Lifecycle:
             resp = await self.graph.transition(req)
             task, runtime = resp.task, resp.runtime
         live.state = runtime.state
-        await self._publish(live.chat_id, task, runtime)
         return task, runtime
 
     # ---------------------------------------------------------------------------- CreateChat
@@ -528,19 +514,25 @@ class Lifecycle:
                                           next_page_token=resp.next_page_token)
 
     async def watch_chat(self, chat_id: str) -> AsyncIterator[chat_pb2.Chat]:
+        """The chat now, then each change of it as the graph records it (whoever made it: this
+        supervisor, the agent's own reports, a Reconcile, another replica). "" watches every chat."""
         if chat_id:
             validation.chat_id(chat_id)
-        q = self.bus.subscribe(chat_id)
+        changes = self.graph.watch_records(chat_id)
+        first = asyncio.ensure_future(anext(changes))  # subscribed before the snapshot: nothing is missed
         try:
             if chat_id:
                 yield await self.get_chat(chat_id)
             else:
-                async for rec in self.graph.all_records(supervisor_id=self.me):
+                async for rec in self.graph.all_records():
                     yield self.view(rec.task, rec.runtime)
+            rec = await first
             while True:
-                yield await q.get()
+                yield self.view(rec.task, rec.runtime)
+                rec = await anext(changes)
         finally:
-            self.bus.unsubscribe(chat_id, q)
+            first.cancel()
+            await changes.aclose()
 
     async def list_messages(self, req: chat_pb2.ListChatMessagesRequest) -> chat_pb2.ListChatMessagesResponse:
         validation.chat_id(req.chat_id)
@@ -695,9 +687,7 @@ class Lifecycle:
                     last_error="", task_status=new_status, add_tags=tags, resume_on_start=False,
                     log_message=f"{verb} requested"))
             rec = await self._read(live)
-            chat = self.view(rec.task, rec.runtime)
-            self.bus.publish(chat)
-            return chat
+            return self.view(rec.task, rec.runtime)
 
     async def stop_chat(self, chat_id: str) -> chat_pb2.Chat:
         return await self._end(chat_id, "StopChat", task_pb2.TASK_STATUS_OPEN, ())

@@ -5,18 +5,15 @@ Truthful now vs history: `Chat.pid` is set only while a run of the chat lives (t
 pids as history); the runtime's last_error is the graph's, which is cleared when a run starts (the
 failure stays on the run in previous_runs). The stderr tail of a list comes from the records only
 (kept when a run ends): no file is read per chat. Only GetChat reads the live run's file, off the
-event loop.
+event loop. WatchChat streams the graph's record of each change (RuntimeService.WatchChatRecords),
+so what it shows is what is recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from services.supervisor.redact import Redactor
 from wgs.common import chat_states, validation
 from wgs.v1 import chat_pb2, runtime_pb2, task_pb2
-
-QUEUE_SIZE = 1000
 
 
 def chat_name(task: task_pb2.Task) -> str:
@@ -55,32 +52,3 @@ def to_chat(task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, *, redactor: 
     tail = live_tail if live_tail else runtime.current_run.stderr_tail
     chat.stderr_tail = redactor.text(tail)
     return chat
-
-
-class EventBus:
-    """In-process fan-out of chat changes to WatchChat streams ("" watches every chat)."""
-
-    def __init__(self) -> None:
-        self._subs: dict[str, set[asyncio.Queue[chat_pb2.Chat]]] = {}
-
-    def subscribe(self, chat_id: str) -> asyncio.Queue[chat_pb2.Chat]:
-        q: asyncio.Queue[chat_pb2.Chat] = asyncio.Queue(maxsize=QUEUE_SIZE)
-        self._subs.setdefault(chat_id, set()).add(q)
-        return q
-
-    def unsubscribe(self, chat_id: str, q: asyncio.Queue[chat_pb2.Chat]) -> None:
-        subs = self._subs.get(chat_id)
-        if subs is not None:
-            subs.discard(q)
-            if not subs:
-                del self._subs[chat_id]
-
-    def wanted(self, chat_id: str) -> bool:
-        return bool(self._subs.get(chat_id) or self._subs.get(""))
-
-    def publish(self, chat: chat_pb2.Chat) -> None:
-        for key in (chat.id, ""):
-            for q in list(self._subs.get(key, ())):
-                if q.full():  # a stuck watcher loses the oldest change, never blocks the supervisor
-                    q.get_nowait()
-                q.put_nowait(chat)

@@ -152,6 +152,7 @@ class AgentRunner:
             "WGS_AGENT_CONNECT_TIMEOUT_SECONDS": "3",
             "WGS_AGENT_READ_TIMEOUT_SECONDS": "10",
             "WGS_LOG_FORMAT": "text",
+            "CLAUDE_CONFIG_DIR": str(self.tmp_path / "claude-config"),  # the fake claude keeps sessions here
         })
         path = os.environ.get("PATH", "")
         full["PATH"] = f"{FAKE_BIN}:{path}" if path_fakes else "/nonexistent-bin"

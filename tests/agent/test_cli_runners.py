@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
 from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, AgentRunner, Chat
+from tests.fakes.fake_openai import FakeOpenAI
 from wgs.agent.errors import EXIT_CLI_FAILED
 
 CLAUDE_ARGV = ["claude", "--print", "--input-format", "stream-json", "--output-format", "stream-json",
@@ -41,10 +43,10 @@ def test_claude_runner_answers_in_order_with_one_process(agents: AgentRunner, ch
     assert agent.wait() == 0
 
 
-def test_claude_crash_posts_error_and_exits_8_and_restart_carries_history(
+def test_claude_crash_posts_error_and_exits_8_and_the_next_run_resumes_the_session(
         agents: AgentRunner, chat: Chat, tmp_path: Path) -> None:
     rec = tmp_path / "claude.jsonl"
-    env = {"FAKE_CLI_RECORD": str(rec)}
+    env = {"FAKE_CLI_RECORD": str(rec), "WGS_STATE_DIR": str(tmp_path / "state")}
     agent = agents.start(["claude", "--chat", chat.id, "--model", "claude:opus"], chat, env)  # default argv
     r1 = chat.send("remember the word kiwi")
     assert chat.wait_answer(r1).role == ASSISTANT
@@ -54,13 +56,38 @@ def test_claude_crash_posts_error_and_exits_8_and_restart_carries_history(
     assert agent.wait() == EXIT_CLI_FAILED
     assert "fake claude: API authentication failed" in agent.stderr()  # the CLI's stderr is in the run log
     assert len(agent.error_lines()) == 1
+    session = records(rec)[-1]["session"]
+    assert (tmp_path / "state" / "chats" / chat.id / "claude-session-id").read_text().strip() == session
 
     again = agents.start(["claude", "--chat", chat.id, "--model", "claude:opus"], chat, env)
     r3 = chat.send("what was the word?")
     assert chat.wait_answer(r3).role == ASSISTANT
-    prompt = str(records(rec)[-1]["prompt"])
-    assert "remember the word kiwi" in prompt and prompt.endswith("what was the word?")
-    assert "now crash" not in prompt  # a failed turn is not part of the context
+    last = records(rec)[-1]
+    argv = last["argv"]
+    assert isinstance(argv, list) and argv[argv.index("--resume") + 1] == session
+    assert last["prompt"] == "what was the word?"  # no transcript: claude has the session
+    assert last["history"] == ["remember the word kiwi", "now crash"]
+    again.signal(signal.SIGTERM)
+    assert again.wait() == 0
+
+
+def test_claude_without_its_session_falls_back_to_a_transcript(agents: AgentRunner, chat: Chat,
+                                                                tmp_path: Path) -> None:
+    rec = tmp_path / "claude.jsonl"
+    env = {"FAKE_CLI_RECORD": str(rec), "WGS_STATE_DIR": str(tmp_path / "state")}
+    first = agents.start(["claude", "--chat", chat.id, "--model", "claude:opus"], chat, env)
+    r1 = chat.send("remember the word fig")
+    assert chat.wait_answer(r1).role == ASSISTANT
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    shutil.rmtree(tmp_path / "claude-config")  # claude's sessions are gone (another machine, a wiped home)
+    again = agents.start(["claude", "--chat", chat.id, "--model", "claude:opus"], chat, env)
+    r2 = chat.send("what was the word?")
+    assert chat.wait_answer(r2).content == "claude[opus]: what was the word?"
+    last = records(rec)[-1]
+    assert "--resume" not in last["argv"]  # type: ignore[operator]
+    assert "remember the word fig" in str(last["prompt"]) and str(last["prompt"]).endswith("what was the word?")
+    assert "could not resume session" in again.stderr()
     again.signal(signal.SIGTERM)
     assert again.wait() == 0
 
@@ -83,6 +110,28 @@ def test_codex_runner_one_exec_per_message(agents: AgentRunner, chat: Chat, tmp_
     assert agent.proc.poll() is None
     agent.signal(signal.SIGTERM)
     assert agent.wait() == 0
+
+
+def test_codex_on_an_openai_compatible_endpoint_key_only_in_the_environment(
+        agents: AgentRunner, chat: Chat, tmp_path: Path) -> None:
+    rec = tmp_path / "codex.jsonl"
+    key = "sk-codex-SECRET-42"
+    with FakeOpenAI(models=["qwen3-coder"], api_key=key) as fake:
+        agent = agents.start(["codex", "--chat", chat.id, "--model", "nex:qwen3-coder", "--endpoint", fake.base_url],
+                             chat, {"FAKE_CLI_RECORD": str(rec), "WGS_API_KEY": key})
+        r1 = chat.send("hello endpoint")
+        assert chat.wait_answer(r1).content == "echo: hello endpoint"  # the endpoint's reply, through codex
+        req = fake.wait_path("/v1/responses")
+        assert req.authorization == f"Bearer {key}" and req.body["model"] == "qwen3-coder"
+        run = records(rec)[-1]
+        assert run["config"] == {"model_provider": "wgs", "model_providers.wgs.name": "wgs endpoint",
+                                 "model_providers.wgs.base_url": f"{fake.base_url}/v1",
+                                 "model_providers.wgs.wire_api": "responses",
+                                 "model_providers.wgs.env_key": "WGS_API_KEY"}
+        assert run["key_seen"] == key and key not in " ".join(run["argv"])  # type: ignore[arg-type]
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+    assert key not in agent.stderr()
 
 
 def test_missing_cli_exits_8_with_a_system_error(agents: AgentRunner, chat: Chat) -> None:

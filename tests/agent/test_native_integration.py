@@ -157,24 +157,21 @@ def _closed_port() -> int:
         return fake.port
 
 
-@pytest.mark.parametrize("case", ["unreachable", "auth", "unknown-model", "bad-model-list"])
+@pytest.mark.parametrize("case", ["auth", "unknown-model", "bad-model-list"])
 def test_start_failures_exit_with_one_line_and_a_system_error(
         agents: AgentRunner, chat: Chat, case: str) -> None:
     pending = chat.send("hello?")
     with FakeOpenAI(models=["qwen3-coder"], api_key="the-right-key") as fake:
-        if case == "unreachable":
-            endpoint, model, key, code = f"http://127.0.0.1:{_closed_port()}", "qwen3-coder", KEY, EXIT_UNREACHABLE
-            words = ["unreachable", "connection refused"]
-        elif case == "auth":
+        if case == "auth":
             endpoint, model, key, code = fake.base_url, "qwen3-coder", KEY, EXIT_AUTH
             words = ["authentication", "401", "WGS_API_KEY"]
         elif case == "unknown-model":
             endpoint, model, key, code = fake.base_url, "nex:nope-7b", "the-right-key", EXIT_UNKNOWN_MODEL
             words = ["nope-7b", "qwen3-coder"]
-        else:
-            fake.models_status = 503
+        else:  # it answers, but not as an OpenAI-compatible server
+            fake.models_status = 405
             endpoint, model, key, code = fake.base_url, "qwen3-coder", "the-right-key", EXIT_UNREACHABLE
-            words = ["503"]
+            words = ["405", "GET /models"]
         agent = agents.start(native(chat, endpoint, model), chat,
                              {"WGS_API_KEY": key, "WGS_AGENT_MAX_RETRIES": "1"})
         assert agent.wait() == code
@@ -188,17 +185,118 @@ def test_start_failures_exit_with_one_line_and_a_system_error(
     assert_secret_nowhere(agent, chat)
 
 
-def test_endpoint_gone_during_run_posts_error_and_exits(agents: AgentRunner, chat: Chat) -> None:
+def wait_stderr(agent: Agent, text: str, timeout: float = 20.0) -> None:
+    """Block until the agent's log (a file) shows `text` (checked every 50 ms, bounded)."""
+    deadline = time.monotonic() + timeout
+    while text not in agent.stderr():
+        assert agent.proc.poll() is None, f"the agent exited:\n{agent.stderr()}"
+        assert time.monotonic() < deadline, f"no {text!r} in the agent's log:\n{agent.stderr()}"
+        time.sleep(0.05)
+
+
+def test_an_outage_mid_chat_is_waited_out_without_an_exit(agents: AgentRunner, chat: Chat) -> None:
     fake = FakeOpenAI(models=["m"]).start()
+    port = fake.port
     agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_AGENT_MAX_RETRIES": "2"})
     r1 = chat.send("first")
     assert chat.wait_answer(r1).role == ASSISTANT
     fake.stop()
-    r2 = chat.send("second")
-    err = chat.wait_answer(r2)
-    assert err.role == SYSTEM_ERROR and "unreachable" in err.content
+    r2 = chat.send("second, while the server is down")
+    wait_stderr(agent, "waiting for the endpoint")
+    r3 = chat.send("third, queued")
+    with FakeOpenAI(models=["m"], port=port) as back:
+        assert chat.wait_answer(r2).content == "echo: second, while the server is down"
+        assert chat.wait_answer(r3).content == "echo: third, queued"
+        assert [r.body["messages"][-1]["content"] for r in back.chat_requests()] == [
+            "second, while the server is down", "third, queued"]
+    assert "connection refused" in agent.stderr() and "endpoint back" in agent.stderr()
+    assert all(m.role != SYSTEM_ERROR for m in chat.messages())
+    agent.signal(signal.SIGTERM)
+    assert agent.wait() == 0
+
+
+def test_an_endpoint_down_or_loading_at_start_is_waited_for(agents: AgentRunner, chat: Chat) -> None:
+    port = _closed_port()
+    pending = chat.send("asked before the server is up")
+    agent = agents.start(native(chat, f"http://127.0.0.1:{port}", "m"), chat)
+    wait_stderr(agent, "connection refused")
+    with FakeOpenAI(models=["m"], port=port, server="llama.cpp", n_ctx=2048) as fake:
+        fake.loading = True  # llama-server answers 503 "Loading model" until the model is loaded
+        wait_stderr(agent, "the model is loading")
+        fake.loading = False
+        assert chat.wait_answer(pending).content == "echo: asked before the server is up"
+    assert "context window 2048 tokens (server: llama.cpp GET /props n_ctx)" in agent.stderr()
+    assert agent.proc.poll() is None and chat.answers()[pending][0].role == ASSISTANT
+    agent.signal(signal.SIGTERM)
+    assert agent.wait() == 0
+
+
+def test_an_outage_longer_than_the_wait_limit_is_fatal(agents: AgentRunner, chat: Chat) -> None:
+    pending = chat.send("hello?")
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    agent = agents.start(native(chat, endpoint, "m"), chat, {"WGS_AGENT_ENDPOINT_WAIT_SECONDS": "0.5"})
     assert agent.wait() == EXIT_UNREACHABLE
-    assert len(agent.error_lines()) == 1
+    lines = agent.error_lines()
+    assert len(lines) == 1 and "unreachable: connection refused" in lines[0] and endpoint in lines[0]
+    assert "WGS_AGENT_ENDPOINT_WAIT_SECONDS" in lines[0]
+    err = chat.wait_answer(pending)
+    assert err.role == SYSTEM_ERROR and "connection refused" in err.content
+
+
+def test_generation_settings_are_sent_and_max_tokens_has_a_default(agents: AgentRunner, chat: Chat) -> None:
+    with FakeOpenAI(models=["m"]) as fake:
+        agent = agents.start(native(chat, fake.base_url, "m", "--max-tokens", "3", "--temperature", "0.5",
+                                    "--top-p", "0.8", "--stop", "END", "--stop", "STOP"), chat)
+        fake.script(Reply(text="one two six ten red"))
+        r = chat.send("long answer please")
+        assert chat.wait_answer(r).content == "one two six"  # cut at max_tokens by the server
+        body = fake.chat_requests()[0].body
+        assert (body["max_tokens"], body["temperature"], body["top_p"], body["stop"]) == (3, 0.5, 0.8,
+                                                                                         ["END", "STOP"])
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+        plain = agents.start(native(chat, fake.base_url, "m"), chat)
+        r = chat.send("defaults")
+        chat.wait_answer(r)
+        body = fake.chat_requests()[-1].body
+        assert body["max_tokens"] == 1024 and "temperature" not in body and "stop" not in body
+        plain.signal(signal.SIGTERM)
+        assert plain.wait() == 0
+    bad = agents.start(native(chat, "http://127.0.0.1:9", "m", "--temperature", "7"), chat)
+    assert bad.wait() == 2 and "--temperature 7 must be between 0 and 2" in bad.error_lines()[0]
+
+
+def test_ollama_bare_model_name_is_its_latest_tag(agents: AgentRunner, chat: Chat) -> None:
+    with FakeOpenAI(models=["qwen3-coder"], server="ollama", ollama_num_ctx=8192) as fake:
+        assert fake.models == ["qwen3-coder:latest"]
+        agent = agents.start(native(chat, fake.base_url, "nex:qwen3-coder"), chat)
+        r = chat.send("hi ollama")
+        assert chat.wait_answer(r).content == "echo: hi ollama"
+        assert fake.chat_requests()[0].body["model"] == "qwen3-coder:latest"
+        assert "context window 8192 tokens (server: Ollama POST /api/show parameters num_ctx)" in agent.stderr()
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
+
+
+def test_llama_cpp_overflow_is_cut_and_a_too_long_message_refused(agents: AgentRunner, chat: Chat) -> None:
+    # The window figure is wrong (/props says 8192, the slot holds 300), and llama-server answers a
+    # streamed request that is too long with 200 and an empty stream.
+    with FakeOpenAI(models=["m"], server="llama.cpp", n_ctx=300, props_n_ctx=8192, overflow_stream="empty") as fake:
+        agent = agents.start(native(chat, fake.base_url, "m", "--max-tokens", "64"), chat)
+        r1 = chat.send("first " + "word " * 120)
+        assert chat.wait_answer(r1).role == ASSISTANT
+        r2 = chat.send("second " + "word " * 120)  # with the first turn it is over 300 tokens
+        assert chat.wait_answer(r2).content.startswith("echo: second")
+        assert [r.body["stream"] for r in fake.chat_requests()] == [True, True, False, True]
+        retry = fake.chat_requests()[-1].body["messages"]
+        assert [m["role"] for m in retry] == ["system", "user"]  # the earlier turn was cut
+        r3 = chat.send("third " + "word " * 400)  # alone bigger than the window the server gave
+        err = chat.wait_answer(r3)
+        assert err.role == SYSTEM_ERROR and "too long for the model" in err.content and "300" in err.content
+        assert len(fake.chat_requests()) == 4  # refused without sending
+        assert "exceeds the available context size" in agent.stderr()
+        agent.signal(signal.SIGTERM)
+        assert agent.wait() == 0
 
 
 def test_graph_unreachable_exits_7(agents: AgentRunner, chat: Chat) -> None:
@@ -230,7 +328,7 @@ def test_idle_agent_exits_0(agents: AgentRunner, chat: Chat) -> None:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make a certificate")
-def test_tls_verified_custom_ca_bundle(agents: AgentRunner, chat: Chat, tmp_path: Path) -> None:
+def test_tls_verified_with_the_endpoints_ca_file_or_ca_bundle(agents: AgentRunner, chat: Chat, tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     with FakeOpenAI(models=["m"], tls=(cert, key)) as fake:
         assert fake.base_url.startswith("https://")
@@ -239,13 +337,16 @@ def test_tls_verified_custom_ca_bundle(agents: AgentRunner, chat: Chat, tmp_path
         assert agent.wait() == EXIT_TLS
         lines = agent.error_lines()
         assert len(lines) == 1 and "TLS failure: certificate verify failed" in lines[0], agent.stderr()
-        assert "WGS_CA_BUNDLE" in lines[0]
+        assert "ca_file" in lines[0] and "WGS_CA_BUNDLE" in lines[0]
         assert chat.wait_answer(pending).role == SYSTEM_ERROR
-        trusted = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_CA_BUNDLE": cert})
-        r = chat.send("over tls, trusted")
-        assert chat.wait_answer(r).content == "echo: over tls, trusted"
-        trusted.signal(signal.SIGTERM)
-        assert trusted.wait() == 0
+        for extra, env in ((["--ca-file", cert], {}), ([], {"WGS_CA_BUNDLE": cert})):
+            trusted = agents.start(native(chat, fake.base_url, "m", *extra), chat, env)
+            r = chat.send("over tls, trusted")
+            assert chat.wait_answer(r).content == "echo: over tls, trusted"
+            trusted.signal(signal.SIGTERM)
+            assert trusted.wait() == 0
+    missing = agents.start(native(chat, "https://127.0.0.1:9", "m", "--ca-file", str(tmp_path / "nope.pem")), chat)
+    assert missing.wait() == 2 and "is not a readable file" in missing.error_lines()[0]
 
 
 def test_sigterm_during_the_start_check_exits_0_promptly(agents: AgentRunner, chat: Chat) -> None:

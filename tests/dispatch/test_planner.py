@@ -241,11 +241,21 @@ def test_bad_inline_urls_are_invalid_argument_without_echoing_secrets(url: str, 
     assert "sk-secret" not in err.value.message
 
 
-def test_endpoint_for_cli_executors_is_invalid_argument() -> None:
-    for executor in ("claude", "codex"):
-        with pytest.raises(InvalidArgument) as err:
-            plan(cfg(), executor=executor, endpoint=INCIDENT_URL)
-        assert "does not use an endpoint" in err.value.message
+def test_endpoint_for_claude_is_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), executor="claude", endpoint=INCIDENT_URL)
+    assert "does not use an endpoint" in err.value.message and err.value.field == "endpoint"
+
+
+def test_codex_on_an_openai_compatible_endpoint_gets_it_with_its_key_by_name_only() -> None:
+    p = plan(cfg(FULL.replace('provider = "vllm"', 'provider = "vllm"\napi_key_env = "LAB2_KEY"')),
+             executor="codex", model="qwen3-coder", endpoint="lambda02")
+    assert p.argv[:4] == ["wgs-agent", "codex", "--model", "qwen3-coder"]
+    assert value_after(p.argv, "--endpoint") == "http://lambda02.example:30000"
+    assert p.argv[p.argv.index("--") + 1] == "codex"
+    assert [(e.name, e.value_from_env, e.secret) for e in p.env] == [("WGS_API_KEY", "LAB2_KEY", True)]
+    without = plan(cfg(), executor="codex")  # no endpoint given: codex's own service, no default endpoint
+    assert without.endpoint is None and "--endpoint" not in without.argv
 
 
 # --- claude / codex argv ---------------------------------------------------------------------------

@@ -7,7 +7,14 @@ claude (`claude --print --input-format stream-json --output-format stream-json -
 codex (`codex exec --json … -`, prompt on stdin): JSON-lines events; the reply is the last
   `{"type":"item.completed","item":{"type":"agent_message","text":"…"}}` (older releases:
   `{"msg":{"type":"agent_message","message":"…"}}` / `task_complete.last_agent_message`); failures are
-  `{"type":"turn.failed","error":{"message":…}}` or `{"type":"error","message":…}`.
+  `{"type":"turn.failed","error":{"message":…}}` or `{"type":"error","message":…}`; the turn's token
+  usage is in `{"type":"turn.completed","usage":{"input_tokens":…,"output_tokens":…}}`.
+  An OpenAI-compatible endpoint is a custom model provider given with `-c` overrides
+  (`codex_provider_args`): `model_provider=<id>`, `model_providers.<id>.base_url` (…/v1: codex
+  appends /responses or /chat/completions), `.wire_api`, and `.env_key` = the NAME of the variable
+  holding the key (codex reads it from its environment: the key is never in argv).
+claude sessions: every event carries `session_id`; `claude --resume <id>` continues that session
+  (looked up under the working directory; an unknown one: "No conversation found with session ID").
 """
 
 from __future__ import annotations
@@ -75,6 +82,41 @@ def claude_event(event: dict[str, Any], collected: list[str]) -> Outcome | None:
         errors = event.get("errors")
         text = "; ".join(map(str, errors)) if isinstance(errors, list) and errors else (subtype or "unknown error")
     return Outcome(text, is_error)
+
+
+def session_id(event: dict[str, Any]) -> str:
+    """The claude session id an event carries (system init, assistant, result), or ""."""
+    value = event.get("session_id")
+    return value if isinstance(value, str) else ""
+
+
+def event_usage(event: dict[str, Any]) -> tuple[int, int] | None:
+    """(input, output) tokens of a claude `result` or codex `turn.completed` event, if it has usage."""
+    usage = event.get("usage")
+    if event.get("type") not in ("result", "turn.completed") or not isinstance(usage, dict):
+        return None
+    tokens_in = sum(v for k, v in usage.items() if k.endswith("input_tokens") and isinstance(v, int))
+    tokens_out = usage.get("output_tokens")
+    return tokens_in, tokens_out if isinstance(tokens_out, int) else 0
+
+
+CODEX_PROVIDER_ID = "wgs"
+CODEX_KEY_VARIABLE = "WGS_API_KEY"
+
+
+def codex_provider_args(base_url: str, wire_api: str = "responses", *, with_key: bool = True) -> list[str]:
+    """`-c` overrides making codex use `base_url` as a custom provider; the key stays in the environment."""
+    def toml(value: str) -> str:
+        return json.dumps(value)  # a TOML basic string
+
+    pid = CODEX_PROVIDER_ID
+    out = ["-c", f"model_provider={toml(pid)}",
+           "-c", f"model_providers.{pid}.name={toml('wgs endpoint')}",
+           "-c", f"model_providers.{pid}.base_url={toml(base_url)}",
+           "-c", f"model_providers.{pid}.wire_api={toml(wire_api)}"]
+    if with_key:
+        out += ["-c", f"model_providers.{pid}.env_key={toml(CODEX_KEY_VARIABLE)}"]
+    return out
 
 
 def codex_event(event: dict[str, Any]) -> Outcome | None:

@@ -23,10 +23,13 @@ class Msg:
     role: int
     content: str
     request_id: str
+    traceparent: str = ""  # W3C trace context of the call that sent it (SendMessage), when stored
 
     @classmethod
     def from_proto(cls, m: task_pb2.ChatMessage) -> Msg:
-        return cls(seq=m.seq, role=m.role, content=m.content, request_id=m.request_id)
+        # The trace of the call that stored the message (SendMessage): the answer joins it.
+        return cls(seq=m.seq, role=m.role, content=m.content, request_id=m.request_id,
+                   traceparent=m.trace_parent)
 
     @property
     def key(self) -> str:

@@ -6,7 +6,9 @@ non-zero code as a crash, and 0 as a clean/idle exit):
   0  clean exit: SIGTERM, or idle for WGS_AGENT_IDLE_EXIT_SECONDS
   1  unexpected internal error (a bug; traceback in the log)
   2  usage or configuration error (bad arguments, bad WGS_* value, chat not found)
-  3  endpoint unreachable (connection refused, DNS, connect timeout, gone during the run, 5xx at start)
+  3  endpoint unusable: it answers, but not as an OpenAI-compatible server; or it stayed unavailable
+     longer than WGS_AGENT_ENDPOINT_WAIT_SECONDS (default 0: an outage -- connection refused, DNS,
+     502/503/504, "loading model" -- is not an exit: the agent waits for the endpoint)
   4  TLS failure (certificate verification, handshake)
   5  authentication failure (HTTP 401/403 from the endpoint at start)
   6  unknown model (not in the endpoint's model list)
@@ -30,7 +32,7 @@ EXIT_CODES_HELP = """exit codes:
   0  clean exit (SIGTERM, or idle for WGS_AGENT_IDLE_EXIT_SECONDS)
   1  internal error
   2  usage or configuration error
-  3  endpoint unreachable
+  3  endpoint unusable (not OpenAI-compatible), or unavailable past WGS_AGENT_ENDPOINT_WAIT_SECONDS
   4  TLS failure
   5  authentication failed (HTTP 401/403)
   6  unknown model
@@ -38,12 +40,31 @@ EXIT_CODES_HELP = """exit codes:
   8  claude/codex CLI failed"""
 
 
+# Classes of answer failure (AnswerFailed.kind), reported through the status sink.
+FAIL_CONTEXT = "context_overflow"  # the request does not fit the model's context window
+FAIL_TOO_LARGE = "message_too_large"  # the newest message alone does not fit: refused before sending
+FAIL_RATE_LIMITED = "rate_limited"  # 429/408 on every retry
+FAIL_SERVER = "server_error"  # 5xx on every retry, or an error event in the stream
+FAIL_REJECTED = "rejected"  # another 4xx (never retried)
+FAIL_AUTH = "auth"  # 401/403 during the run
+FAIL_NOT_FOUND = "not_found"  # 404 during the run
+FAIL_TIMEOUT = "timeout"  # the endpoint went silent (read timeout)
+FAIL_CONNECTION = "connection"  # the connection broke mid-reply on every retry
+FAIL_PROTOCOL = "protocol"  # the reply is not an OpenAI chat completion
+FAIL_EMPTY = "empty_reply"  # the model returned no text
+FAIL_INTERRUPTED = "interrupted"  # SIGINT (InterruptChat)
+FAIL_CLI = "cli_error"  # claude/codex reported an error
+FAIL_STOPPED = "agent_stopped"  # a fatal error stopped the agent (it exits non-zero)
+FAIL_OTHER = "error"
+
+
 class AnswerFailed(Exception):
     """One request could not be answered; it gets a SYSTEM_ERROR message and the agent keeps running."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: str = FAIL_OTHER) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
 
 
 class AgentFatal(Exception):

@@ -11,7 +11,7 @@ import grpc
 from wgs.agent.conversation import Msg
 from wgs.agent.errors import EXIT_GRAPH, EXIT_USAGE, AgentFatal
 from wgs.common.clients import aio_channel, deadline, graph_stub
-from wgs.v1 import graph_pb2
+from wgs.v1 import graph_pb2, graph_pb2_grpc
 
 log = logging.getLogger("wgs.agent.graph")
 
@@ -25,6 +25,10 @@ class GraphLink:
         self.chat_id = chat_id
         self._channel = aio_channel(target)
         self._stub = graph_stub(self._channel)
+
+    @property
+    def stub(self) -> graph_pb2_grpc.GraphServiceAsyncStub:
+        return self._stub  # type: ignore[return-value]
 
     async def close(self) -> None:
         await self._channel.close(grace=None)

@@ -15,6 +15,12 @@ Idle exit: with WGS_AGENT_IDLE_EXIT_SECONDS > 0, an agent with nothing to answer
 exits 0 (the supervisor respawns it lazily on the next message).
 Fatal errors (AgentFatal): one line "wgs-agent: <reason>" on stderr, a SYSTEM_ERROR for the request
 being answered (or for every unanswered one, or one without request id if none), exit non-zero.
+Status: every answer's outcome (failed with its class, or succeeded with its token usage), the
+endpoint's outage (waiting / back), partial replies and the context window go to a StatusSink
+(wgs.agent.status), so they can be shown as chat state.
+Traces: an answer is a span `agent.answer`; it joins the trace of the SendMessage that stored the
+question when the message carries a W3C traceparent, else it is the root of a trace of its own;
+either way it is linked to the agent's spawn span.
 """
 
 from __future__ import annotations
@@ -28,11 +34,14 @@ from typing import Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, Status, StatusCode
+from opentelemetry.propagate import extract
+from opentelemetry.trace import Link, StatusCode
+from opentelemetry.trace import Status as SpanStatus
 
 from wgs.agent.conversation import ASSISTANT, SYSTEM_ERROR, Conversation, Msg, Turn
-from wgs.agent.errors import EXIT_OK, AgentFatal, AnswerFailed
+from wgs.agent.errors import EXIT_OK, FAIL_EMPTY, FAIL_INTERRUPTED, FAIL_STOPPED, AgentFatal, AnswerFailed
 from wgs.agent.graph_link import GraphLink
+from wgs.agent.status import AnswerContext, LoggingSink, Status, StatusSink
 from wgs.common import attributes as attrs
 from wgs.common.logs import fields
 from wgs.common.validation import MAX_MESSAGE
@@ -46,11 +55,13 @@ class Backend(Protocol):
 
     description: str
 
-    async def start(self) -> None:
-        """Check that answering can work; raise AgentFatal if not."""
+    async def start(self, status: Status) -> None:
+        """Check that answering can work (reporting a wait for the endpoint); raise AgentFatal if not."""
 
-    async def answer(self, turns: list[Turn], prompt: str) -> str:
-        """Answer `prompt` given the earlier completed turns; AnswerFailed / AgentFatal on failure."""
+    async def answer(self, turns: list[Turn], prompt: str, ctx: AnswerContext) -> str:
+        """Answer `prompt` given the earlier completed turns; AnswerFailed / AgentFatal on failure.
+
+        Streams partial text and reports token usage through `ctx`."""
         ...
 
     async def interrupt(self) -> None:
@@ -75,9 +86,10 @@ def fit_message(text: str, limit: int = MAX_MESSAGE) -> str:
 
 class AgentLoop:
     def __init__(self, graph: GraphLink, backend: Backend, *, secrets: list[str] | None = None,
-                 idle_exit_seconds: float = 0.0) -> None:
+                 idle_exit_seconds: float = 0.0, sink: StatusSink | None = None) -> None:
         self.graph = graph
         self.backend = backend
+        self.status = Status(sink if sink is not None else LoggingSink())
         self.secrets = [s for s in (secrets or []) if s]
         self.idle_exit = idle_exit_seconds
         self.conv = Conversation()
@@ -121,6 +133,8 @@ class AgentLoop:
         print(f"wgs-agent: {reason}", file=sys.stderr, flush=True)
         targets = [request] if request is not None else self.conv.pending()
         text = f"The agent stopped: {reason}"
+        for m in targets:
+            await self.status.answer_failed(m.key, FAIL_STOPPED, text)
         with contextlib.suppress(AgentFatal):
             if targets:
                 for m in targets:
@@ -153,11 +167,11 @@ class AgentLoop:
             with tracer.start_as_current_span("agent.start", attributes={
                 attrs.CHAT_ID: self.graph.chat_id, "wgs.agent.backend": self.backend.description,
             }) as start_span:
-                self._starting = asyncio.create_task(self.backend.start())
+                self._starting = asyncio.create_task(self.backend.start(self.status))
                 try:
                     await self._starting
                 except AgentFatal as exc:
-                    start_span.set_status(Status(StatusCode.ERROR, self.redact(one_line(exc.reason))))
+                    start_span.set_status(SpanStatus(StatusCode.ERROR, self.redact(one_line(exc.reason))))
                     start_span.set_attribute("error.type", type(exc).__name__)
                     start_span.set_attribute("process.exit.code", exc.exit_code)
                     return await self._report_fatal(exc, None)
@@ -221,15 +235,28 @@ class AgentLoop:
                 return await self._report_fatal(exc, request)
             idle_since = loop.time()
 
+    def _answer_context(self, request: Msg) -> otel_context.Context:
+        """The parent of an answer's span: the sender's trace when the message carries one, else none."""
+        if request.traceparent:
+            ctx = extract({"traceparent": request.traceparent})
+            if trace.get_current_span(ctx).get_span_context().is_valid:
+                return ctx
+        return otel_context.Context()
+
+    async def _fail(self, request: Msg, kind: str, text: str) -> None:
+        await self._append(SYSTEM_ERROR, text, request.key)
+        await self.status.answer_failed(request.key, kind, self.redact(text))
+
     async def _answer(self, request: Msg) -> None:
         turns = self.conv.history_before(request)
         log.info("answering", extra=fields(chat_id=self.graph.chat_id, request_id=request.key, seq=request.seq))
-        with tracer.start_as_current_span("agent.answer", context=otel_context.Context(),
+        with tracer.start_as_current_span("agent.answer", context=self._answer_context(request),
                                           links=self._origin_links, attributes={
             attrs.CHAT_ID: self.graph.chat_id, attrs.REQUEST_ID: request.key, attrs.MESSAGE_SEQ: request.seq,
         }) as span:
             self._interrupted = False
-            self._current = asyncio.create_task(self.backend.answer(turns, request.content))
+            ctx = AnswerContext(request.key, self.status)
+            self._current = asyncio.create_task(self.backend.answer(turns, request.content, ctx))
             try:
                 reply = await self._current
             except asyncio.CancelledError:
@@ -240,19 +267,21 @@ class AgentLoop:
                 span.set_attribute(attrs.OUTCOME, "interrupted")
                 with contextlib.suppress(Exception):
                     await self.backend.interrupt()
-                await self._append(SYSTEM_ERROR, "interrupted: the reply was cancelled (SIGINT)", request.key)
+                await self._fail(request, FAIL_INTERRUPTED, "interrupted: the reply was cancelled (SIGINT)")
                 return
             except AnswerFailed as exc:
                 span.set_attribute(attrs.OUTCOME, "error")
+                span.set_attribute("error.type", exc.kind)
                 reason = self.redact(one_line(exc.reason))
-                log.warning("could not answer: %s", reason, extra=fields(request_id=request.key))
-                await self._append(SYSTEM_ERROR, f"Could not answer: {reason}", request.key)
+                span.set_status(SpanStatus(StatusCode.ERROR, reason))
+                log.warning("could not answer: %s", reason, extra=fields(request_id=request.key, failure=exc.kind))
+                await self._fail(request, exc.kind, f"Could not answer: {reason}")
                 return
             finally:
                 self._current = None
             if not reply.strip():
-                await self._append(SYSTEM_ERROR, "Could not answer: the model returned an empty reply",
-                                   request.key)
+                await self._fail(request, FAIL_EMPTY, "Could not answer: the model returned an empty reply")
                 return
             span.set_attribute(attrs.OUTCOME, "answered")
             await self._append(ASSISTANT, reply, request.key)
+            await self.status.answer_succeeded(request.key, ctx.input_tokens, ctx.output_tokens)

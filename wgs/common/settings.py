@@ -66,16 +66,21 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("WGS_RUN_NUMBER", "", "Agent: number of this run of the chat's agent (for logs).", ("agent",)),
     EnvVar("TRACEPARENT", "", "Agent: W3C trace context of the spawn span; the agent's spans join it.", ("agent",)),
     EnvVar("WGS_API_KEY", "", "Agent (native): bearer token for the endpoint; secret, never logged.", ("agent",)),
-    EnvVar("WGS_CA_BUNDLE", "", "Agent (native): PEM file of CA certificates for the endpoint's TLS "
-           "(verification is always on).", ("agent",)),
+    EnvVar("WGS_CA_BUNDLE", "", "Agent (native): PEM file of CA certificates trusted for the endpoint's TLS in "
+           "addition to the OS trust store (never instead of it; verification is always on).", ("agent",)),
     EnvVar("WGS_AGENT_CONNECT_TIMEOUT_SECONDS", "10", "Agent (native): connect timeout to the endpoint.", ("agent",)),
     EnvVar("WGS_AGENT_READ_TIMEOUT_SECONDS", "120",
            "Agent (native): longest silence while waiting for a reply; then SYSTEM_ERROR, no retry.", ("agent",)),
-    EnvVar("WGS_AGENT_MAX_RETRIES", "4", "Agent (native): retries on 429/5xx/connection errors per request.",
-           ("agent",)),
-    EnvVar("WGS_AGENT_BACKOFF_SECONDS", "1", "Agent (native): first retry delay (doubles each retry).", ("agent",)),
+    EnvVar("WGS_AGENT_MAX_RETRIES", "4",
+           "Agent (native): retries per request on 429/408/500 and a connection lost mid-reply (an outage — "
+           "refused, DNS, 502/503/504, loading — is waited out without limit).", ("agent",)),
+    EnvVar("WGS_AGENT_BACKOFF_SECONDS", "1",
+           "Agent (native): first retry delay, also while waiting for the endpoint (doubles each retry).", ("agent",)),
     EnvVar("WGS_AGENT_BACKOFF_CAP_SECONDS", "30", "Agent (native): cap of a retry delay, Retry-After included.",
            ("agent",)),
+    EnvVar("WGS_AGENT_ENDPOINT_WAIT_SECONDS", "0",
+           "Agent (native): give up (exit 3) after waiting this long for an unavailable endpoint "
+           "(0 = wait until it is back).", ("agent",)),
     EnvVar("WGS_AGENT_IDLE_EXIT_SECONDS", "0",
            "Agent: exit 0 after this long with nothing to answer (0 = never); respawned on the next message.",
            ("agent",)),

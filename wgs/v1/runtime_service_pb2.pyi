@@ -297,3 +297,15 @@ class ListSupervisorsResponse(_message.Message):
     SUPERVISORS_FIELD_NUMBER: _ClassVar[int]
     supervisors: _containers.RepeatedCompositeFieldContainer[SupervisorInfo]
     def __init__(self, supervisors: _Optional[_Iterable[_Union[SupervisorInfo, _Mapping]]] = ...) -> None: ...
+
+class WatchChatRecordsRequest(_message.Message):
+    __slots__ = ("chat_id",)
+    CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    chat_id: str
+    def __init__(self, chat_id: _Optional[str] = ...) -> None: ...
+
+class WatchChatRecordsResponse(_message.Message):
+    __slots__ = ("chat",)
+    CHAT_FIELD_NUMBER: _ClassVar[int]
+    chat: ChatRecord
+    def __init__(self, chat: _Optional[_Union[ChatRecord, _Mapping]] = ...) -> None: ...

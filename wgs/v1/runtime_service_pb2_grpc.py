@@ -84,6 +84,11 @@ class RuntimeServiceStub:
                 request_serializer=wgs_dot_v1_dot_runtime__service__pb2.ListSupervisorsRequest.SerializeToString,
                 response_deserializer=wgs_dot_v1_dot_runtime__service__pb2.ListSupervisorsResponse.FromString,
                 _registered_method=True)
+        self.WatchChatRecords = channel.unary_stream(
+                '/wgs.v1.RuntimeService/WatchChatRecords',
+                request_serializer=wgs_dot_v1_dot_runtime__service__pb2.WatchChatRecordsRequest.SerializeToString,
+                response_deserializer=wgs_dot_v1_dot_runtime__service__pb2.WatchChatRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class RuntimeServiceServicer:
@@ -168,6 +173,16 @@ class RuntimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChatRecords(self, request, context):
+        """Streams a chat's record (or every chat's) each time its runtime changes:
+        a run started or ended, a transition, an agent report, a claim, a
+        Reconcile reset. Nothing is sent for changes before the call; read the
+        record first. Ends with UNAVAILABLE when the graph shuts down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +230,11 @@ def add_RuntimeServiceServicer_to_server(servicer, server):
                     servicer.ListSupervisors,
                     request_deserializer=wgs_dot_v1_dot_runtime__service__pb2.ListSupervisorsRequest.FromString,
                     response_serializer=wgs_dot_v1_dot_runtime__service__pb2.ListSupervisorsResponse.SerializeToString,
+            ),
+            'WatchChatRecords': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChatRecords,
+                    request_deserializer=wgs_dot_v1_dot_runtime__service__pb2.WatchChatRecordsRequest.FromString,
+                    response_serializer=wgs_dot_v1_dot_runtime__service__pb2.WatchChatRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -465,6 +485,33 @@ class RuntimeService:
             '/wgs.v1.RuntimeService/ListSupervisors',
             wgs_dot_v1_dot_runtime__service__pb2.ListSupervisorsRequest.SerializeToString,
             wgs_dot_v1_dot_runtime__service__pb2.ListSupervisorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChatRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wgs.v1.RuntimeService/WatchChatRecords',
+            wgs_dot_v1_dot_runtime__service__pb2.WatchChatRecordsRequest.SerializeToString,
+            wgs_dot_v1_dot_runtime__service__pb2.WatchChatRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

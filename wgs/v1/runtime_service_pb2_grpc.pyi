@@ -73,6 +73,12 @@ class RuntimeServiceStub:
     """
     ListSupervisors: _grpc.UnaryUnaryMultiCallable[_runtime_service_pb2.ListSupervisorsRequest, _runtime_service_pb2.ListSupervisorsResponse]
     """Lists the supervisors that sent a heartbeat, with their capacity."""
+    WatchChatRecords: _grpc.UnaryStreamMultiCallable[_runtime_service_pb2.WatchChatRecordsRequest, _runtime_service_pb2.WatchChatRecordsResponse]
+    """Streams a chat's record (or every chat's) each time its runtime changes:
+    a run started or ended, a transition, an agent report, a claim, a
+    Reconcile reset. Nothing is sent for changes before the call; read the
+    record first. Ends with UNAVAILABLE when the graph shuts down.
+    """
 
 @_typing.type_check_only
 class RuntimeServiceAsyncStub(RuntimeServiceStub):
@@ -119,6 +125,12 @@ class RuntimeServiceAsyncStub(RuntimeServiceStub):
     """
     ListSupervisors: _aio.UnaryUnaryMultiCallable[_runtime_service_pb2.ListSupervisorsRequest, _runtime_service_pb2.ListSupervisorsResponse]  # type: ignore[assignment]
     """Lists the supervisors that sent a heartbeat, with their capacity."""
+    WatchChatRecords: _aio.UnaryStreamMultiCallable[_runtime_service_pb2.WatchChatRecordsRequest, _runtime_service_pb2.WatchChatRecordsResponse]  # type: ignore[assignment]
+    """Streams a chat's record (or every chat's) each time its runtime changes:
+    a run started or ended, a transition, an agent report, a claim, a
+    Reconcile reset. Nothing is sent for changes before the call; read the
+    record first. Ends with UNAVAILABLE when the graph shuts down.
+    """
 
 class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     """RuntimeService is the graph's supervisor-internal API: the chat records
@@ -216,5 +228,17 @@ class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runtime_service_pb2.ListSupervisorsResponse, _abc.Awaitable[_runtime_service_pb2.ListSupervisorsResponse]]:
         """Lists the supervisors that sent a heartbeat, with their capacity."""
+
+    @_abc_1.abstractmethod
+    def WatchChatRecords(
+        self,
+        request: _runtime_service_pb2.WatchChatRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_runtime_service_pb2.WatchChatRecordsResponse], _abc.AsyncIterator[_runtime_service_pb2.WatchChatRecordsResponse]]:
+        """Streams a chat's record (or every chat's) each time its runtime changes:
+        a run started or ended, a transition, an agent report, a claim, a
+        Reconcile reset. Nothing is sent for changes before the call; read the
+        record first. Ends with UNAVAILABLE when the graph shuts down.
+        """
 
 def add_RuntimeServiceServicer_to_server(servicer: RuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,158 @@
+"""The status sink that makes the agent's state the chat's state: events go to the graph.
+
+- answer failures, waiting for the endpoint (and its end), the context window and token usage
+  become the chat's AgentStatus (GraphService.ReportAgentStatus), so `wgs chat show`/`list` and
+  GetChat say why a live agent does not answer;
+- pieces of a reply being generated go to the chat's message watchers
+  (GraphService.PublishPartialMessage), coalesced: the first piece at once (time to first token),
+  then at most one call per FLUSH_SECONDS, so a fast stream does not become one RPC per token.
+
+Reports are sent in order by one background task and never hold up an answer; a report the graph
+refuses (the run is no longer the chat's live run) or cannot take (graph down) is logged and
+dropped: the next report carries the truth again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from wgs.agent.status import (
+    AnswerFailedEvent,
+    AnswerSucceededEvent,
+    ContextWindowEvent,
+    EndpointBackEvent,
+    EndpointWaitingEvent,
+    PartialReplyEvent,
+    TokenUsageEvent,
+)
+from wgs.common.clients import deadline
+from wgs.v1 import graph_pb2, graph_pb2_grpc, plan_pb2, runtime_pb2
+
+log = logging.getLogger("wgs.agent.graph_sink")
+
+FLUSH_SECONDS = 0.05
+MAX_PIECE = 60_000  # characters per PublishPartialMessage (the graph takes up to 64 KiB)
+QUEUE_LIMIT = 1000
+
+WINDOW_SOURCES = {
+    "server": plan_pb2.CHOICE_SOURCE_SERVER,
+    "default": plan_pb2.CHOICE_SOURCE_BUILTIN,
+}
+# Where the --context-window flag came from, as the plan said (WGS_CONTEXT_WINDOW_SOURCE).
+FLAG_SOURCES = {
+    "request": plan_pb2.CHOICE_SOURCE_REQUEST,
+    "chat": plan_pb2.CHOICE_SOURCE_CHAT,
+    "config_endpoint": plan_pb2.CHOICE_SOURCE_CONFIG_ENDPOINT,
+}
+
+
+class GraphStatusSink:
+    def __init__(self, stub: graph_pb2_grpc.GraphServiceAsyncStub, chat_id: str, run_number: int, *,
+                 flag_source: str = "") -> None:
+        self._stub = stub
+        self.chat_id = chat_id
+        self.run = run_number
+        self._flag_source = FLAG_SOURCES.get(flag_source, plan_pb2.CHOICE_SOURCE_CONFIG_ENDPOINT)
+        self._queue: asyncio.Queue[Callable[[], Awaitable[object]]] = asyncio.Queue(QUEUE_LIMIT)
+        self._worker: asyncio.Task[None] | None = None
+        self._sent: dict[str, str] = {}  # request id -> reply text the watchers have
+        self._latest: dict[str, str] = {}  # request id -> reply text so far
+        self._flush: asyncio.TimerHandle | None = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _enqueue(self, call: Callable[[], Awaitable[object]]) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.ensure_future(self._work())
+        if self._queue.full():  # never block an answer: the oldest report loses
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+        self._queue.put_nowait(call)
+
+    async def _work(self) -> None:
+        while True:
+            call = await self._queue.get()
+            try:
+                await call()
+            except grpc.aio.AioRpcError as exc:
+                level = logging.DEBUG if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logging.WARNING
+                log.log(level, "status report not taken: %s: %s", exc.code().name, exc.details())
+            finally:
+                self._queue.task_done()
+
+    def _report(self, **fields: object) -> None:
+        req = graph_pb2.ReportAgentStatusRequest(chat_id=self.chat_id, run_number=self.run, **fields)  # type: ignore[arg-type]
+        self._enqueue(lambda: self._stub.ReportAgentStatus(req, timeout=deadline()))
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Send what is queued (for at most `grace` seconds), then stop the worker."""
+        self._publish_pending()
+        if self._worker is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), grace)
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def answer_failed(self, event: AnswerFailedEvent) -> None:
+        self._finish(event.request_id)
+        err = runtime_pb2.AnswerError(error_class=event.kind[:64], message=event.message[:8000],
+                                      request_id=event.request_id)
+        err.at.FromDatetime(event.at)
+        self._report(answer_error=err)
+
+    async def answer_succeeded(self, event: AnswerSucceededEvent) -> None:
+        self._finish(event.request_id)
+        self._report(answer_succeeded=True)
+
+    async def endpoint_waiting(self, event: EndpointWaitingEvent) -> None:
+        wait = runtime_pb2.EndpointWait(reason=event.reason[:8000])
+        wait.since.FromDatetime(event.since)
+        self._report(waiting=wait)
+
+    async def endpoint_back(self, event: EndpointBackEvent) -> None:
+        self._report(endpoint_ok=True)
+
+    async def token_usage(self, event: TokenUsageEvent) -> None:
+        self._report(input_tokens=max(0, event.input_tokens), output_tokens=max(0, event.output_tokens))
+
+    async def context_window(self, event: ContextWindowEvent) -> None:
+        source = WINDOW_SOURCES.get(event.source, self._flag_source)
+        self._report(context_window=max(0, event.tokens), context_window_source=source)
+
+    async def partial_reply(self, event: PartialReplyEvent) -> None:
+        first = event.request_id not in self._latest
+        self._latest[event.request_id] = event.text
+        if first:
+            self._publish_pending()  # time to first token: no waiting for the first piece
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._publish_pending)
+
+    # -- partial replies ---------------------------------------------------------------------
+
+    def _publish_pending(self) -> None:
+        self._flush = None
+        for request_id, text in list(self._latest.items()):
+            sent = self._sent.get(request_id, "")
+            if text == sent:
+                continue
+            offset = len(sent) if text.startswith(sent) else 0  # a retried reply starts again
+            piece = text[offset:]
+            self._sent[request_id] = text
+            while piece:
+                chunk, piece = piece[:MAX_PIECE], piece[MAX_PIECE:]
+                req = graph_pb2.PublishPartialMessageRequest(chat_id=self.chat_id, run_number=self.run,
+                                                             request_id=request_id, offset=offset, text=chunk)
+                offset += len(chunk)
+                self._enqueue(lambda req=req: self._stub.PublishPartialMessage(req, timeout=deadline()))  # type: ignore[misc]
+
+    def _finish(self, request_id: str) -> None:
+        self._latest.pop(request_id, None)
+        self._sent.pop(request_id, None)
