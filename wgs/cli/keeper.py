@@ -23,6 +23,7 @@ the next `wgs up` takes the stack over: it adopts the live services and starts t
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import signal
@@ -302,9 +303,18 @@ class Keeper:
                                  "stop it with `wgs down` (or use another --state-dir)")
             return False
         now = time.monotonic()
-        live = {n: s for n, s in (old.services.items() if old else []) if s.alive()}
+        live: dict[str, ServiceRecord] = {}
+        pidfds: dict[str, int] = {}
+        for name, svc in (old.services.items() if old else []):
+            if svc.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    pidfds[name] = os.pidfd_open(svc.pid)  # first the pidfd, then the proof it is the same process
+                    if svc.alive():
+                        live[name] = svc
+                    else:
+                        os.close(pidfds.pop(name))
         if old is not None and live:
-            self.takeover = old
+            self.takeover = copy.deepcopy(old)
             self.record = replace(old, keeper=keeper, state=STARTING, failure="")
             gone = old.keeper.pid if old.keeper else None
             parts = [f"adopting {n} (pid {s.pid})" for n, s in live.items()]
@@ -320,8 +330,7 @@ class Keeper:
                     svc.restarts += 1
                     svc.state = RESTARTING
             for name, svc in live.items():
-                pidfd = os.pidfd_open(svc.pid)
-                self.procs[name] = Proc(name, svc.pid, svc.start_ticks, pidfd, None, now,
+                self.procs[name] = Proc(name, svc.pid, svc.start_ticks, pidfds[name], None, now,
                                         now + self.policy.start_timeout, self._addr_file(name), Path(svc.log),
                                         svc.log_offset)
                 self.adopted.add(name)

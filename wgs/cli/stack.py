@@ -136,6 +136,7 @@ def _up_detached(ns: argparse.Namespace, state: Path) -> int:
     if record is not None and record.keeper_alive():
         raise CliError(f"a stack is already running for {state}: {', '.join(record.live_processes())}; "
                        f"stop it with `wgs down{state_flag(ns.state_dir)}` (or use another --state-dir)")
+    Policy.from_env()  # a bad WGS_STACK_* value is a configuration error here, not in the keeper's log
     log = stack_log_path(state)
     rfd, wfd = os.pipe()
     log_fd = open_private_append(log)
@@ -305,12 +306,13 @@ def _status_hint(record: StackRecord, state: Path, arg: str | None) -> str | Non
 
 def _health_text(row: dict[str, Any]) -> str:
     """The HEALTH column: the health check of a live service, else what the keeper records."""
-    state, health = row["state"], row["health"]
+    state: str | None = row["state"]
+    health: str = row["health"]
     if row["alive"] is not False:
         return health if state in (None, SERVING) or health == "SERVING" else f"{state}, {health}"
     if state == RESTARTING:
         return f"restarting, next try {row['next_start_at'][11:]}" if row["next_start_at"] else "restarting"
-    if state in (STOPPED, FAILED):
+    if state is not None and state in (STOPPED, FAILED):
         return state
     return "unreachable (process gone)"
 
