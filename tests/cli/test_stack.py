@@ -179,7 +179,7 @@ def foreground_up(state: Path, env: dict[str, str] | None = None) -> Iterator[su
         cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )
     try:
-        proc.ready_output = _read_until(proc, "press Ctrl-C", 90)  # type: ignore[attr-defined]
+        proc.ready_output = read_until(proc, "press Ctrl-C", 90)  # type: ignore[attr-defined]
         yield proc
     finally:
         if proc.poll() is None:
@@ -193,7 +193,7 @@ def foreground_up(state: Path, env: dict[str, str] | None = None) -> Iterator[su
             wgs(state, "down", "--state-dir", str(state))
 
 
-def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float, stream: str = "stdout") -> str:
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float, stream: str = "stdout") -> str:
     pipe = getattr(proc, stream)
     assert pipe is not None
     sel = selectors.DefaultSelector()
@@ -257,7 +257,7 @@ def test_foreground_up_restarts_a_killed_service_on_the_same_address(tmp_path: P
         record = recorded(state)
         before = record["services"]["dispatch"]
         os.kill(before["pid"], signal.SIGKILL)
-        out = _read_until(proc, "dispatch serving again", 90)
+        out = read_until(proc, "dispatch serving again", 90)
         assert f"on {before['address']}" in out
         after = recorded(state)["services"]["dispatch"]
         assert after["pid"] != before["pid"] and after["address"] == before["address"]

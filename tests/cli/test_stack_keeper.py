@@ -9,11 +9,23 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.cli.test_stack import cli_env, mode, recorded, service_processes, wait_gone, wait_record, wgs
+from tests.cli.test_stack import (
+    cli_env,
+    mode,
+    read_until,
+    recorded,
+    service_processes,
+    wait_gone,
+    wait_record,
+    wgs,
+)
+from tests.harness import REPO
 from wgs.cli.procs import is_alive
 
 
@@ -204,3 +216,39 @@ def test_older_stack_files_are_tightened_and_new_ones_are_private(tmp_path: Path
     finally:
         wgs(state, "down", "--state-dir", str(state))
     assert service_processes(state) == []
+
+
+def test_sigterm_to_a_detached_keeper_stops_the_whole_stack(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with detached_stack(state) as record:
+        chat = create_sleeper(state)
+        os.kill(record["keeper"]["pid"], signal.SIGTERM)
+        wait_gone(record["keeper"]["pid"])
+        assert not (state / "run" / "stack.json").exists()
+        assert service_processes(state) == []  # services, the agent and its monitor: nothing restarted them
+        assert not is_alive(chat["pid"], None)
+        log = (state / "logs" / "stack.log").read_text()
+        assert "SIGTERM received; stopping the services" in log and "all services stopped" in log
+
+
+def test_foreground_keep_agents_leaves_the_agent_for_the_next_up_to_adopt(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wgs.cli.main", "up", "--keep-agents", "--state-dir", str(state)], env=cli_env(state),
+        cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        read_until(proc, "press Ctrl-C", 90)
+        chat = create_sleeper(state)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "all services stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert is_alive(chat["pid"], None)  # kept, unsupervised until the next `wgs up`
+    with detached_stack(state):
+        again = show(state, chat["id"])
+        assert again["state"] == "RUNNING" and again["pid"] == chat["pid"]
+    assert not is_alive(chat["pid"], None)
