@@ -20,7 +20,7 @@ from wgs.cli.output import (
     rpc_error_line,
 )
 from wgs.cli.procs import describe_exit, is_alive, start_ticks, tail_lines
-from wgs.cli.stack import ServiceRecord, StackRecord, client_target
+from wgs.cli.stackfile import ExitRecord, KeeperRecord, ServiceRecord, StackRecord, client_target
 from wgs.v1 import chat_pb2, graph_pb2, plan_pb2, runtime_pb2, task_pb2
 
 
@@ -177,7 +177,8 @@ def test_tail_reads_only_after_offset(tmp_path) -> None:  # type: ignore[no-unty
 
 
 def test_stack_record_round_trip_and_targets() -> None:
-    rec = StackRecord(state_dir="/s", started_at="t", detached=True, owner_pid=None, owner_start_ticks=None,
+    rec = StackRecord(state_dir="/s", started_at="t", keeper=KeeperRecord(7, 8, True, "/s/logs/stack.log"),
                       services={"graph": ServiceRecord("graph", 1, 2, "127.0.0.1:5", "/s/logs/graph.log")})
+    rec.services["graph"].last_exit = ExitRecord(at="t", pid=0, returncode=-9, how="killed by SIGKILL")
     assert StackRecord.from_json(rec.to_json()) == rec
     assert client_target("0.0.0.0:5") == "127.0.0.1:5" and client_target("[::]:5") == "[::1]:5"

@@ -6,20 +6,25 @@ back through WGS_ADDRESS_FILE), so tests never collide on ports.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import select
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.harness import REPO, base_env
+from tests.procscan import processes_of
 from wgs.cli.procs import is_alive
 
 SERVICES = ("graph", "dispatch", "supervisor")
@@ -44,22 +49,9 @@ def wgs(state: Path, *args: str, env: dict[str, str] | None = None, timeout: flo
     )
 
 
-def service_processes(state: Path) -> list[int]:
-    """Pids of any `wgs serve` process started for this state dir (found through /proc)."""
-    found = []
-    needle = f"WGS_STATE_DIR={state}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if b"serve" in cmdline and b"wgs.cli.main" in cmdline and needle in environ.split(b"\0"):
-            if is_alive(int(entry.name), None):
-                found.append(int(entry.name))
-    return found
+def service_processes(state: Path) -> list[str]:
+    """Every live process of this state dir (services, keeper, run monitors, agents), via /proc."""
+    return [str(f) for f in processes_of(state)]
 
 
 def recorded(state: Path) -> dict:
@@ -69,6 +61,57 @@ def recorded(state: Path) -> dict:
 def assert_all_gone(record: dict) -> None:
     for name, svc in record["services"].items():
         assert not is_alive(svc["pid"], svc["start_ticks"]), f"{name} (pid {svc['pid']}) is still running"
+    keeper = record["keeper"]
+    assert not is_alive(keeper["pid"], keeper["start_ticks"]), f"the keeper (pid {keeper['pid']}) is still running"
+
+
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    """Block until `pid` exits (its pidfd becomes readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(timeout * 1000), f"pid {pid} still runs after {timeout}s"
+    finally:
+        os.close(fd)
+
+
+_IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE = 0x8, 0x80, 0x100
+
+
+def wait_record(state: Path, done: Callable[[dict], bool], what: str, timeout: float = 90) -> dict:
+    """Block until <state>/run/stack.json satisfies `done` (inotify on run/: the keeper replaces the file)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        run = state / "run"
+        assert libc.inotify_add_watch(fd, str(run).encode(), _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE) >= 0
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while True:
+            try:
+                last = recorded(state)
+                if done(last):
+                    return last
+            except (FileNotFoundError, ValueError):
+                pass  # between runs of the keeper, or a record written by another helper
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"stack.json never showed {what}; last: {json.dumps(last)[:2000]}"
+            if poller.poll(remaining * 1000):
+                with contextlib.suppress(BlockingIOError):
+                    os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -81,15 +124,32 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
         assert is_alive(svc["pid"], svc["start_ticks"]), name
         assert svc["address"] in up.stdout
         assert Path(svc["log"]) == state / "logs" / f"{name}.log"
+        assert svc["state"] == "serving" and svc["restarts"] == 0 and svc["last_exit"] is None
+    keeper = record["keeper"]
+    assert keeper["detached"] is True and is_alive(keeper["pid"], keeper["start_ticks"])
+    assert f"pid {keeper['pid']}" in up.stdout
+    # The keeper runs in its own session, with no terminal and its output in stack.log.
+    assert os.getsid(keeper["pid"]) == keeper["pid"]
+    assert os.readlink(f"/proc/{keeper['pid']}/fd/0") == "/dev/null"
+    assert os.readlink(f"/proc/{keeper['pid']}/fd/2") == str(state / "logs" / "stack.log")
+
+    # Stack files are private: state dir 0700; logs, the record and the address files 0600.
+    assert mode(state) == 0o700
+    for path in [*state.glob("logs/*.log"), state / "run" / "stack.json", *state.glob("run/*.addr")]:
+        assert mode(path) == 0o600, path
+    assert len(list(state.glob("run/*.addr"))) == 3 and (state / "logs" / "stack.log").exists()
 
     status = wgs(state, "status", "--state-dir", str(state))
     assert status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count("SERVING") == 3
+    assert "keeper     -" in status.stdout and "running" in status.stdout and status.stderr == ""
 
     as_json = json.loads(wgs(state, "status", "--json", "--state-dir", str(state)).stdout)
     assert as_json["serving"] is True
     assert {r["service"]: r["health"] for r in as_json["services"]} == dict.fromkeys(SERVICES, "SERVING")
     assert {r["service"]: r["pid"] for r in as_json["services"]} == {n: s["pid"] for n, s in record["services"].items()}
+    assert {r["service"]: r["restarts"] for r in as_json["services"]} == dict.fromkeys(SERVICES, 0)
+    assert as_json["keeper"] == {"pid": keeper["pid"], "alive": True, "detached": True, "log": keeper["log"]}
 
     # WGS_STATE_DIR is honoured as well as --state-dir; a second stack over a live one is refused.
     again = wgs(state, "up", "--detach")
@@ -100,6 +160,7 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
 
     down = wgs(state, "down", "--state-dir", str(state))
     assert down.returncode == 0, down.stderr
+    assert down.stdout.splitlines()[0].split()[:4] == ["keeper", "pid", str(keeper["pid"]), "released"]
     assert_all_gone(record)
     assert service_processes(state) == []
     assert not (state / "run" / "stack.json").exists()
@@ -111,25 +172,32 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 @contextmanager
-def foreground_up(state: Path) -> Iterator[subprocess.Popen[str]]:
-    """`wgs up` in the foreground, returned once it says it serves; killed afterwards if still running."""
+def foreground_up(state: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """`wgs up` in the foreground, returned once it says it serves; stopped (and the stack down) afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wgs.cli.main", "up", "--state-dir", str(state)], env=cli_env(state), cwd=str(REPO),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        [sys.executable, "-m", "wgs.cli.main", "up", "--state-dir", str(state)], env=env or cli_env(state),
+        cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )
     try:
-        _read_until(proc, "press Ctrl-C", 90)
+        proc.ready_output = read_until(proc, "press Ctrl-C", 90)  # type: ignore[attr-defined]
         yield proc
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+        if (state / "run" / "stack.json").exists():  # a failed test must not leave the services running
+            wgs(state, "down", "--state-dir", str(state))
 
 
-def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    assert proc.stdout is not None
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float, stream: str = "stdout") -> str:
+    pipe = getattr(proc, stream)
+    assert pipe is not None
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(pipe, selectors.EVENT_READ)
     seen = ""
     deadline = time.monotonic() + timeout
     while marker not in seen:
@@ -137,7 +205,7 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str
         if remaining <= 0 or proc.poll() is not None:
             raise AssertionError(f"{marker!r} not printed; got: {seen!r}")
         if sel.select(remaining):
-            chunk = os.read(proc.stdout.fileno(), 4096)  # not readline: it would buffer ahead of select
+            chunk = os.read(pipe.fileno(), 4096)  # not readline: it would buffer ahead of select
             seen += chunk.decode(errors="replace")
     return seen
 
@@ -146,7 +214,7 @@ def test_foreground_up_stops_everything_on_sigint(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with foreground_up(state) as proc:
         record = recorded(state)
-        assert record["owner_pid"] == proc.pid
+        assert record["keeper"]["pid"] == proc.pid and record["keeper"]["detached"] is False
         assert wgs(state, "status", "--state-dir", str(state)).returncode == 0
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -163,6 +231,7 @@ def test_down_stops_a_foreground_stack(tmp_path: Path) -> None:
         record = recorded(state)
         down = wgs(state, "down", "--state-dir", str(state))
         assert down.returncode == 0, down.stderr
+        assert "released" in down.stdout  # the keeper let go first, so nothing was restarted
         proc.wait(30)
         assert proc.returncode == 0
         assert_all_gone(record)
@@ -177,19 +246,30 @@ def test_a_service_dying_at_start_is_named_with_its_stderr(tmp_path: Path) -> No
     assert "bogus" in up.stderr  # its own stderr lines, not just "it failed"
     assert str(state / "logs" / "graph.log") in up.stderr
     assert "Traceback" not in up.stderr.split("last lines of")[0]
-    assert service_processes(state) == []  # dispatch, started alongside, was stopped too
+    assert "nothing is left running" in up.stderr
+    assert service_processes(state) == []  # dispatch, started alongside, was stopped too; the keeper exited
     assert not (state / "run" / "stack.json").exists()
 
 
-def test_foreground_up_reports_a_service_killed_later(tmp_path: Path) -> None:
+def test_foreground_up_restarts_a_killed_service_on_the_same_address(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with foreground_up(state) as proc:
         record = recorded(state)
-        os.kill(record["services"]["dispatch"]["pid"], signal.SIGKILL)
-        _out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 1
-        assert "dispatch service" in err and "killed by SIGKILL" in err
+        before = record["services"]["dispatch"]
+        os.kill(before["pid"], signal.SIGKILL)
+        out = read_until(proc, "dispatch serving again", 90)
+        assert f"on {before['address']}" in out
+        after = recorded(state)["services"]["dispatch"]
+        assert after["pid"] != before["pid"] and after["address"] == before["address"]
+        assert after["restarts"] == 1 and after["last_exit"]["how"] == "killed by SIGKILL"
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert f"dispatch service (pid {before['pid']}) exited after" in err and "killed by SIGKILL" in err
+        assert "restarting dispatch in 1s (restart 1)" in err
+        assert "all services stopped" in rest
         assert_all_gone(record)
+        assert not is_alive(after["pid"], after["start_ticks"])
         assert service_processes(state) == []
 
 

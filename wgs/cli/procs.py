@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from wgs.common.procfs import is_alive, start_ticks
@@ -17,8 +18,10 @@ from wgs.common.procfs import is_alive, start_ticks
 __all__ = ["describe_exit", "is_alive", "start_ticks"]
 
 
-def describe_exit(returncode: int) -> str:
-    """Popen returncode in words: "exit code 2" or "killed by SIGKILL"."""
+def describe_exit(returncode: int | None) -> str:
+    """Popen returncode in words: "exit code 2" or "killed by SIGKILL" (None: "status unknown")."""
+    if returncode is None:
+        return "status unknown"
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -26,6 +29,40 @@ def describe_exit(returncode: int) -> str:
             name = f"signal {-returncode}"
         return f"killed by {name}"
     return f"exit code {returncode}"
+
+
+def exit_phrase(returncode: int | None) -> str:
+    """The end of "supervisor ... after it ...": "was killed by SIGKILL", "exited with code 2"."""
+    if returncode is None:
+        return "exited (status unknown)"
+    if returncode < 0:
+        return "was " + describe_exit(returncode)
+    return f"exited with code {returncode}"
+
+
+def wait_readable(fds: Iterable[int], timeout: float | None) -> list[int]:
+    """poll(2) the descriptors for input (a pidfd is readable once its process exited); the ready ones.
+
+    poll, not select: select() fails for descriptors >= 1024. `timeout` None waits without bound;
+    EINTR (a signal) returns an empty list so the caller re-checks its flags.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    try:
+        return [fd for fd, _ in poller.poll(ms)]
+    except InterruptedError:
+        return []
+
+
+def cmdline(pid: int) -> list[bytes]:
+    """argv of a live process (empty if it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
 
 
 def wait_gone(pid: int, ticks: int | None, timeout: float) -> bool:
@@ -42,7 +79,7 @@ def wait_gone(pid: int, ticks: int | None, timeout: float) -> bool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return not is_alive(pid, ticks)
-            ready, _, _ = select.select([fd], [], [], min(remaining, 0.5))
+            ready = wait_readable([fd], min(remaining, 0.5))
             # A pidfd becomes readable when the process exits; a zombie child of ours is also "gone".
             if ready or not is_alive(pid, ticks):
                 return True

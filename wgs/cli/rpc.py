@@ -9,7 +9,7 @@ from typing import TypeVar
 import grpc
 
 from wgs.cli.output import CliError, rpc_error_line
-from wgs.cli.stack import service_address
+from wgs.cli.stackfile import service_address
 from wgs.common.clients import sync_channel
 from wgs.common.settings import rpc_timeout
 from wgs.v1 import chat_pb2_grpc, graph_pb2_grpc

@@ -1,431 +1,189 @@
-"""`wgs up`, `wgs down`, `wgs status`: run the three services as a local stack.
+"""`wgs up`, `wgs down`, `wgs status`: run the three services as a local, self-healing stack.
 
-The running stack is recorded in <state>/run/stack.json (pids with their /proc start ticks, so a
-reused pid is never mistaken for a service, and the addresses the services actually bound, read
-from their WGS_ADDRESS_FILE). Other commands find the services through this record.
+`wgs up` keeps a small parent, the keeper (wgs/cli/keeper.py), that starts graph, dispatch and
+supervisor and restarts a crashed one on the same address; with `--detach` the keeper runs
+detached and `wgs up` returns once all services serve. The stack is recorded in
+<state>/run/stack.json (wgs/cli/stackfile.py); every other command finds the services through it.
+`wgs down` releases the keeper first (so nothing is restarted), then stops the services in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from wgs.cli.keeper import Keeper, Policy, Reporter, health_status, release_keeper
 from wgs.cli.output import CliError, dumps
-from wgs.cli.procs import describe_exit, is_alive, start_ticks, tail_lines, terminate, wait_gone
+from wgs.cli.procs import start_ticks, terminate, wait_gone
+from wgs.cli.stackfile import (
+    FAILED,
+    RESTARTING,
+    SERVING,
+    STOPPED,
+    ServiceRecord,
+    StackRecord,
+    client_target,
+    open_private_append,
+    read_stack,
+    record_summary,
+    remove_stack,
+    resolve_state_dir,
+    secure_state_dir,
+    stack_log_path,
+    stack_path,
+    stack_problem,
+    state_flag,
+)
 from wgs.common.clients import sync_channel
 from wgs.common.settings import DEFAULT_PORTS, SERVICES, env_float, env_str, rpc_timeout
 from wgs.v1 import supervisor_pb2, supervisor_pb2_grpc
 
-STACK_FILE = "stack.json"
-START_TIMEOUT = 60.0  # per phase: a fresh SQLite/PostgreSQL migration can take a few seconds
-HEALTH_TIMEOUT = 2.0
-
-
-def resolve_state_dir(arg: str | None) -> Path:
-    """--state-dir, else WGS_STATE_DIR, else ./.wgs (absolute, so children and records agree)."""
-    raw = arg or env_str("WGS_STATE_DIR", "./.wgs")
-    return Path(raw).expanduser().resolve()
-
-
-def client_target(bound: str) -> str:
-    """A bound listen address as a client target (0.0.0.0 / [::] are not connectable everywhere)."""
-    host, _, port = bound.rpartition(":")
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host in ("[::]", "::"):
-        host = "[::1]"
-    return f"{host}:{port}"
-
-
-@dataclass
-class ServiceRecord:
-    name: str
-    pid: int
-    start_ticks: int | None
-    address: str
-    log: str
-    log_offset: int = 0
-
-
-@dataclass
-class StackRecord:
-    state_dir: str
-    started_at: str
-    detached: bool
-    owner_pid: int | None  # the foreground `wgs up`, if any
-    owner_start_ticks: int | None
-    services: dict[str, ServiceRecord] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> StackRecord:
-        doc = json.loads(text)
-        services = {k: ServiceRecord(**v) for k, v in doc.get("services", {}).items()}
-        return cls(
-            state_dir=doc["state_dir"], started_at=doc["started_at"], detached=bool(doc.get("detached")),
-            owner_pid=doc.get("owner_pid"), owner_start_ticks=doc.get("owner_start_ticks"), services=services,
-        )
-
-    def live_processes(self) -> list[str]:
-        """Descriptions of the recorded processes that are still alive."""
-        out = []
-        if self.owner_pid and is_alive(self.owner_pid, self.owner_start_ticks):
-            out.append(f"wgs up (pid {self.owner_pid})")
-        for s in self.services.values():
-            if is_alive(s.pid, s.start_ticks):
-                out.append(f"{s.name} (pid {s.pid}, {s.address})")
-        return out
-
-
-def stack_path(state: Path) -> Path:
-    return state / "run" / STACK_FILE
-
-
-def read_stack(state: Path) -> StackRecord | None:
-    path = stack_path(state)
-    try:
-        return StackRecord.from_json(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CliError(f"cannot read {path}: {exc}; remove it if no stack is running") from None
-
-
-def write_stack(state: Path, record: StackRecord) -> None:
-    path = stack_path(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(record.to_json())
-    tmp.replace(path)
-
-
-def remove_stack(state: Path) -> None:
-    stack_path(state).unlink(missing_ok=True)
-
-
-def service_address(service: str, state_dir: str | None = None) -> str:
-    """Where a client finds a service: the live stack record of the state dir, else WGS_<S>_ADDR."""
-    state = resolve_state_dir(state_dir)
-    try:
-        record = read_stack(state)
-    except CliError:
-        record = None
-    if record is not None:
-        svc = record.services.get(service)
-        if svc is not None and is_alive(svc.pid, svc.start_ticks):
-            return svc.address
-    return env_str(f"WGS_{service.upper()}_ADDR", f"127.0.0.1:{DEFAULT_PORTS[service]}")
-
-
-def health_status(address: str, timeout: float = HEALTH_TIMEOUT) -> str:
-    """SERVING, NOT_SERVING, or `unreachable (<reason>)` for one service (grpc.health.v1 Check)."""
-    with grpc.insecure_channel(address) as ch:
-        try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            if code == grpc.StatusCode.UNAVAILABLE or code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return "unreachable"
-            return f"unreachable ({code.name.lower() if code else 'error'})"
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
-
-
-def wait_serving(address: str, timeout: float) -> bool:
-    """Block until the service reports SERVING through health Watch (event-driven), bounded."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
-                for resp in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=remaining):
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        return True
-            except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    return False
-                if code != grpc.StatusCode.UNAVAILABLE:
-                    # Watch not usable on this server: fall back to Check.
-                    if health_status(address, min(HEALTH_TIMEOUT, remaining)) == "SERVING":
-                        return True
-                time.sleep(0.05)  # not connectable yet; the channel backs off itself
-
-
-# ---------------------------------------------------------------------------------------------
-# wgs up
-
-
-class StackFailed(Exception):
-    """A service died or did not become ready; the message names it and why."""
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    log_offset: int
-    addr_file: Path
-    address: str = ""
-    ticks: int | None = None
-
-    def death_message(self) -> str:
-        rc = self.proc.returncode
-        lines = tail_lines(self.log, 20, self.log_offset)
-        head = f"{self.name} service (pid {self.proc.pid}) exited: {describe_exit(rc)}"
-        if rc == 2:
-            head += " (configuration error)"
-        if not lines:
-            return head + f"; nothing on its stderr ({self.log})"
-        return head + f"; last lines of {self.log}:\n" + "\n".join("    " + line for line in lines)
+__all__ = ["ServiceRecord", "StackRecord", "client_target", "resolve_state_dir", "stop_services"]
 
 
 def grace_seconds() -> float:
     return env_float("WGS_SHUTDOWN_GRACE_SECONDS", 10.0) + 5.0
 
 
-class Stack:
-    """The three service processes of one `wgs up`."""
+# ---------------------------------------------------------------------------------------------
+# wgs up
 
-    def __init__(self, state: Path, detach: bool, out: TextIO) -> None:
-        self.state = state
-        self.detach = detach
-        self.out = out
-        self.children: dict[str, Child] = {}
 
-    def spawn(self, name: str, extra_env: dict[str, str]) -> Child:
-        run_dir = self.state / "run"
-        logs = self.state / "logs"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        logs.mkdir(parents=True, exist_ok=True)
-        addr_file = run_dir / f"{name}.addr"
-        addr_file.unlink(missing_ok=True)
-        log = logs / f"{name}.log"
-        env = dict(os.environ)
-        env.update({"WGS_STATE_DIR": str(self.state), "WGS_ADDRESS_FILE": str(addr_file), "PYTHONUNBUFFERED": "1"})
-        env.update(extra_env)
-        with log.open("ab") as fh:
-            offset = fh.tell()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "wgs.cli.main", "serve", name],
-                stdin=subprocess.DEVNULL, stdout=fh, stderr=fh, env=env,
-                start_new_session=True,  # Ctrl-C reaches only `wgs up`, which stops services in order
-            )
-        child = Child(name, proc, log, offset, addr_file, ticks=start_ticks(proc.pid))
-        self.children[name] = child
-        return child
+def _print_serving(record: StackRecord, out: TextIO) -> None:
+    print(f"wgs: stack serving (state {record.state_dir})", file=out)
+    for name in SERVICES:
+        s = record.services[name]
+        print(f"  {name:<10} {s.address:<22} pid {s.pid:<8} log {s.log}", file=out)
+    if record.keeper is not None:
+        print(f"  {'keeper':<10} {'':<22} pid {record.keeper.pid:<8} log {record.keeper.log}", file=out)
 
-    def wait_ready(self, names: list[str], timeout: float) -> None:
-        """Wait for each child's address file (written once it serves), then health SERVING."""
-        deadline = time.monotonic() + timeout
-        pending = list(names)
-        while pending:
-            for name in list(pending):
-                child = self.children[name]
-                if child.proc.poll() is not None:
-                    raise StackFailed(child.death_message())
-                if child.addr_file.exists():
-                    text = child.addr_file.read_text().strip()
-                    if text:
-                        child.address = client_target(text)
-                        pending.remove(name)
-            if pending:
-                if time.monotonic() > deadline:
-                    raise StackFailed(
-                        f"{', '.join(pending)} did not start within {timeout:g}s; see "
-                        + ", ".join(str(self.children[n].log) for n in pending)
-                    )
-                self._wait_any_exit(0.05)
-        for name in names:
-            child = self.children[name]
-            remaining = max(1.0, deadline - time.monotonic())
-            if not wait_serving(child.address, remaining):
-                if child.proc.poll() is not None:
-                    raise StackFailed(child.death_message())
-                raise StackFailed(f"{name} at {child.address} is not SERVING after {timeout:g}s; see {child.log}")
 
-    def _wait_any_exit(self, timeout: float) -> None:
-        """Sleep up to `timeout`, waking early if a child exits (pidfds)."""
-        fds = []
+def _secure(state: Path) -> None:
+    """State dir 0700, stack files 0600; one line (stderr and stack.log) if an older stack left them wider."""
+    notes = secure_state_dir(state)
+    if notes:
+        line = "tightened file modes an older stack left wider: " + ", ".join(notes)
+        print(f"wgs: {line}", file=sys.stderr, flush=True)
+        fd = open_private_append(stack_log_path(state))
         try:
-            for c in self.children.values():
-                if c.proc.poll() is None:
-                    with contextlib.suppress(OSError):
-                        fds.append(os.pidfd_open(c.proc.pid))
-            if fds:
-                select.select(fds, [], [], timeout)
-            else:
-                time.sleep(timeout)
+            os.write(fd, f"{datetime.now(UTC).isoformat(timespec='seconds')} WARNING wgs: {line}\n".encode())
         finally:
-            for fd in fds:
-                os.close(fd)
-
-    def record(self) -> StackRecord:
-        me = os.getpid()
-        return StackRecord(
-            state_dir=str(self.state),
-            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            detached=self.detach,
-            owner_pid=None if self.detach else me,
-            owner_start_ticks=None if self.detach else start_ticks(me),
-            services={
-                c.name: ServiceRecord(c.name, c.proc.pid, c.ticks, c.address, str(c.log), c.log_offset)
-                for c in self.children.values()
-            },
-        )
-
-    def stop_all(self, agents: bool = True) -> None:
-        """Supervisor first (it still needs graph and dispatch to record its chats), then its agents
-        (unless kept for adoption), then the rest."""
-        grace = grace_seconds()
-        order = [n for n in ("supervisor", "dispatch", "graph") if n in self.children]
-        sup = self.children.get("supervisor")
-        if agents and sup is not None:
-            stop_agents(self.state, sup.address if sup.address and sup.proc.poll() is None else None, grace,
-                        self.out)
-        for name in order:
-            child = self.children[name]
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-                try:
-                    child.proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    print(f"wgs: {name} did not stop within {grace:g}s of SIGTERM; killing it", file=sys.stderr)
-                    child.proc.kill()
-                    child.proc.wait(5)
-
-    def watch(self) -> int:
-        """Foreground: block until SIGINT/SIGTERM (clean stop, exit 0) or a service dies (exit 1)."""
-        rfd, wfd = os.pipe()
-        os.set_blocking(wfd, False)
-        os.set_blocking(rfd, False)
-        received: list[int] = []
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            received.append(signum)
-
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        old_wakeup = signal.set_wakeup_fd(wfd)
-        pidfds = {os.pidfd_open(c.proc.pid): c for c in self.children.values()}
-        try:
-            while True:
-                dead = [c for c in self.children.values() if c.proc.poll() is not None]
-                if dead:
-                    for c in dead:
-                        print(f"wgs: {c.death_message()}", file=sys.stderr)
-                    print("wgs: stopping the other services", file=sys.stderr)
-                    return 1
-                if received:
-                    name = signal.Signals(received[0]).name
-                    print(f"wgs: {name} received; stopping the services", file=self.out, flush=True)
-                    return 0
-                with contextlib.suppress(InterruptedError):
-                    select.select([rfd, *pidfds], [], [])
-                with contextlib.suppress(BlockingIOError):
-                    os.read(rfd, 512)
-        finally:
-            signal.set_wakeup_fd(old_wakeup)
-            for s, h in old.items():
-                signal.signal(s, h)
-            for fd in pidfds:
-                os.close(fd)
-            os.close(rfd)
-            os.close(wfd)
+            os.close(fd)
 
 
-def _check_no_live_stack(state: Path) -> None:
-    record = read_stack(state)
-    if record is None:
-        return
-    live = record.live_processes()
-    if live:
-        raise CliError(
-            f"a stack is already running for {state}: {', '.join(live)}; "
-            "stop it with `wgs down` (or use another --state-dir)"
-        )
-    remove_stack(state)  # stale record of a stack that is gone
+def cmd_up(ns: argparse.Namespace) -> int:
+    state = resolve_state_dir(ns.state_dir)
+    if ns.keeper_ready_fd is not None:
+        return _run_detached_keeper(ns, state, ns.keeper_ready_fd)
+    _secure(state)
+    if ns.detach:
+        return _up_detached(ns, state)
+    out = sys.stdout
+    report = Reporter(stack_log_path(state), out=out, err=sys.stderr)
+
+    def ready(record: StackRecord) -> None:
+        _print_serving(record, out)
+        print("press Ctrl-C to stop", file=out, flush=True)
+
+    def failed(message: str) -> None:
+        print(f"wgs: {message}", file=sys.stderr, flush=True)
+
+    keeper = Keeper(state, detached=False, keep_agents=ns.keep_agents, stop_services=stop_services,
+                    report=report, on_ready=ready, on_start_failed=failed, policy=Policy.from_env())
+    try:
+        return keeper.run()
+    finally:
+        report.close()
+
+
+def _run_detached_keeper(ns: argparse.Namespace, state: Path, ready_fd: int) -> int:
+    """This process is the detached keeper; it tells the `wgs up --detach` that started it on `ready_fd`."""
+    report = Reporter(stack_log_path(state))
+
+    def tell(text: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, text.encode())
+            os.close(ready_fd)
+
+    keeper = Keeper(state, detached=True, keep_agents=ns.keep_agents, stop_services=stop_services, report=report,
+                    on_ready=lambda _record: tell("ok\n"), on_start_failed=lambda msg: tell("fail\n" + msg),
+                    policy=Policy.from_env())
+    try:
+        return keeper.run()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(ready_fd)
+        report.close()
 
 
 def _raise_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def cmd_up(ns: argparse.Namespace) -> int:
-    state = resolve_state_dir(ns.state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    _check_no_live_stack(state)
-    out = sys.stdout
-    stack = Stack(state, ns.detach, out)
-    # SIGTERM during start-up must still stop what was started.
+def _up_detached(ns: argparse.Namespace, state: Path) -> int:
+    """Start the keeper in its own session (stdio off the terminal); return once the stack serves."""
+    record = read_stack(state)
+    if record is not None and record.keeper_alive():
+        raise CliError(f"a stack is already running for {state}: {', '.join(record.live_processes())}; "
+                       f"stop it with `wgs down{state_flag(ns.state_dir)}` (or use another --state-dir)")
+    Policy.from_env()  # a bad WGS_STACK_* value is a configuration error here, not in the keeper's log
+    log = stack_log_path(state)
+    rfd, wfd = os.pipe()
+    log_fd = open_private_append(log)
+    argv = [sys.executable, "-m", "wgs.cli.main", "up", "--state-dir", str(state), "--keeper-ready-fd", str(wfd)]
+    if ns.keep_agents:
+        argv.append("--keep-agents")
+    try:
+        keeper = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(wfd,),
+                                  start_new_session=True)
+    finally:
+        os.close(wfd)
+        os.close(log_fd)
+    chunks: list[bytes] = []
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        try:
-            stack.spawn("graph", {})
-            stack.spawn("dispatch", {})
-            stack.wait_ready(["graph", "dispatch"], START_TIMEOUT)
-            stack.spawn("supervisor", {
-                "WGS_GRAPH_ADDR": stack.children["graph"].address,
-                "WGS_DISPATCH_ADDR": stack.children["dispatch"].address,
-            })
-            stack.wait_ready(["supervisor"], START_TIMEOUT)
-        except StackFailed as exc:
-            print(f"wgs: {exc}", file=sys.stderr)
-            stack.stop_all()
-            print("wgs: the stack did not start; nothing is left running", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("wgs: interrupted during start-up; stopping the services", file=sys.stderr)
-            stack.stop_all()
-            return 130
+        while True:  # EOF once the keeper has said "ok"/"fail" and closed its end, or died
+            data = os.read(rfd, 65536)
+            if not data:
+                break
+            chunks.append(data)
+    except KeyboardInterrupt:
+        print("wgs: interrupted during start-up; stopping the services", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        keeper.send_signal(signal.SIGTERM)  # the keeper's orderly stop
+        keeper.wait()
+        return 130
     finally:
         signal.signal(signal.SIGTERM, old_term)
-    write_stack(state, stack.record())
-    print(f"wgs: stack serving (state {state})", file=out)
-    for name in SERVICES:
-        c = stack.children[name]
-        print(f"  {name:<10} {c.address:<22} pid {c.proc.pid:<8} log {c.log}", file=out)
-    if ns.detach:
-        print("stop it with: wgs down" + _state_flag(ns.state_dir), file=out, flush=True)
+        os.close(rfd)
+    text = b"".join(chunks).decode(errors="replace")
+    if text.startswith("ok"):
+        record = read_stack(state)
+        if record is None:
+            raise CliError(f"the stack keeper reported serving but {stack_path(state)} is gone; see {log}")
+        _print_serving(record, sys.stdout)
+        print(f"stop it with: wgs down{state_flag(ns.state_dir)}", flush=True)
         return 0
-    print("press Ctrl-C to stop", file=out, flush=True)
-    try:
-        code = stack.watch()
-    finally:
-        # Finish the orderly stop even if the user presses Ctrl-C again or `wgs down` signals us.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stack.stop_all(agents=not ns.keep_agents)
-        remove_stack(state)
-    if code == 0:
-        print("wgs: all services stopped", file=out, flush=True)
-    return code
-
-
-def _state_flag(arg: str | None) -> str:
-    return f" --state-dir {arg}" if arg else ""
+    code = keeper.wait()
+    if text.startswith("fail\n"):
+        print(f"wgs: {text[5:]}", file=sys.stderr, flush=True)
+    else:
+        print(f"wgs: the stack keeper (pid {keeper.pid}) exited with code {code} before the stack served; "
+              f"see {log}", file=sys.stderr, flush=True)
+    return 1
 
 
 # ---------------------------------------------------------------------------------------------
-# wgs down / status
+# stopping: the order is the same for `wgs down` and for the keeper
 
 
 def stop_agents_via_supervisor(address: str, timeout: float, out: TextIO) -> bool:
@@ -490,39 +248,87 @@ def stop_agents(state: Path, supervisor_address: str | None, grace: float, out: 
     stop_local_runs(state, grace, out)
 
 
+def stop_services(record: StackRecord, keep_agents: bool, out: TextIO) -> None:
+    """Stop the recorded services: first the agents (unless kept for the next supervisor to adopt) —
+    the supervisor stops them, recorded as a shutdown so they resume on the next start, or, if it is
+    dead, this process stops the verified local runs of this state dir — then the supervisor,
+    dispatch and graph: SIGTERM, grace, SIGKILL; only processes whose pid, start ticks and argv
+    match the record.
+
+    Used by `wgs down` (after `release_keeper`) and by the keeper (SIGTERM/SIGINT, or giving up).
+    """
+    grace = grace_seconds()
+    sup = record.services.get("supervisor")
+    if not keep_agents:
+        alive = sup is not None and sup.alive()
+        stop_agents(Path(record.state_dir), sup.address if alive and sup is not None else None, grace, out)
+    if sup is not None:
+        result = terminate(sup.pid, sup.start_ticks, grace) if sup.alive() else "not running"
+        print(f"  {'supervisor':<10} pid {sup.pid:<8} {result}", file=out)
+    for name in ("dispatch", "graph"):
+        svc = record.services.get(name)
+        if svc is None:
+            continue
+        result = terminate(svc.pid, svc.start_ticks, grace) if svc.alive() else "not running"
+        print(f"  {name:<10} pid {svc.pid:<8} {result}", file=out)
+
+
+# ---------------------------------------------------------------------------------------------
+# wgs down / status
+
+
 def cmd_down(ns: argparse.Namespace) -> int:
     state = resolve_state_dir(ns.state_dir)
     record = read_stack(state)
     if record is None:
         print(f"wgs: no stack recorded in {state} (nothing to stop)")
         return 0
-    grace = grace_seconds()
-    if record.owner_pid and is_alive(record.owner_pid, record.owner_start_ticks):
-        # A foreground `wgs up`: it stops its services in order itself and removes the record.
-        result = terminate(record.owner_pid, record.owner_start_ticks, grace * 2 + 10)
-        print(f"  wgs up     pid {record.owner_pid:<8} {result}")
-    sup = record.services.get("supervisor")
-    if not ns.keep_agents:
-        # The supervisor leaves agents running when it stops (a restarted supervisor adopts them);
-        # `wgs down` means nothing of the stack keeps running: the supervisor stops them (recorded as a
-        # shutdown, so they resume on the next `wgs up`), or, if it is dead, this command does.
-        alive = sup is not None and is_alive(sup.pid, sup.start_ticks)
-        stop_agents(state, sup.address if alive and sup is not None else None, grace, sys.stdout)
-    if sup is not None:
-        result = terminate(sup.pid, sup.start_ticks, grace)
-        print(f"  {'supervisor':<10} pid {sup.pid:<8} {result}")
-    for name in ("dispatch", "graph"):
-        svc = record.services.get(name)
-        if svc is None:
-            continue
-        result = terminate(svc.pid, svc.start_ticks, grace)
-        print(f"  {name:<10} pid {svc.pid:<8} {result}")
+    if record.keeper is not None and record.keeper.alive():
+        # First the keeper, so that nothing is restarted while the services stop.
+        result = release_keeper(record.keeper, grace_seconds() * 3 + 10)
+        print(f"  {'keeper':<10} pid {record.keeper.pid:<8} {result}")
+        record = read_stack(state) or record  # its last word: a service it restarted just now is on it
+    stop_services(record, ns.keep_agents, sys.stdout)
     left = record.live_processes()
     if left:
         raise CliError(f"could not stop: {', '.join(left)}")
     remove_stack(state)
+    if record.state == FAILED and record.failure:
+        print(f"wgs: the stack had already stopped: {record.failure}")
     print("wgs: stack stopped")
     return 0
+
+
+def _last_exit_text(svc: ServiceRecord) -> str:
+    e = svc.last_exit
+    if e is None:
+        return "-"
+    return f"{e.at} {e.detail or e.how}"
+
+
+def _status_hint(record: StackRecord, state: Path, arg: str | None) -> str | None:
+    """What to do, agreeing with what `wgs up` / `wgs down` actually do with this record."""
+    problem = stack_problem(record, state, arg)
+    if problem is not None:
+        return problem
+    if not record.keeper_alive():
+        pid = f" (pid {record.keeper.pid})" if record.keeper else ""
+        return (f"the stack keeper{pid} is not running, so a crashed service would not be restarted; "
+                f"`wgs up{state_flag(arg)}` takes the stack over (it restarts nothing that serves)")
+    return None
+
+
+def _health_text(row: dict[str, Any]) -> str:
+    """The HEALTH column: the health check of a live service, else what the keeper records."""
+    state: str | None = row["state"]
+    health: str = row["health"]
+    if row["alive"] is not False:
+        return health if state in (None, SERVING) or health == "SERVING" else f"{state}, {health}"
+    if state == RESTARTING:
+        return f"restarting, next try {row['next_start_at'][11:]}" if row["next_start_at"] else "restarting"
+    if state is not None and state in (STOPPED, FAILED):
+        return state
+    return "unreachable (process gone)"
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
@@ -532,44 +338,73 @@ def cmd_status(ns: argparse.Namespace) -> int:
     for name in SERVICES:
         svc = record.services.get(name) if record else None
         if svc is not None:
-            alive = is_alive(svc.pid, svc.start_ticks)
-            address = svc.address
-            health = health_status(address) if alive else "unreachable (process gone)"
-            rows.append({"service": name, "address": address, "pid": svc.pid, "alive": alive,
-                         "health": health, "log": svc.log})
+            alive = svc.alive()
+            health = health_status(svc.address) if alive and svc.address else "unreachable (process gone)"
+            last = svc.last_exit
+            rows.append({
+                "service": name, "address": svc.address, "pid": svc.pid, "alive": alive, "health": health,
+                "state": svc.state, "restarts": svc.restarts, "log": svc.log,
+                "next_start_at": svc.next_start_at or None,
+                "last_exit": None if last is None else {
+                    "at": last.at, "pid": last.pid, "how": last.detail or last.how, "returncode": last.returncode,
+                    "uptime_seconds": last.uptime_seconds},
+            })
         else:
             address = env_str(f"WGS_{name.upper()}_ADDR", f"127.0.0.1:{DEFAULT_PORTS[name]}")
             rows.append({"service": name, "address": address, "pid": None, "alive": None,
-                         "health": health_status(address), "log": None})
+                         "health": health_status(address), "state": None, "restarts": None, "log": None,
+                         "next_start_at": None, "last_exit": None})
     ok = all(r["health"] == "SERVING" for r in rows)
+    hint = _status_hint(record, state, ns.state_dir) if record else (
+        None if ok else "not all services are serving; start the stack with `wgs up`")
     if ns.json:
-        print(dumps({"state_dir": str(state), "source": "stack.json" if record else "environment",
-                     "serving": ok, "services": rows}))
+        doc: dict[str, Any] = {"state_dir": str(state), "source": "stack.json" if record else "environment",
+                               "serving": ok, "services": rows, "hint": hint}
+        if record is not None:
+            doc.update({"state": record.state, "failure": record.failure or None, "keeper": record_summary(record)})
+        print(dumps(doc))
+        return 0 if ok else 1
+    if record is None:
+        print(f"wgs: no stack recorded in {state}; using WGS_*_ADDR")
     else:
-        source = f"stack recorded in {stack_path(state)}" if record else f"no stack recorded in {state}; using WGS_*_ADDR"
-        print(f"wgs: {source}")
-        for r in rows:
-            pid = str(r["pid"]) if r["pid"] else "-"
-            print(f"  {r['service']:<10} {r['address']:<22} pid {pid:<8} {r['health']}")
-        if not ok:
-            print("wgs: not all services are serving; start the stack with `wgs up`", file=sys.stderr)
+        k = record.keeper
+        keeper = "no keeper" if k is None else (
+            f"keeper pid {k.pid}{', detached' if k.detached else ''}"
+            + ("" if record.keeper_alive() else ", not running"))
+        print(f"wgs: stack recorded in {stack_path(state)} ({keeper}; {record.state})")
+    print(f"  {'SERVICE':<10} {'ADDRESS':<22} {'PID':<8} {'HEALTH':<30} {'RESTARTS':<8} LAST EXIT")
+    for r in rows:
+        pid = str(r["pid"]) if r["pid"] else "-"
+        restarts = "-" if r["restarts"] is None else str(r["restarts"])
+        health = _health_text(r)
+        svc = record.services.get(r["service"]) if record else None
+        last_text = _last_exit_text(svc) if svc is not None else "-"
+        print(f"  {r['service']:<10} {r['address']:<22} {pid:<8} {health:<30} {restarts:<8} {last_text}")
+    if record is not None and record.keeper is not None:
+        alive = record.keeper_alive()
+        print(f"  {'keeper':<10} {'-':<22} {record.keeper.pid:<8} {'running' if alive else 'not running':<30} "
+              f"{'-':<8} log {record.keeper.log or stack_log_path(state)}")
+    if hint:
+        print(f"wgs: {hint}", file=sys.stderr)
     return 0 if ok else 1
 
 
 def add_parsers(sub: Any) -> None:
-    up = sub.add_parser("up", help="start graph, dispatch and supervisor as a local stack")
+    up = sub.add_parser("up", help="start graph, dispatch and supervisor as a local stack that restarts crashed services")
     up.add_argument("--state-dir", help="state directory (default: $WGS_STATE_DIR or ./.wgs)")
-    up.add_argument("--detach", action="store_true", help="return once all services serve; stop with `wgs down`")
+    up.add_argument("--detach", action="store_true",
+                    help="run the keeper in the background; return once all services serve; stop with `wgs down`")
     up.add_argument("--keep-agents", action="store_true",
-                    help="foreground: on Ctrl-C leave chat agents running for the next `wgs up` to adopt")
+                    help="when the keeper stops the stack (Ctrl-C, SIGTERM, or giving up on a crashing service) "
+                         "leave chat agents running for the next `wgs up` to adopt")
+    up.add_argument("--keeper-ready-fd", type=int, default=None, help=argparse.SUPPRESS)  # the detached keeper
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="stop the stack started by `wgs up`")
     down.add_argument("--state-dir", help="state directory (default: $WGS_STATE_DIR or ./.wgs)")
     down.add_argument("--keep-agents", action="store_true",
                       help="leave chat agents running; the next `wgs up` adopts them")
     down.set_defaults(func=cmd_down)
-    status = sub.add_parser("status", help="address, pid and health of each service")
+    status = sub.add_parser("status", help="address, pid, health, restarts and last exit of each service")
     status.add_argument("--state-dir", help="state directory (default: $WGS_STATE_DIR or ./.wgs)")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
-

@@ -129,7 +129,9 @@ def _write_address_file(path: str, address: str) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(address + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # 0600 from the start, like every stack file
+    with os.fdopen(fd, "w") as fh:
+        fh.write(address + "\n")
     tmp.replace(target)
 
 

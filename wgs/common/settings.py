@@ -60,6 +60,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
            ("supervisor",)),
     EnvVar("WGS_MAX_RUN_LOG_BYTES", "8388608", "Size cap of a run's stdout/stderr file (keeps the tail).",
            ("supervisor",)),
+    EnvVar("WGS_STACK_RESTART_BACKOFF_SECONDS", "1",
+           "`wgs up`: first delay before the keeper restarts a crashed service (doubles, at most 30 s).", ("cli",)),
+    EnvVar("WGS_STACK_MAX_START_FAILURES", "5",
+           "`wgs up`: failed starts in a row (dead before serving or within 10 s) before the keeper gives up.",
+           ("cli",)),
     EnvVar("WGS_JAEGER_URL", "", "Base URL of a Jaeger UI; `wgs chat show` prints a link to the chat's trace.", ("cli",)),
     # Read by the agent processes (`wgs-agent`, wgs/agent); the supervisor sets the first five.
     EnvVar("WGS_CHAT_ID", "", "Agent: the chat it answers (default of --chat).", ("agent",)),
