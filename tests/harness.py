@@ -2,14 +2,21 @@
 
 Each service binds 127.0.0.1:0 and reports its port through WGS_ADDRESS_FILE, so there is no race
 for free ports. Waiting is on events (the address file appearing, health SERVING), bounded.
+
+Authentication is on, as in production: every process started with `base_env` shares this test
+run's stack secret (`secret_file()`, WGS_AUTH_SECRET_FILE), and tests talk to the services through
+`authed_channel(address, role)`, which presents a token of that role.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +27,44 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from wgs.common import auth
+from wgs.common.clients import aio_channel, sync_channel
+
 REPO = Path(__file__).resolve().parent.parent
+_SECRET_FILE: Path | None = None
+
+
+def secret_file() -> Path:
+    """This test run's stack secret (random, 0600), created on first use and removed at exit."""
+    global _SECRET_FILE
+    if _SECRET_FILE is None:
+        folder = Path(tempfile.mkdtemp(prefix="wgs-test-secret-"))
+        atexit.register(shutil.rmtree, folder, True)
+        path = folder / "secret"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(32).hex().encode())
+        os.close(fd)
+        _SECRET_FILE = path
+    return _SECRET_FILE
+
+
+def secret() -> bytes:
+    return auth.read_secret(secret_file())
+
+
+def token(role: str = auth.CLIENT, chat_id: str = "", run: int = 0) -> str:
+    """A token of this test run's stack for `role` (agents: for `chat_id` run `run`)."""
+    return auth.mint_token(secret(), auth.Identity(role, chat_id=chat_id, run=run))
+
+
+def authed_channel(address: str, role: str = auth.CLIENT, *, chat_id: str = "", run: int = 0) -> grpc.Channel:
+    """A blocking channel to a test service presenting a token of `role` (use it with `with`)."""
+    return sync_channel(address, token=token(role, chat_id, run))
+
+
+def authed_aio_channel(address: str, role: str = auth.CLIENT, *, chat_id: str = "", run: int = 0
+                       ) -> grpc.aio.Channel:
+    return aio_channel(address, token=token(role, chat_id, run))
 
 
 def test_database_urls() -> list[str]:
@@ -92,6 +136,7 @@ def base_env(state_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
             "WGS_SHUTDOWN_GRACE_SECONDS": "5",
             "OTEL_SDK_DISABLED": "true",
             "PYTHONUNBUFFERED": "1",
+            "WGS_AUTH_SECRET_FILE": str(secret_file()),
         }
     )
     if extra:

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
@@ -26,12 +25,14 @@ from tests.fakes.tls import self_signed
 from tests.harness import (
     REPO,
     ServiceProcess,
+    authed_channel,
     base_env,
     fresh_database,
     kill_agents,
     start_service,
     test_database_urls,
 )
+from wgs.common.auth import SUPERVISOR
 from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2, graph_pb2_grpc, runtime_pb2, task_pb2
 
 MODEL = "qwen3-coder"
@@ -73,7 +74,7 @@ def incident(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Inciden
         sup_env = {**telemetry, "WGS_GRAPH_ADDR": procs[0].address, "WGS_DISPATCH_ADDR": procs[1].address,
                    "WGS_CA_BUNDLE": cert, "WGS_RESTART_MAX_FAILURES": "1"}
         procs.append(start_service("supervisor", state, env=sup_env))
-        channels = [grpc.insecure_channel(procs[2].address), grpc.insecure_channel(procs[0].address)]
+        channels = [authed_channel(procs[2].address), authed_channel(procs[0].address, SUPERVISOR)]
         try:
             yield Incident(state, procs, llm, decoy, chat_pb2_grpc.ChatServiceStub(channels[0]),
                            graph_pb2_grpc.GraphServiceStub(channels[1]), sup_env)

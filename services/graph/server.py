@@ -8,6 +8,7 @@ import logging
 import grpc
 
 from services.graph import db, migrate
+from services.graph.authz import GraphAuthz
 from services.graph.servicer import GraphServicer
 from services.graph.store import GraphStore
 from wgs.common.server import Service, main_for
@@ -42,7 +43,7 @@ async def build(settings: CommonSettings) -> Service:
         await store.close()
 
     return Service(name="graph", service_names=[SERVICE_NAME], register=register, start=start, drain=drain, stop=stop,
-                   extra={"store": store})
+                   agent_run_check=GraphAuthz(store).run_is_live, extra={"store": store})
 
 
 def main() -> int:

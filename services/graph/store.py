@@ -1057,3 +1057,21 @@ class GraphStore:
         if req.dry_run:
             return await self._run(dry)
         return await self._run(self._write, apply)
+
+    # -- authorization (services/graph/authz.py) -------------------------------------------------
+
+    async def latest_run(self, chat_id: str) -> tuple[int, bool] | None:
+        """(number of the chat's latest run, or 0 before the first; has it exited?), or None if the
+        chat has no runtime record. Read on each agent call, to tell whether its run still lives."""
+
+        def op() -> tuple[int, bool] | None:
+            with self._read() as session:
+                if session.scalar(sa.select(ChatRuntimeRow.state).where(ChatRuntimeRow.chat_id == chat_id)) is None:
+                    return None
+                row = session.execute(
+                    sa.select(RunRow.number, RunRow.exited_at).where(RunRow.chat_id == chat_id)
+                    .order_by(RunRow.number.desc()).limit(1)
+                ).first()
+                return (0, True) if row is None else (int(row[0]), row[1] is not None)
+
+        return await self._run(op)

@@ -33,7 +33,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from services.supervisor import policy, procs
 from services.supervisor.redact import Redactor
 from wgs.common import attributes as attrs
-from wgs.common import errors, telemetry, validation
+from wgs.common import auth, errors, telemetry, validation
 from wgs.common.clients import deadline
 from wgs.common.logs import fields
 from wgs.common.settings import env_float, env_int, env_str, target
@@ -406,6 +406,12 @@ class ChatManager:
             "WGS_CHAT_ID": chat_id, "WGS_RUN_NUMBER": str(number), "WGS_GRAPH_ADDR": self.s.graph_target,
             "WGS_STATE_DIR": str(self.s.state_dir),
         })
+        # The run's own credential: its chat only, while this run lives (wgs.common.auth).
+        for name in auth.NOT_FOR_AGENTS:
+            env.pop(name, None)
+        stack_secret = auth.stack_secret(self.s.state_dir)
+        if stack_secret is not None:
+            env[auth.TOKEN_VAR] = auth.mint_agent_token(stack_secret, chat_id, number)
         env.update({k.upper(): v for k, v in carrier.items()})
         return env, secrets
 

@@ -262,10 +262,10 @@ def test_sigterm_during_the_start_check_exits_0_promptly(agents: AgentRunner, ch
 
 def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> None:
     """The message stream is re-opened after the graph service restarts; nothing is lost."""
-    import grpc
 
     from tests.agent.conftest import Chat as ChatHandle
-    from tests.harness import base_env, wait_serving
+    from tests.harness import authed_channel, base_env, wait_serving
+    from wgs.common.auth import SUPERVISOR
     from wgs.v1 import graph_pb2, graph_pb2_grpc
 
     state = tmp_path / "own-graph"
@@ -288,7 +288,7 @@ def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> 
     proc, address = serve(0)
     port = int(address.rsplit(":", 1)[1])
     try:
-        with grpc.insecure_channel(address) as ch, FakeOpenAI(models=["m"]) as fake:
+        with authed_channel(address, SUPERVISOR) as ch, FakeOpenAI(models=["m"]) as fake:
             stub = graph_pb2_grpc.GraphServiceStub(ch)
             cid = stub.CreateChatTask(graph_pb2.CreateChatTaskRequest(
                 supervisor_id="t", lease_seconds=600), timeout=10).task.id

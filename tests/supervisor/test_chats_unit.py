@@ -8,10 +8,18 @@ from pathlib import Path
 import pytest
 
 from services.supervisor import chats, policy
+from tests.harness import secret, secret_file
+from wgs.common.auth import AGENT, Identity, verify_token
 from wgs.common.errors import InvalidArgument
 from wgs.v1 import chat_pb2, plan_pb2, runtime_pb2, task_pb2
 
 SECRET = "sk-test-supervisor-secret-123456"
+
+
+@pytest.fixture(autouse=True)
+def stack_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A supervisor always runs with the stack secret (it refuses to start without one)."""
+    monkeypatch.setenv("WGS_AUTH_SECRET_FILE", str(secret_file()))
 
 
 def _manager(tmp_path: Path) -> chats.ChatManager:
@@ -32,7 +40,11 @@ def _plan() -> plan_pb2.SpawnPlan:
 def test_agent_env_copies_secret_by_name_and_adds_wgs_vars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UNIT_TEST_KEY", SECRET)
     monkeypatch.setenv("WGS_ADDRESS_FILE", "/tmp/x")
+    monkeypatch.setenv("WGS_TOKEN_FILE", "/tmp/the-users-token")
     env, secrets = _manager(tmp_path)._agent_env(".chat-1", 2, _plan(), {"traceparent": "00-ab-cd-01"})
+    # The run's own token (its chat, its run number); nothing that leads to the stack secret.
+    assert verify_token(secret(), env["WGS_TOKEN"]) == Identity(AGENT, chat_id=".chat-1", run=2)
+    assert "WGS_AUTH_SECRET_FILE" not in env and "WGS_TOKEN_FILE" not in env
     assert env["WGS_API_KEY"] == SECRET and secrets == [SECRET]
     assert env["WGS_PROVIDER"] == "oai-compat" and env["WGS_CHAT_ID"] == ".chat-1"
     assert env["WGS_RUN_NUMBER"] == "2" and env["TRACEPARENT"] == "00-ab-cd-01"

@@ -32,6 +32,8 @@ from wgs.cli.output import (
     state_name,
 )
 from wgs.cli.rpc import Conn, connect
+from wgs.cli.stack import resolve_state_dir
+from wgs.common.paths import OutsideStateDir, inside
 from wgs.common.settings import env_str
 from wgs.v1 import chat_pb2, graph_pb2, runtime_pb2, task_pb2
 
@@ -197,8 +199,14 @@ def cmd_logs(ns: argparse.Namespace) -> int:
         chat = _get(conn, chat_id)
         run = _pick_run(chat, ns.previous)
         path = Path(run.stderr_path) if run.stderr_path else None
+        where = f"{path} is not on this machine" if path else "no stderr file recorded"
+        if path is not None and path.exists():
+            # The path comes from a record: open it only inside the stack's state dir.
+            try:
+                path = inside(resolve_state_dir(ns.state_dir), path)
+            except OutsideStateDir as exc:
+                path, where = None, f"the recorded stderr path {exc}; not opening it"
         if path is None or not path.exists():
-            where = f"{path} is not on this machine" if path else "no stderr file recorded"
             print(f"wgs: {where}; showing the tail the supervisor kept", file=sys.stderr)
             sys.stdout.write(run.stderr_tail or chat.stderr_tail)
             return 0

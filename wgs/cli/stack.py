@@ -27,8 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from wgs.cli.output import CliError, dumps
 from wgs.cli.procs import describe_exit, is_alive, start_ticks, tail_lines, terminate, wait_gone
-from wgs.common.clients import sync_channel
-from wgs.common.settings import DEFAULT_PORTS, SERVICES, env_float, env_str, rpc_timeout
+from wgs.common import auth
+from wgs.common.clients import set_process_token, sync_channel
+from wgs.common.settings import DEFAULT_PORTS, SERVICES, env_float, env_str, rpc_timeout, service_env
 from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_pb2
 
 STACK_FILE = "stack.json"
@@ -136,7 +137,7 @@ def service_address(service: str, state_dir: str | None = None) -> str:
 
 def health_status(address: str, timeout: float = HEALTH_TIMEOUT) -> str:
     """SERVING, NOT_SERVING, or `unreachable (<reason>)` for one service (grpc.health.v1 Check)."""
-    with grpc.insecure_channel(address) as ch:
+    with sync_channel(address) as ch:
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as exc:
@@ -150,7 +151,7 @@ def health_status(address: str, timeout: float = HEALTH_TIMEOUT) -> str:
 def wait_serving(address: str, timeout: float) -> bool:
     """Block until the service reports SERVING through health Watch (event-driven), bounded."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
+    with sync_channel(address) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             remaining = deadline - time.monotonic()
@@ -221,7 +222,7 @@ class Stack:
         addr_file = run_dir / f"{name}.addr"
         addr_file.unlink(missing_ok=True)
         log = logs / f"{name}.log"
-        env = dict(os.environ)
+        env = service_env(name, os.environ)  # least privilege: API keys reach the supervisor only
         env.update({"WGS_STATE_DIR": str(self.state), "WGS_ADDRESS_FILE": str(addr_file), "PYTHONUNBUFFERED": "1"})
         env.update(extra_env)
         with log.open("ab") as fh:
@@ -374,6 +375,8 @@ def cmd_up(ns: argparse.Namespace) -> int:
     state = resolve_state_dir(ns.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     _check_no_live_stack(state)
+    auth.ensure_stack_secret(state)
+    set_process_token(auth.operator_token(state, auth.SUPERVISOR))  # stop_all lists the agents
     out = sys.stdout
     stack = Stack(state, ns.detach, out)
     # SIGTERM during start-up must still stop what was started.
@@ -483,6 +486,7 @@ def cmd_down(ns: argparse.Namespace) -> int:
         print(f"wgs: no stack recorded in {state} (nothing to stop)")
         return 0
     grace = grace_seconds()
+    set_process_token(auth.operator_token(state, auth.SUPERVISOR))  # stop_agents lists the agents
     if record.owner_pid and is_alive(record.owner_pid, record.owner_start_ticks):
         # A foreground `wgs up`: it stops its services in order itself and removes the record.
         result = terminate(record.owner_pid, record.owner_start_ticks, grace * 2 + 10)
