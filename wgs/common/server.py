@@ -168,6 +168,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             raise exc
         if isinstance(exc, WgsError):
             await context.abort(exc.code, exc.message)
+        if type(exc) is NotImplementedError:  # a generated servicer base method (e.g. health List)
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server")
         log.exception("unhandled error in %s", method, extra=fields(method=method))
         await context.abort(grpc.StatusCode.INTERNAL, _internal_message(self.service, exc))
 
@@ -271,12 +273,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _rejecting(handler: Any, exc: WgsError) -> Any:
-    """A handler of the same kind that refuses the call with `exc` without reading the request."""
+    """A handler of the same kind that refuses the call with `exc` without reading the request.
+    Streaming responses get an async generator: the OpenTelemetry interceptor outside iterates it."""
+    kind, _ = _kind(handler)
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
         raise exc
 
-    return _rebuild(handler, refuse, None)
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        raise exc
+        yield  # pragma: no cover - makes this an async generator
+
+    return _rebuild(handler, refuse_stream if kind.endswith("_stream") else refuse, None)
 
 
 def _write_address_file(path: str, address: str) -> None:
