@@ -307,13 +307,12 @@ def _check_secret_mode(path: Path, state_dir: Path) -> None:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError:
         return
-    if not mode & 0o077:
-        return
     if path == stack_secret_path(state_dir):
-        paths.tighten(path)
-    else:  # e.g. a read-only Kubernetes Secret volume: say so, it cannot be changed from here
-        log.warning("stack secret file %s is readable by others (mode %o); make it 0600/0400 "
-                    "(Kubernetes: defaultMode 0400 on the Secret volume)", path, mode, extra=fields(path=str(path)))
+        if mode & 0o077:
+            paths.tighten(path)
+    elif mode & 0o007:  # e.g. a read-only Kubernetes Secret volume (group = fsGroup is fine): say so
+        log.warning("stack secret file %s is readable by every user (mode %o); make it 0600, 0440 or 0400 "
+                    "(Kubernetes: defaultMode on the Secret volume)", path, mode, extra=fields(path=str(path)))
 
 
 # ---------------------------------------------------------------------------------------------
