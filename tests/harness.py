@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -144,10 +145,25 @@ def base_env(state_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
     return env
 
 
-def wait_serving(address: str, service: str = "", timeout: float = 20.0) -> None:
+def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    return grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+
+
+def tls_credentials(ca: str, client: Any = None) -> grpc.ChannelCredentials:
+    """Channel credentials trusting `ca` (a PEM file), with `client`'s certificate if given
+    (tests.fakes.tls.Pki)."""
+    roots = Path(ca).read_bytes()
+    if client is None:
+        return grpc.ssl_channel_credentials(roots)
+    return grpc.ssl_channel_credentials(roots, Path(client.client_key).read_bytes(),
+                                        Path(client.client_cert).read_bytes())
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 20.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
     """Block until the health service reports SERVING (uses Watch: event-driven)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
+    with _channel(address, credentials) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             remaining = deadline - time.monotonic()
@@ -164,8 +180,10 @@ def wait_serving(address: str, service: str = "", timeout: float = 20.0) -> None
 
 
 def start_service(name: str, state_dir: Path, env: dict[str, str] | None = None,
-                  timeout: float = 30.0) -> ServiceProcess:
-    """Start `wgs serve NAME` on a free port; return once it is SERVING."""
+                  timeout: float = 30.0, *, listen: str = "127.0.0.1:0", tls_ca: str | None = None,
+                  tls_client: Any = None) -> ServiceProcess:
+    """Start `wgs serve NAME` on a free port; return once it is SERVING. A service with TLS is
+    checked over TLS trusting `tls_ca` (and with `tls_client`'s certificate for mutual TLS)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     run_dir = state_dir / "test-run"
     run_dir.mkdir(exist_ok=True)
@@ -173,7 +191,7 @@ def start_service(name: str, state_dir: Path, env: dict[str, str] | None = None,
     addr_file.unlink(missing_ok=True)
     stderr_path = run_dir / f"{name}.stderr"
     full_env = base_env(state_dir, env)
-    full_env[f"WGS_{name.upper()}_LISTEN"] = "127.0.0.1:0"
+    full_env[f"WGS_{name.upper()}_LISTEN"] = listen
     full_env["WGS_ADDRESS_FILE"] = str(addr_file)
     err = open(stderr_path, "ab")  # handed to the child, closed below
     proc = subprocess.Popen(
@@ -189,8 +207,9 @@ def start_service(name: str, state_dir: Path, env: dict[str, str] | None = None,
             proc.kill()
             raise TimeoutError(f"{name} did not start within {timeout}s:\n{stderr_path.read_text()}")
         time.sleep(0.02)
-    address = addr_file.read_text().strip()
-    wait_serving(address, timeout=max(1.0, deadline - time.monotonic()))
+    address = addr_file.read_text().strip().replace("0.0.0.0:", "127.0.0.1:")
+    creds = tls_credentials(tls_ca, tls_client) if tls_ca else None
+    wait_serving(address, timeout=max(1.0, deadline - time.monotonic()), credentials=creds)
     return ServiceProcess(name, proc, address, stderr_path, full_env)
 
 

@@ -1,4 +1,4 @@
-"""Role × RPC over real processes and the generated clients: every method of every service, called
+"""Role x RPC over real processes and the generated clients: every method of every service, called
 without credentials, as client, as supervisor and as an agent (own chat, live run). What the role
 table (wgs.common.auth.CALLS) allows gets past authentication and authorization (whatever the
 service then answers); everything else is UNAUTHENTICATED or PERMISSION_DENIED naming role and call.

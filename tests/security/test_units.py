@@ -43,7 +43,7 @@ def test_tokens_of_another_secret_tampered_or_expired_are_unauthenticated() -> N
     token = auth.mint_client_token(SECRET)
     with pytest.raises(Unauthenticated, match="not issued by this stack"):
         auth.verify_token(b"another secret of at least 32 bytes!!", token)
-    prefix, payload, mac = token.split(".")
+    prefix, _payload, mac = token.split(".")
     forged_payload = auth._b64(b"supervisor")  # promote the client to supervisor, keep the mac
     with pytest.raises(Unauthenticated, match="not issued by this stack"):
         auth.verify_token(SECRET, f"{prefix}.{forged_payload}.{mac}")
@@ -150,7 +150,7 @@ def test_agents_only_for_their_own_chat_and_only_replies() -> None:
     assert rule is not None
     reply = graph_pb2.AppendMessageRequest(chat_id=".chat-3", role=task_pb2.MESSAGE_ROLE_ASSISTANT, content="x")
     auth.check_agent_request(method, agent, rule, reply)
-    with pytest.raises(PermissionDenied, match="only for their own chat, not '.chat-4'"):
+    with pytest.raises(PermissionDenied, match=r"only for their own chat, not '\.chat-4'"):
         auth.check_agent_request(method, agent, rule, graph_pb2.AppendMessageRequest(
             chat_id=".chat-4", role=task_pb2.MESSAGE_ROLE_ASSISTANT))
     with pytest.raises(PermissionDenied, match="only ASSISTANT or SYSTEM_ERROR"):
@@ -193,9 +193,9 @@ def test_invalid_timestamps_are_invalid_arguments_naming_the_field() -> None:
         check_timestamps(req)
     req = graph_pb2.UpdateChatRuntimeRequest(chat_id=".chat-1")
     req.next_restart_at.nanos = -5
-    with pytest.raises(InvalidArgument, match="^next_restart_at: nanos -5"):
+    with pytest.raises(InvalidArgument, match=r"^next_restart_at: nanos -5"):
         check_timestamps(req)
-    with pytest.raises(InvalidArgument, match="^started_at:"):
+    with pytest.raises(InvalidArgument, match=r"^started_at:"):
         from_ts(req.next_restart_at, "started_at")
 
 
