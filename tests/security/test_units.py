@@ -210,3 +210,19 @@ def test_graph_and_dispatch_get_no_api_keys_from_wgs_up() -> None:
     assert "PGPASSWORD" in service_env("graph", shell) and "PGPASSWORD" not in service_env("dispatch", shell)
     sup = service_env("supervisor", shell)
     assert sup["OPENAI_API_KEY"] == "sk-1" and sup["MY_LLM"] == "k" and "WGS_TOKEN" not in sup
+
+
+def test_the_table_says_what_the_model_says() -> None:
+    """docs/security.md, pinned: a change to the table that breaks the model fails here."""
+    chat = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].methods
+    assert all(auth.CALLS[f"/wgs.v1.ChatService/{m.name}"] == auth.CLIENTS for m in chat)
+    for name in ("CreateTask", "GetTask", "ListTasks", "UpdateTask", "AppendTaskLog", "Reconcile"):
+        assert auth.CALLS[f"/wgs.v1.GraphService/{name}"] == auth.CLIENTS
+    for name in ("ListMessages", "WatchMessages", "AppendMessage"):
+        rule = auth.CALLS[f"/wgs.v1.GraphService/{name}"]
+        assert rule.roles == {auth.CLIENT, auth.SUPERVISOR} and rule.agent is not None and rule.agent.chat_field == "chat_id"
+    for name in ("CreateChatTask", "GetChatRecord", "ListChatRecords", "RecordRunStarted", "RecordRunExited",
+                 "UpdateChatRuntime", "RenewLeases", "ClaimChat"):
+        for service in ("GraphService", "RuntimeService"):
+            assert auth.CALLS[f"/wgs.v1.{service}/{name}"] == auth.SUPERVISOR_ONLY
+    assert auth.CALLS["/wgs.v1.DispatchService/PlanSpawn"] == auth.SUPERVISOR_ONLY
