@@ -62,7 +62,7 @@ def _outside_files(state: Path) -> set[str]:
     seen: set[str] = set()
     for root in (state.parent, REPO):
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if d not in (".git", ".venv", "__pycache__", ".mypy_cache",
+            dirnames[:] = [d for d in dirnames if d not in (".git", ".venv", "__pycache__", ".mypy_cache", ".hypothesis",
                                                             ".ruff_cache", ".pytest_cache", state.name)]
             seen.update(os.path.join(dirpath, f) for f in filenames)
     seen.update(os.path.join("/tmp", f) for f in os.listdir("/tmp") if os.path.isfile(os.path.join("/tmp", f)))
