@@ -21,9 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import grpc  # noqa: E402
 
-from tests.harness import kill_agents, start_service  # noqa: E402
+from tests.harness import authed_channel, kill_agents, start_service  # noqa: E402
 from wgs.v1 import chat_pb2, chat_pb2_grpc, runtime_pb2  # noqa: E402
 
 AGENT_ARGV = ["/bin/sleep", "3600"]
@@ -224,7 +223,7 @@ def main() -> int:
         sd = bench_supervisord(ns.chats, sd_dir)
         stack = start_stack(tmpdir / "wgs", max(ns.chats, ns.live))
         try:
-            with grpc.insecure_channel(stack[2].address) as ch:
+            with authed_channel(stack[2].address) as ch:
                 stub = chat_pb2_grpc.ChatServiceStub(ch)
                 wgs_times, ids = bench_wgs(ns.chats, stub)
                 rows = [base, summarize("supervisord startProcess", sd, base),

@@ -2,25 +2,70 @@
 
 Each service binds 127.0.0.1:0 and reports its port through WGS_ADDRESS_FILE, so there is no race
 for free ports. Waiting is on events (the address file appearing, health SERVING), bounded.
+
+Authentication is on, as in production: every process started with `base_env` shares this test
+run's stack secret (`secret_file()`, WGS_AUTH_SECRET_FILE), and tests talk to the services through
+`authed_channel(address, role)`, which presents a token of that role.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from wgs.common import auth
+from wgs.common.clients import aio_channel, sync_channel
+
 REPO = Path(__file__).resolve().parent.parent
+_SECRET_FILE: Path | None = None
+
+
+def secret_file() -> Path:
+    """This test run's stack secret (random, 0600), created on first use and removed at exit."""
+    global _SECRET_FILE
+    if _SECRET_FILE is None:
+        folder = Path(tempfile.mkdtemp(prefix="wgs-test-secret-"))
+        atexit.register(shutil.rmtree, folder, True)
+        path = folder / "secret"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(32).hex().encode())
+        os.close(fd)
+        _SECRET_FILE = path
+    return _SECRET_FILE
+
+
+def secret() -> bytes:
+    return auth.read_secret(secret_file())
+
+
+def token(role: str = auth.CLIENT, chat_id: str = "", run: int = 0) -> str:
+    """A token of this test run's stack for `role` (agents: for `chat_id` run `run`)."""
+    return auth.mint_token(secret(), auth.Identity(role, chat_id=chat_id, run=run))
+
+
+def authed_channel(address: str, role: str = auth.CLIENT, *, chat_id: str = "", run: int = 0) -> grpc.Channel:
+    """A blocking channel to a test service presenting a token of `role` (use it with `with`)."""
+    return sync_channel(address, token=token(role, chat_id, run))
+
+
+def authed_aio_channel(address: str, role: str = auth.CLIENT, *, chat_id: str = "", run: int = 0
+                       ) -> grpc.aio.Channel:
+    return aio_channel(address, token=token(role, chat_id, run))
 
 
 def test_database_urls() -> list[str]:
@@ -92,6 +137,7 @@ def base_env(state_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
             "WGS_SHUTDOWN_GRACE_SECONDS": "5",
             "OTEL_SDK_DISABLED": "true",
             "PYTHONUNBUFFERED": "1",
+            "WGS_AUTH_SECRET_FILE": str(secret_file()),
         }
     )
     if extra:
@@ -99,10 +145,25 @@ def base_env(state_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
     return env
 
 
-def wait_serving(address: str, service: str = "", timeout: float = 20.0) -> None:
+def _channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    return grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+
+
+def tls_credentials(ca: str, client: Any = None) -> grpc.ChannelCredentials:
+    """Channel credentials trusting `ca` (a PEM file), with `client`'s certificate if given
+    (tests.fakes.tls.Pki)."""
+    roots = Path(ca).read_bytes()
+    if client is None:
+        return grpc.ssl_channel_credentials(roots)
+    return grpc.ssl_channel_credentials(roots, Path(client.client_key).read_bytes(),
+                                        Path(client.client_cert).read_bytes())
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 20.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
     """Block until the health service reports SERVING (uses Watch: event-driven)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
+    with _channel(address, credentials) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             remaining = deadline - time.monotonic()
@@ -119,8 +180,10 @@ def wait_serving(address: str, service: str = "", timeout: float = 20.0) -> None
 
 
 def start_service(name: str, state_dir: Path, env: dict[str, str] | None = None,
-                  timeout: float = 30.0) -> ServiceProcess:
-    """Start `wgs serve NAME` on a free port; return once it is SERVING."""
+                  timeout: float = 30.0, *, listen: str = "127.0.0.1:0", tls_ca: str | None = None,
+                  tls_client: Any = None) -> ServiceProcess:
+    """Start `wgs serve NAME` on a free port; return once it is SERVING. A service with TLS is
+    checked over TLS trusting `tls_ca` (and with `tls_client`'s certificate for mutual TLS)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     run_dir = state_dir / "test-run"
     run_dir.mkdir(exist_ok=True)
@@ -128,7 +191,7 @@ def start_service(name: str, state_dir: Path, env: dict[str, str] | None = None,
     addr_file.unlink(missing_ok=True)
     stderr_path = run_dir / f"{name}.stderr"
     full_env = base_env(state_dir, env)
-    full_env[f"WGS_{name.upper()}_LISTEN"] = "127.0.0.1:0"
+    full_env[f"WGS_{name.upper()}_LISTEN"] = listen
     full_env["WGS_ADDRESS_FILE"] = str(addr_file)
     err = open(stderr_path, "ab")  # handed to the child, closed below
     proc = subprocess.Popen(
@@ -144,8 +207,9 @@ def start_service(name: str, state_dir: Path, env: dict[str, str] | None = None,
             proc.kill()
             raise TimeoutError(f"{name} did not start within {timeout}s:\n{stderr_path.read_text()}")
         time.sleep(0.02)
-    address = addr_file.read_text().strip()
-    wait_serving(address, timeout=max(1.0, deadline - time.monotonic()))
+    address = addr_file.read_text().strip().replace("0.0.0.0:", "127.0.0.1:")
+    creds = tls_credentials(tls_ca, tls_client) if tls_ca else None
+    wait_serving(address, timeout=max(1.0, deadline - time.monotonic()), credentials=creds)
     return ServiceProcess(name, proc, address, stderr_path, full_env)
 
 

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI
@@ -26,12 +25,14 @@ from tests.fakes.tls import self_signed
 from tests.harness import (
     REPO,
     ServiceProcess,
+    authed_channel,
     base_env,
     fresh_database,
     kill_agents,
     start_service,
     test_database_urls,
 )
+from wgs.common.auth import CLIENT, SUPERVISOR
 from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2, graph_pb2_grpc, plan_pb2, runtime_pb2, task_pb2
 
 MODEL = "qwen3-coder"
@@ -76,7 +77,7 @@ def incident(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Inciden
                    # that test D sees an agent die of it.
                    "WGS_AGENT_ENDPOINT_WAIT_SECONDS": "1"}
         procs.append(start_service("supervisor", state, env=sup_env))
-        channels = [grpc.insecure_channel(procs[2].address), grpc.insecure_channel(procs[0].address)]
+        channels = [authed_channel(procs[2].address), authed_channel(procs[0].address, SUPERVISOR)]
         try:
             yield Incident(state, procs, llm, decoy, chat_pb2_grpc.ChatServiceStub(channels[0]),
                            graph_pb2_grpc.GraphServiceStub(channels[1]), sup_env)
@@ -159,7 +160,7 @@ def test_D_an_agent_that_cannot_reach_its_endpoint_says_so_in_chat_show_while_it
     env = {**incident.sup_env, "WGS_AGENT_ENDPOINT_WAIT_SECONDS": "0"}
     incident.procs[2].terminate()
     incident.procs[2] = start_service("supervisor", incident.state, env=env)
-    stub = chat_pb2_grpc.ChatServiceStub(grpc.insecure_channel(incident.procs[2].address))
+    stub = chat_pb2_grpc.ChatServiceStub(authed_channel(incident.procs[2].address, CLIENT))
     chat = stub.CreateChat(chat_pb2.CreateChatRequest(model=MODEL, executor="native", endpoint=dead_url),
                            timeout=30).chat
     stream = stub.WatchChat(chat_pb2.WatchChatRequest(chat_id=chat.id), timeout=60)

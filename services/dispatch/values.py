@@ -63,9 +63,9 @@ EXECUTOR_MODEL_PREFIXES: dict[str, frozenset[str]] = {
 PROVIDERS: tuple[str, ...] = ("oai-compat", "openai", "openrouter", "vllm", "ollama", "llamacpp")
 DEFAULT_PROVIDER = "oai-compat"
 
-MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
-ENDPOINT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MODEL_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:/@+-]*\Z")
+ENDPOINT_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 def model_problem(model: str) -> str | None:

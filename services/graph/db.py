@@ -6,6 +6,7 @@ services/graph/migrations; these models must match them (a test compares the two
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from wgs.common import telemetry
+from wgs.common import paths, telemetry
 from wgs.common.errors import ConfigError
 
 DATABASE_URL_VAR = "WGS_DATABASE_URL"
@@ -256,11 +257,31 @@ def _enable_wal(cur: Any, budget_seconds: float = SQLITE_BUSY_TIMEOUT_MS / 1000)
             delay = min(delay * 2, 0.2)
 
 
+# Files SQLite keeps next to the database; every conversation passes through them.
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def private_sqlite_files(database: Path) -> None:
+    """Create the database file 0600 if missing, and tighten it and its WAL/SHM/journal to 0600
+    (with a log line) where an older stack left them wider. SQLite creates the WAL and SHM files
+    with the database file's permissions, so new ones are 0600 too."""
+    if not database.exists():
+        try:
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, paths.PRIVATE_FILE))
+        except FileExistsError:  # another process created it first: tightened below
+            pass
+    for path in (database, *(database.with_name(database.name + suffix) for suffix in SQLITE_COMPANIONS)):
+        paths.tighten(path, paths.PRIVATE_FILE)
+
+
 def create_engine(url: sa.URL | str) -> Engine:
-    """Engine with the settings the store relies on (SQLite: WAL, foreign keys, busy timeout)."""
+    """Engine with the settings the store relies on (SQLite: WAL, foreign keys, busy timeout; its
+    files 0600)."""
     url = sa.make_url(url) if isinstance(url, str) else url
     engine: Engine
     if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+            private_sqlite_files(Path(url.database).expanduser())
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

@@ -422,6 +422,11 @@ class ChatRecords:
     def _record_exit(self, session: Session, item: RS.RunExit, state: int, supervisor: str) -> runtime_pb2.ChatRuntime:
         g = self.g
         rt = self._owned_runtime(session, item.chat_id, supervisor)
+        recorded = session.scalars(sa.select(RunRow).where(RunRow.chat_id == item.chat_id,
+                                                           RunRow.number == item.run.number)).one_or_none()
+        if recorded is not None and recorded.exited_at is not None and rt.state == state and \
+                recorded.exited_at == (from_ts(item.run.exited_at) or recorded.exited_at):
+            return g.runtime_pb(session, rt)  # the same end recorded again (a retried call): nothing to do
         now = g.now()
         set_state(rt, state, now, item.chat_id)
         run = self._upsert_run(session, item.chat_id, item.run, supervisor, now, started=False)

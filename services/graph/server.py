@@ -8,6 +8,7 @@ import logging
 import grpc
 
 from services.graph import db, migrate
+from services.graph.authz import GraphAuthz
 from services.graph.records import ChatRecords
 from services.graph.servicer import GraphServicer, RuntimeServicer
 from services.graph.store import GraphStore
@@ -45,7 +46,8 @@ async def build(settings: CommonSettings) -> Service:
     async def stop() -> None:
         await store.close()
 
-    return Service(name="graph", service_names=[SERVICE_NAME, RUNTIME_SERVICE_NAME], register=register, start=start, drain=drain, stop=stop,
+    return Service(name="graph", service_names=[SERVICE_NAME, RUNTIME_SERVICE_NAME], register=register, start=start,
+                   drain=drain, stop=stop, agent_run_check=GraphAuthz(store).run_is_live,
                    extra={"store": store, "records": records})
 
 

@@ -605,18 +605,25 @@ class GraphStore:
     # -- what agents report ----------------------------------------------------------------------
 
     def _live_run(self, session: Session, chat_id: str, number: int) -> ChatRuntimeRow:
-        """The chat's runtime, if `number` is its live run (else FailedPrecondition)."""
+        """The chat's runtime, if run `number` is its live run (else FailedPrecondition).
+
+        Live: the latest recorded run has that number and has not exited; or the run is being spawned
+        (the supervisor records it only once the process exists): the chat is STARTING and `number`
+        follows the latest run, which has exited (or there is none)."""
         rt = self.runtime_row(session, chat_id, lock=True)
         run = session.scalars(sa.select(RunRow).where(RunRow.chat_id == chat_id)
                               .order_by(RunRow.number.desc()).limit(1)).one_or_none()
-        if run is None or run.number != number or run.exited_at is not None or rt.state not in chat_states.LIVE_STATES:
-            current = f"run {run.number}{' (ended)' if run.exited_at else ''}" if run is not None else "no run"
+        latest, exited = (run.number, run.exited_at is not None) if run is not None else (0, True)
+        recorded = number == latest and not exited and rt.state in chat_states.LIVE_STATES
+        spawning = number == latest + 1 and exited and rt.state == chat_states.STARTING
+        if not (recorded or spawning):
+            current = f"run {latest}{' (ended)' if exited else ''}" if run is not None else "no run"
             raise FailedPrecondition(f"run {number} of chat {chat_id} is not its live run ({current}, state "
                                      f"{chat_states.name(rt.state)}): only a live run reports")
         return rt
 
     async def is_live_run(self, chat_id: str, number: int) -> bool:
-        """Whether run `number` of the chat is its live run (for per-run agent credentials)."""
+        """Whether run `number` of the chat is its live run (per-run agent credentials, reports)."""
         def op() -> bool:
             with self.read() as session:
                 try:

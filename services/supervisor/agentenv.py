@@ -15,13 +15,15 @@ from dataclasses import dataclass
 
 from services.supervisor.backend import SpawnFailed
 from services.supervisor.redact import Redactor
+from wgs.common import auth
 from wgs.v1 import plan_pb2
 
-# Variables of the supervisor's own environment an agent must not inherit.
+# Variables of the supervisor's own environment an agent must not inherit (its own credential, if
+# any, is added by the caller).
 NOT_INHERITED = frozenset({
     "WGS_ADDRESS_FILE", "WGS_GRAPH_LISTEN", "WGS_DISPATCH_LISTEN", "WGS_SUPERVISOR_LISTEN", "OTEL_SERVICE_NAME",
-    "TRACEPARENT", "TRACESTATE", "WGS_AUTH_SECRET_FILE", "WGS_AUTH_SECRET", "WGS_TOKEN", "WGS_TOKEN_FILE",
-    "WGS_SUPERVISOR_ADVERTISE_ADDR",
+    "TRACEPARENT", "TRACESTATE", "WGS_SUPERVISOR_ADVERTISE_ADDR", "WGS_HEALTH_LISTEN", auth.TOKEN_VAR,
+    *auth.NOT_FOR_AGENTS,
 })
 
 

@@ -276,9 +276,11 @@ class Lifecycle:
         shown = shown_plan(plan, redactor)
         executor = plan.executor if plan.executor_source == plan_pb2.CHOICE_SOURCE_REQUEST else ""
         span_id = format(create_ctx.span_id, "016x") if create_ctx.is_valid else ""
+        # Always an idempotency key: a CreateChatTask retried after UNAVAILABLE must not create two chats.
+        request_id = req.request_id or f"create-{uuid.uuid4().hex}"
         created = await self.graph.create_chat(RS.CreateChatTaskRequest(
             name=req.name, model=req.model, executor=executor, endpoint=req.endpoint, command_argv=list(req.command),
-            working_dir=req.working_dir, request_id=req.request_id, supervisor_id=self.me,
+            working_dir=req.working_dir, request_id=request_id, supervisor_id=self.me,
             lease_seconds=self.s.lease_seconds, max_live_chats=self.s.max_live_chats,
             trace_id=telemetry.current_trace_id(), span_id=span_id, plan=shown,
             generation=req.generation if req.HasField("generation") else None))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from wgs.common.auth import redact_tokens
+
 REDACTED = "[redacted]"
 MIN_SECRET_LEN = 4  # shorter values would redact ordinary text ("1", "on") everywhere
 
@@ -40,7 +42,7 @@ class Redactor:
         for secret in self._secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
-        return value
+        return redact_tokens(value)  # wgs credentials too, whoever they belong to (an agent may print its env)
 
     def argv(self, argv: Iterable[str]) -> list[str]:
         """Argv for display: values of secret-bearing flags and known secret values hidden."""

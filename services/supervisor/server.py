@@ -9,6 +9,7 @@ from services.supervisor.lifecycle import Lifecycle
 from services.supervisor.local_backend import LocalProcessBackend
 from services.supervisor.servicer import ChatServicer, SupervisorServicer
 from services.supervisor.settings import SupervisorSettings
+from wgs.common import auth
 from wgs.common.clients import aio_channel
 from wgs.common.server import Service, main_for
 from wgs.common.settings import CommonSettings, target
@@ -35,7 +36,15 @@ async def build(settings: CommonSettings) -> Service:
     dispatch = DispatchClient(dispatch_pb2_grpc.DispatchServiceStub(dispatch_channel))  # type: ignore[arg-type]
     backend = LocalProcessBackend(sup.state_dir, sup.supervisor_id, max_log_bytes=sup.max_log_bytes,
                                   stop_grace=sup.stop_grace)
-    lifecycle = Lifecycle(sup, graph, dispatch, backend)
+    secret = auth.stack_secret(sup.state_dir)
+
+    def agent_credentials(chat_id: str, run_number: int) -> dict[str, str]:
+        """The run's own token: its chat only, while this run lives (wgs.common.auth)."""
+        if secret is None:  # WGS_AUTH=off
+            return {}
+        return {auth.TOKEN_VAR: auth.mint_agent_token(secret, chat_id, run_number)}
+
+    lifecycle = Lifecycle(sup, graph, dispatch, backend, agent_credentials=agent_credentials)
 
     def register(server: grpc.aio.Server) -> None:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(lifecycle), server)

@@ -15,8 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness import REPO, ServiceProcess, base_env, start_service
-from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_service_pb2, runtime_service_pb2_grpc, task_pb2
+from tests.harness import REPO, ServiceProcess, authed_channel, base_env, start_service, token
+from wgs.common.auth import AGENT, SUPERVISOR
+from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_pb2, runtime_service_pb2, runtime_service_pb2_grpc, task_pb2
 
 USER = task_pb2.MESSAGE_ROLE_USER
 ASSISTANT = task_pb2.MESSAGE_ROLE_ASSISTANT
@@ -38,6 +39,7 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
 class Chat:
     stub: graph_pb2_grpc.GraphServiceStub
     id: str
+    rt: runtime_service_pb2_grpc.RuntimeServiceStub | None = None  # to record runs, as a supervisor
 
     def send(self, content: str, request_id: str | None = None) -> str:
         rid = request_id or f"req-{uuid.uuid4().hex[:12]}"
@@ -84,7 +86,7 @@ class Chat:
 
 @pytest.fixture
 def channel(graph: ServiceProcess) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(graph.address) as ch:
+    with authed_channel(graph.address, SUPERVISOR) as ch:  # the tests play the supervisor: they create chats
         yield ch
 
 
@@ -98,7 +100,8 @@ def new_chat(channel: grpc.Channel, name: str = "agent-test") -> Chat:
     resp = runtime_service_pb2_grpc.RuntimeServiceStub(channel).CreateChatTask(
         runtime_service_pb2.CreateChatTaskRequest(name=name, supervisor_id="agent-tests", lease_seconds=600),
         timeout=10)
-    return Chat(graph_pb2_grpc.GraphServiceStub(channel), resp.task.id)
+    return Chat(graph_pb2_grpc.GraphServiceStub(channel), resp.task.id,
+                runtime_service_pb2_grpc.RuntimeServiceStub(channel))
 
 
 @pytest.fixture
@@ -135,18 +138,45 @@ class Agent:
 
 
 class AgentRunner:
+    """Starts agents as the supervisor would: each run of a chat gets the next run number and its
+    own agent token (WGS_TOKEN), the previous run is recorded as exited before and the new one as
+    started after the process exists (so the graph honours the token only while the run lives)."""
+
     def __init__(self, graph: ServiceProcess, tmp_path: Path) -> None:
         self.graph = graph
         self.tmp_path = tmp_path
         self.agents: list[Agent] = []
+        self.runs: dict[str, int] = {}
+
+    def _record(self, chat: Chat, number: int, pid: int, started: bool) -> None:
+        rs = runtime_service_pb2
+        assert chat.rt is not None
+        owner = chat.rt.GetChatRecord(rs.GetChatRecordRequest(chat_id=chat.id), timeout=10).runtime
+        run = runtime_pb2.Run(number=number, pid=pid)
+        if started:
+            if owner.state != runtime_pb2.RUNTIME_STATE_STARTING:
+                chat.rt.TransitionChat(rs.TransitionChatRequest(
+                    chat_id=chat.id, supervisor_id=owner.supervisor_id, to_state=runtime_pb2.RUNTIME_STATE_STARTING),
+                    timeout=10)
+            chat.rt.RecordRunStarted(rs.RecordRunStartedRequest(
+                chat_id=chat.id, run=run, supervisor_id=owner.supervisor_id), timeout=10)
+        else:
+            run.exit_code = 0
+            chat.rt.RecordRunExited(rs.RecordRunExitedRequest(supervisor_id=owner.supervisor_id, exits=[rs.RunExit(
+                chat_id=chat.id, run=run, state=runtime_pb2.RUNTIME_STATE_EXITED)]), timeout=10)
 
     def start(self, args: list[str], chat: Chat, env: dict[str, str] | None = None,
               path_fakes: bool = True) -> Agent:
         n = len(self.agents) + 1
+        number = self.runs.get(chat.id, 0) + 1
+        self.runs[chat.id] = number
+        if number > 1:
+            self._record(chat, number - 1, 0, started=False)
         full = base_env(self.tmp_path / "state", {
             "WGS_GRAPH_ADDR": self.graph.address,
             "WGS_CHAT_ID": chat.id,
-            "WGS_RUN_NUMBER": str(n),
+            "WGS_RUN_NUMBER": str(number),
+            "WGS_TOKEN": token(AGENT, chat.id, number),
             "WGS_AGENT_BACKOFF_SECONDS": "0.05",
             "WGS_AGENT_BACKOFF_CAP_SECONDS": "2",
             "WGS_AGENT_CONNECT_TIMEOUT_SECONDS": "3",
@@ -160,6 +190,7 @@ class AgentRunner:
         stderr_path = self.tmp_path / f"agent-{n}.stderr"
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen([AGENT_BIN, *args], env=full, stdout=err, stderr=err, cwd=str(self.tmp_path))
+        self._record(chat, number, proc.pid, started=True)
         agent = Agent(proc, stderr_path)
         self.agents.append(agent)
         return agent

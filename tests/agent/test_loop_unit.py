@@ -16,13 +16,14 @@ from opentelemetry.util._once import Once
 from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, Chat
 from tests.agent.recording_sink import RecordingSink
 from tests.fakes.fake_openai import FakeOpenAI, Reply
-from tests.harness import ServiceProcess
+from tests.harness import ServiceProcess, token
 from wgs.agent.conversation import Msg
 from wgs.agent.graph_link import GraphLink
 from wgs.agent.loop import AgentLoop
 from wgs.agent.native import NativeBackend
 from wgs.agent.openai_http import GenerationSettings, HttpSettings, OpenAIClient, normalize_base_url
 from wgs.agent.status import AnswerFailedEvent, AnswerSucceededEvent, TokenUsageEvent
+from wgs.common.auth import AGENT
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,12 @@ def user_message(chat: Chat, content: str) -> Msg:
     rid = chat.send(content)
     stored = next(m for m in chat.messages() if m.request_id == rid)
     return Msg.from_proto(stored)
+
+
+@pytest.fixture(autouse=True)
+def agent_token(chat: Chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process plays the chat's agent for run 1 (the chat is STARTING: the run being spawned)."""
+    monkeypatch.setenv("WGS_TOKEN", token(AGENT, chat.id, 1))
 
 
 async def test_answer_outcomes_reach_the_sink_and_the_chat(graph: ServiceProcess, chat: Chat) -> None:

@@ -363,10 +363,10 @@ def test_sigterm_during_the_start_check_exits_0_promptly(agents: AgentRunner, ch
 
 def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> None:
     """The message stream is re-opened after the graph service restarts; nothing is lost."""
-    import grpc
 
     from tests.agent.conftest import new_chat
-    from tests.harness import base_env, wait_serving
+    from tests.harness import authed_channel, base_env, wait_serving
+    from wgs.common.auth import SUPERVISOR
 
     state = tmp_path / "own-graph"
     state.mkdir()
@@ -388,7 +388,7 @@ def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> 
     proc, address = serve(0)
     port = int(address.rsplit(":", 1)[1])
     try:
-        with grpc.insecure_channel(address) as ch, FakeOpenAI(models=["m"]) as fake:
+        with authed_channel(address, SUPERVISOR) as ch, FakeOpenAI(models=["m"]) as fake:
             chat = new_chat(ch)
             agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_GRAPH_ADDR": address})
             r1 = chat.send("before restart")

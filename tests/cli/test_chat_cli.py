@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_stack import SERVICES, cli_env, recorded, service_processes, wgs
-from tests.harness import REPO
+from tests.harness import REPO, authed_channel
 from wgs.cli.procs import is_alive
 
 
@@ -142,7 +142,6 @@ def test_sweep_dry_run_keeps_live_chats(stack: Path) -> None:
 
 @needs_stack
 def test_send_wait_ends_at_once_when_the_chat_is_stopped(stack: Path) -> None:
-    import grpc
 
     from wgs.v1 import chat_pb2, chat_pb2_grpc
 
@@ -156,7 +155,7 @@ def test_send_wait_ends_at_once_when_the_chat_is_stopped(stack: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     try:
-        with grpc.insecure_channel(address) as ch:
+        with authed_channel(address) as ch:
             stream = chat_pb2_grpc.ChatServiceStub(ch).WatchChatMessages(
                 chat_pb2.WatchChatMessagesRequest(chat_id=chat_id), timeout=30)
             first = next(iter(stream))  # the message is stored: the CLI is now waiting for a reply

@@ -44,6 +44,11 @@ def test_each_service_container_has_grpc_readiness_and_liveness_probes(rendered:
         c = ref.container
         port = DEFAULT_PORTS[service]
         assert [p["containerPort"] for p in c["ports"] if p.get("name") == "grpc"] == [port], ref.where
+        # With TLS (prod) the kubelet, which speaks no TLS, probes the plaintext health-only listener.
+        health = env_map(c).get("WGS_HEALTH_LISTEN", {}).get("value")
+        if health:
+            port = int(health.rpartition(":")[2])
+            assert [p["containerPort"] for p in c["ports"] if p.get("name") == "health"] == [port], ref.where
         for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
             probe = c.get(kind)
             assert probe, f"{ref.where}: no {kind}"

@@ -16,7 +16,7 @@ from tests.harness import ServiceProcess, start_service
 
 # Cluster-specific values the local processes replace (addresses, paths); the rest is used as rendered.
 LOCAL = {"WGS_GRAPH_LISTEN", "WGS_DISPATCH_LISTEN", "WGS_SUPERVISOR_LISTEN", "WGS_STATE_DIR", "WGS_CONFIG",
-         "WGS_GRAPH_ADDR", "WGS_DISPATCH_ADDR", "WGS_DATABASE_URL", "WGS_SUPERVISOR_ID"}
+         "WGS_GRAPH_ADDR", "WGS_DISPATCH_ADDR", "WGS_DATABASE_URL", "WGS_SUPERVISOR_ID", "WGS_AUTH_SECRET_FILE"}
 
 
 def _manifest_env(container: Obj) -> dict[str, str]:

@@ -15,7 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from tests.harness import REPO, ServiceProcess, base_env, start_service
+from tests.harness import REPO, ServiceProcess, authed_channel, base_env, start_service
+from wgs.common.auth import SUPERVISOR
 from wgs.v1 import dispatch_pb2, dispatch_pb2_grpc, plan_pb2
 
 TIMEOUT = 10.0
@@ -52,7 +53,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
 
 @pytest.fixture(scope="module")
 def channel(service: ServiceProcess) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(service.address) as ch:
+    with authed_channel(service.address, SUPERVISOR) as ch:
         yield ch
 
 
@@ -174,7 +175,7 @@ def test_config_edits_apply_without_restart(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"  # the default location: <state dir>/config.toml
     proc = start_service("dispatch", tmp_path)
     try:
-        with grpc.insecure_channel(proc.address) as ch:
+        with authed_channel(proc.address, SUPERVISOR) as ch:
             stub = dispatch_pb2_grpc.DispatchServiceStub(ch)
             req = dispatch_pb2.PlanSpawnRequest(model="m")
             # No file: empty config, so a native chat without endpoint is refused.

@@ -16,7 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from tests.harness import REPO, ServiceProcess, base_env, start_service
+from tests.harness import REPO, ServiceProcess, authed_channel, base_env, start_service
+from wgs.common.auth import SUPERVISOR
 from wgs.v1 import graph_pb2 as g
 from wgs.v1 import graph_pb2_grpc, runtime_pb2, runtime_service_pb2_grpc, task_pb2
 from wgs.v1 import runtime_service_pb2 as rs
@@ -29,7 +30,7 @@ T = 10  # deadline of every call, seconds
 class Graph:
     def __init__(self, proc: ServiceProcess) -> None:
         self.proc = proc
-        self.channel = grpc.insecure_channel(proc.address)
+        self.channel = authed_channel(proc.address, SUPERVISOR)  # public and runtime RPCs
         self.stub = graph_pb2_grpc.GraphServiceStub(self.channel)
         self.rt = runtime_service_pb2_grpc.RuntimeServiceStub(self.channel)
 
@@ -198,7 +199,7 @@ def test_ids_survive_restart_and_are_never_reused(db_url: str, tmp_path: Path) -
     state = tmp_path / "state"
     env = {"WGS_DATABASE_URL": db_url}
     proc = start_service("graph", state, env=env)
-    with grpc.insecure_channel(proc.address) as ch:
+    with authed_channel(proc.address, SUPERVISOR) as ch:
         stub = graph_pb2_grpc.GraphServiceStub(ch)
         rts = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
         first = [rts.CreateChatTask(chat_req(), timeout=T).task.id for _ in range(2)]
@@ -206,7 +207,7 @@ def test_ids_survive_restart_and_are_never_reused(db_url: str, tmp_path: Path) -
     assert proc.terminate() == 0
     proc = start_service("graph", state, env=env)  # migrations run again: a no-op at head
     try:
-        with grpc.insecure_channel(proc.address) as ch:
+        with authed_channel(proc.address, SUPERVISOR) as ch:
             stub = graph_pb2_grpc.GraphServiceStub(ch)
             rts = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
             assert rts.CreateChatTask(chat_req(), timeout=T).task.id == ".chat-3"
@@ -287,7 +288,7 @@ def test_calls_in_flight_at_sigterm_complete_and_nothing_is_half_written(db_url:
     state = tmp_path / "state"
     env = {"WGS_DATABASE_URL": db_url}
     proc = start_service("graph", state, env=env)
-    with grpc.insecure_channel(proc.address) as ch:
+    with authed_channel(proc.address, SUPERVISOR) as ch:
         rts = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
         futures = [rts.CreateChatTask.future(chat_req(request_id=f"req-{i}"), timeout=20) for i in range(30)]
         futures[0].result()  # the server is working through the batch: signal it now
@@ -301,7 +302,7 @@ def test_calls_in_flight_at_sigterm_complete_and_nothing_is_half_written(db_url:
     assert {c for c, _ in outcomes} <= {grpc.StatusCode.OK} | refused, outcomes
     proc = start_service("graph", state, env=env)
     try:
-        with grpc.insecure_channel(proc.address) as ch:
+        with authed_channel(proc.address, SUPERVISOR) as ch:
             rts = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
             chats = rts.ListChatRecords(rs.ListChatRecordsRequest(page_size=1000), timeout=T).chats
             stored = {c.task.id for c in chats}

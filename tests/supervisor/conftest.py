@@ -11,7 +11,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness import ServiceProcess, fresh_database, kill_agents, start_service, test_database_urls
+from tests.harness import (
+    ServiceProcess,
+    authed_channel,
+    fresh_database,
+    kill_agents,
+    start_service,
+    test_database_urls,
+)
+from wgs.common.auth import SUPERVISOR
 from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2_grpc, runtime_pb2
 
 # Short policy timings so crash loops finish in seconds (the numbers are env-configurable).
@@ -36,12 +44,12 @@ class Stack:
     channels: list[grpc.Channel]
 
     def chat(self) -> chat_pb2_grpc.ChatServiceStub:
-        ch = grpc.insecure_channel(self.supervisor.address)
+        ch = authed_channel(self.supervisor.address)
         self.channels.append(ch)
         return chat_pb2_grpc.ChatServiceStub(ch)
 
     def graph_stub(self) -> graph_pb2_grpc.GraphServiceStub:
-        ch = grpc.insecure_channel(self.graph.address)
+        ch = authed_channel(self.graph.address, SUPERVISOR)  # the runtime records too
         self.channels.append(ch)
         return graph_pb2_grpc.GraphServiceStub(ch)
 

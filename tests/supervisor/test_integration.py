@@ -321,7 +321,7 @@ def test_spawn_span_and_traceparent_reach_the_agent(tmp_path: Path) -> None:
     import json
     import time
 
-    from tests.harness import start_service
+    from tests.harness import authed_channel, start_service
     from tests.supervisor.conftest import FAST_POLICY, start_without_health_wait
 
     state = tmp_path / "state"
@@ -331,7 +331,7 @@ def test_spawn_span_and_traceparent_reach_the_agent(tmp_path: Path) -> None:
            **FAST_POLICY}
     sup = start_without_health_wait("supervisor", state, env)
     try:
-        with grpc.insecure_channel(sup.address) as ch:
+        with authed_channel(sup.address) as ch:
             from wgs.v1 import chat_pb2_grpc
 
             stub = chat_pb2_grpc.ChatServiceStub(ch)

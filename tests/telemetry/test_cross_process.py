@@ -12,7 +12,6 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from opentelemetry import propagate
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -23,7 +22,7 @@ from opentelemetry.trace import SpanKind
 
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.harness import ServiceProcess, kill_agents, start_service
+from tests.harness import ServiceProcess, authed_channel, kill_agents, start_service
 from wgs.v1 import chat_pb2, chat_pb2_grpc, runtime_pb2
 
 API_KEY = "sk-trace-test-6f1d2c9a8b7e4d3c2b1a"
@@ -76,7 +75,7 @@ def test_create_chat_is_one_trace_from_client_to_agent(traced_stack: tuple) -> N
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=receiver.endpoint, insecure=True)))
     tracer = provider.get_tracer("test")
 
-    with grpc.insecure_channel(procs[2].address) as ch:
+    with authed_channel(procs[2].address) as ch:
         stub = chat_pb2_grpc.ChatServiceStub(ch)
         with tracer.start_as_current_span("client CreateChat", kind=SpanKind.CLIENT) as client_span:
             carrier: dict[str, str] = {}
@@ -160,7 +159,7 @@ def test_create_chat_is_one_trace_from_client_to_agent(traced_stack: tuple) -> N
         running = wait_running(stub, chat.id, not_pid=pid)
         procs[2].kill9()
         procs[2] = start_service("supervisor", Path(procs[2].env["WGS_STATE_DIR"]), env=sup_env)
-    with grpc.insecure_channel(procs[2].address) as ch:
+    with authed_channel(procs[2].address) as ch:
         stub = chat_pb2_grpc.ChatServiceStub(ch)
         adopted = stub.GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=30).chat
         assert adopted.runtime.current_run.pid == running

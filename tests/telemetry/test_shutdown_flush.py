@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.fakes.otlp_receiver import OtlpReceiver
-from tests.harness import start_service
+from tests.harness import authed_channel, start_service
+from wgs.common.auth import SUPERVISOR
 from wgs.v1 import dispatch_pb2, dispatch_pb2_grpc
 
 
@@ -21,7 +21,7 @@ def test_sigterm_flushes_spans_and_health_is_not_traced(tmp_path: Path) -> None:
             "OTEL_BSP_SCHEDULE_DELAY": "600000",
         })
         try:
-            with grpc.insecure_channel(svc.address) as ch:
+            with authed_channel(svc.address, SUPERVISOR) as ch:
                 for _ in range(3):
                     health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
                 dispatch_pb2_grpc.DispatchServiceStub(ch).PlanSpawn(

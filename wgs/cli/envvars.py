@@ -31,7 +31,7 @@ def cmd_env(ns: argparse.Namespace) -> int:
     width = max(len(v.name) for v in ENV_VARS)
     for var in ENV_VARS:
         current = os.environ.get(var.name)
-        shown = f"= {current}" if current is not None and var.name != "WGS_API_KEY" else f"(default {var.default or '-'})"
+        shown = f"= {current}" if current is not None and not var.secret else f"(default {var.default or '-'})"
         print(f"{var.name:<{width}}  {shown}")
         print(f"{'':<{width}}  {var.help} [{', '.join(var.services)}]")
     return 0

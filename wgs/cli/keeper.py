@@ -61,7 +61,8 @@ from wgs.cli.stackfile import (
     stack_log_path,
     write_stack,
 )
-from wgs.common.settings import SERVICES, env_float, env_int
+from wgs.common.clients import sync_channel
+from wgs.common.settings import SERVICES, env_float, env_int, service_env
 
 HEALTH_TIMEOUT = 2.0
 DEPENDS_ON = {"graph": (), "dispatch": (), "supervisor": ("graph", "dispatch")}
@@ -71,7 +72,7 @@ StopServices = Callable[[StackRecord, bool, TextIO], None]
 
 def health_status(address: str, timeout: float = HEALTH_TIMEOUT) -> str:
     """SERVING, NOT_SERVING, or `unreachable (<reason>)` for one service (grpc.health.v1 Check)."""
-    with grpc.insecure_channel(address) as ch:
+    with sync_channel(address) as ch:  # TLS per WGS_TLS_* (health itself needs no token)
         try:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as exc:
@@ -358,7 +359,7 @@ class Keeper:
         addr_file = self._addr_file(name)
         addr_file.unlink(missing_ok=True)
         log = self.state / "logs" / f"{name}.log"
-        env = dict(os.environ)
+        env = service_env(name, os.environ)  # least privilege: API keys reach the supervisor only
         env.update({"WGS_STATE_DIR": str(self.state), "WGS_ADDRESS_FILE": str(addr_file), "PYTHONUNBUFFERED": "1"})
         listen = (prev.listen or prev.address) if prev is not None and prev.address else ""
         if listen:

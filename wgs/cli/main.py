@@ -1,5 +1,5 @@
-"""`wgs` entry point. Subcommands live in wgs.cli.stack (up/down/status), wgs.cli.chat (chat, sweep)
-and wgs.cli.trace; `wgs serve NAME` runs one service in the foreground.
+"""`wgs` entry point. Subcommands live in wgs.cli.stack (up/down/status), wgs.cli.chat (chat, sweep),
+wgs.cli.trace and wgs.cli.token; `wgs serve NAME` runs one service in the foreground.
 
 Errors the user can act on are one `wgs: ...` line on stderr and a non-zero exit, never a traceback.
 """
@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from wgs.cli import chat, envvars, stack, trace
+from wgs.cli import chat, envvars, stack, token, trace
 from wgs.cli.output import CliError
 from wgs.common.errors import ConfigError
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_parsers(sub)
     trace.add_parsers(sub)
     envvars.add_parsers(sub)
+    token.add_parsers(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from wgs.v1 import chat_pb2, graph_pb2, plan_pb2, runtime_pb2, task_pb2
 
-_CHAT_ARG_RE = re.compile(r"^(?:\.?chat-)?(0|[1-9][0-9]{0,8})$")
+_CHAT_ARG_RE = re.compile(r"\A(?:\.?chat-)?(0|[1-9][0-9]{0,8})\Z")
 
 
 class CliError(Exception):

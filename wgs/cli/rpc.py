@@ -1,4 +1,9 @@
-"""Connections from the CLI to the services, turning every gRPC failure into one readable line."""
+"""Connections from the CLI to the services, turning every gRPC failure into one readable line.
+
+Every connection presents the user's token (WGS_TOKEN / WGS_TOKEN_FILE, else one derived from the
+stack secret in the state dir when this user can read it: the stack's owner) and uses TLS per
+WGS_TLS_* (wgs.common.clients).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from typing import TypeVar
 import grpc
 
 from wgs.cli.output import CliError, rpc_error_line
-from wgs.cli.stackfile import service_address
+from wgs.cli.stackfile import resolve_state_dir, service_address
+from wgs.common.auth import operator_token
 from wgs.common.clients import sync_channel
 from wgs.common.settings import rpc_timeout
 from wgs.v1 import chat_pb2_grpc, graph_pb2_grpc
@@ -49,7 +55,7 @@ class Conn:
 @contextmanager
 def connect(service: str, state_dir: str | None = None, timeout: float | None = None) -> Iterator[Conn]:
     address = service_address(service, state_dir)
-    channel = sync_channel(address)
+    channel = sync_channel(address, token=operator_token(resolve_state_dir(state_dir)))
     try:
         yield Conn(service, address, channel, timeout if timeout is not None else rpc_timeout())
     finally:

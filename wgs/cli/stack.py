@@ -43,7 +43,8 @@ from wgs.cli.stackfile import (
     stack_problem,
     state_flag,
 )
-from wgs.common.clients import sync_channel
+from wgs.common import auth
+from wgs.common.clients import set_process_token, sync_channel
 from wgs.common.settings import DEFAULT_PORTS, SERVICES, env_float, env_str, rpc_timeout
 from wgs.v1 import supervisor_pb2, supervisor_pb2_grpc
 
@@ -85,6 +86,8 @@ def cmd_up(ns: argparse.Namespace) -> int:
     if ns.keeper_ready_fd is not None:
         return _run_detached_keeper(ns, state, ns.keeper_ready_fd)
     _secure(state)
+    auth.ensure_stack_secret(state)  # the stack credential (0600), unless given through the environment
+    set_process_token(auth.operator_token(state))  # the keeper asks the supervisor to stop agents
     if ns.detach:
         return _up_detached(ns, state)
     out = sys.stdout
@@ -107,6 +110,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 def _run_detached_keeper(ns: argparse.Namespace, state: Path, ready_fd: int) -> int:
     """This process is the detached keeper; it tells the `wgs up --detach` that started it on `ready_fd`."""
+    set_process_token(auth.operator_token(state))  # to ask the supervisor to stop its agents
     report = Reporter(stack_log_path(state))
 
     def tell(text: str) -> None:
@@ -283,6 +287,7 @@ def cmd_down(ns: argparse.Namespace) -> int:
     if record is None:
         print(f"wgs: no stack recorded in {state} (nothing to stop)")
         return 0
+    set_process_token(auth.operator_token(state))  # to ask the supervisor to stop its agents
     if record.keeper is not None and record.keeper.alive():
         # First the keeper, so that nothing is restarted while the services stop.
         result = release_keeper(record.keeper, grace_seconds() * 3 + 10)

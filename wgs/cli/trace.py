@@ -14,7 +14,7 @@ from wgs.cli.stack import resolve_state_dir
 from wgs.common import traceview
 from wgs.common.settings import env_str
 
-TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+TRACE_ID_RE = re.compile(r"\A[0-9a-f]{32}\Z")
 
 
 def select_traces(spans: list[traceview.Span], target: str) -> tuple[str, list[str]]:

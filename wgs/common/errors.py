@@ -112,5 +112,17 @@ class Unavailable(WgsError):
         return _retry_info(self.retry_after)
 
 
+class Unauthenticated(WgsError):
+    """No credentials, or credentials this stack did not issue."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(WgsError):
+    """Valid credentials that do not allow this call; the message names the role and the call."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ConfigError(Exception):
     """Bad configuration detected at start-up; the process exits with this message."""

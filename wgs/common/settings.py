@@ -8,6 +8,7 @@ with a ConfigError naming the variable.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ class EnvVar:
     default: str
     help: str
     services: tuple[str, ...]
+    secret: bool = False  # never printed (`wgs env`)
 
 
 ENV_VARS: tuple[EnvVar, ...] = (
@@ -65,12 +67,36 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("WGS_STACK_MAX_START_FAILURES", "5",
            "`wgs up`: failed starts in a row (dead before serving or within 10 s) before the keeper gives up.",
            ("cli",)),
+    # Security (docs/security.md).
+    EnvVar("WGS_AUTH", "on", "on: every RPC needs a token (health excepted); off: no authentication at all "
+           "(a warning at start; local experiments only).", SERVICES),
+    EnvVar("WGS_AUTH_SECRET_FILE", "<state dir>/auth/secret",
+           "File with the stack secret (>= 32 random characters) that tokens are derived from; "
+           "`wgs up` creates the default one (0600). Kubernetes: a mounted Secret.", (*SERVICES, "cli")),
+    EnvVar("WGS_TOKEN", "", "Token presented on every call (from `wgs token create`); default: one derived "
+           "from the stack secret if readable. The supervisor sets it for each agent run.", ("cli", "agent"),
+           secret=True),
+    EnvVar("WGS_TOKEN_FILE", "", "File holding the token, instead of WGS_TOKEN.", ("cli", "agent")),
+    EnvVar("WGS_TLS_CERT_FILE", "", "PEM certificate chain: a service serves TLS with it; a client presents it "
+           "(mutual TLS). cert-manager layout: tls.crt.", (*SERVICES, "cli", "agent")),
+    EnvVar("WGS_TLS_KEY_FILE", "", "PEM private key of WGS_TLS_CERT_FILE (tls.key).", (*SERVICES, "cli", "agent")),
+    EnvVar("WGS_TLS_CA_FILE", "", "PEM CA bundle (ca.crt): clients verify servers with it (and dial TLS); with "
+           "WGS_TLS_CLIENT_AUTH it verifies client certificates.", (*SERVICES, "cli", "agent")),
+    EnvVar("WGS_TLS_CLIENT_AUTH", "0", "1: the service requires client certificates signed by WGS_TLS_CA_FILE "
+           "(mutual TLS).", SERVICES),
+    EnvVar("WGS_TLS_SERVER_NAME", "", "Name expected in the server certificate when it differs from the dialled "
+           "host.", ("supervisor", "cli", "agent")),
+    EnvVar("WGS_ALLOW_INSECURE_LISTEN", "0", "1: allow listening without TLS on a non-loopback address "
+           "(logged as a WARNING); refused otherwise.", SERVICES),
+    EnvVar("WGS_HEALTH_LISTEN", "", "If set, host:port of an extra plaintext listener serving only "
+           "grpc.health.v1 (Kubernetes gRPC probes cannot speak TLS).", SERVICES),
     EnvVar("WGS_JAEGER_URL", "", "Base URL of a Jaeger UI; `wgs chat show` prints a link to the chat's trace.", ("cli",)),
     # Read by the agent processes (`wgs-agent`, wgs/agent); the supervisor sets the first five.
     EnvVar("WGS_CHAT_ID", "", "Agent: the chat it answers (default of --chat).", ("agent",)),
     EnvVar("WGS_RUN_NUMBER", "", "Agent: number of this run of the chat's agent (for logs).", ("agent",)),
     EnvVar("TRACEPARENT", "", "Agent: W3C trace context of the spawn span; the agent's spans join it.", ("agent",)),
-    EnvVar("WGS_API_KEY", "", "Agent (native): bearer token for the endpoint; secret, never logged.", ("agent",)),
+    EnvVar("WGS_API_KEY", "", "Agent (native): bearer token for the endpoint; secret, never logged.", ("agent",),
+           secret=True),
     EnvVar("WGS_CA_BUNDLE", "", "Agent (native): PEM file of CA certificates trusted for the endpoint's TLS in "
            "addition to the OS trust store (never instead of it; verification is always on).", ("agent",)),
     EnvVar("WGS_AGENT_CONNECT_TIMEOUT_SECONDS", "10", "Agent (native): connect timeout to the endpoint.", ("agent",)),
@@ -177,6 +203,31 @@ class CommonSettings:
             log_level=level,
             log_format=fmt,
         )
+
+
+# What graph and dispatch keep of the environment `wgs up` starts them in: their own settings and
+# what a Python process needs. Only the supervisor gets everything (API keys for its agents).
+_KEPT_PREFIXES = ("WGS_", "OTEL_", "GRPC_", "PYTHON", "LC_", "COVERAGE_")
+_KEPT_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "VIRTUAL_ENV",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "LD_LIBRARY_PATH", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
+    "https_proxy", "no_proxy", "TERM", "HOSTNAME",
+})
+_NEVER_TO_SERVICES = frozenset({"WGS_TOKEN", "WGS_TOKEN_FILE"})  # a user's token is not a service's
+
+
+def service_env(service: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment to start `service` with, from `environ` (least privilege).
+
+    The supervisor gets everything (it copies API keys into its agents' environments) except a
+    user's token; graph and dispatch get only their settings and the basics of a process (PG* too
+    for graph, for libpq), so no *_API_KEY or other secret of the user's shell reaches them."""
+    out = {k: v for k, v in environ.items() if k not in _NEVER_TO_SERVICES}
+    if service == "supervisor":
+        return out
+    prefixes = (*_KEPT_PREFIXES, "PG") if service == "graph" else _KEPT_PREFIXES
+    return {k: v for k, v in out.items()
+            if (k in _KEPT_NAMES or k.startswith(prefixes)) and not any(var.secret and var.name == k for var in ENV_VARS)}
 
 
 def rpc_timeout() -> float:

@@ -53,7 +53,7 @@ class OtlpJsonFileExporter(SpanExporter):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # spans name chats and files: private
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans

@@ -10,10 +10,13 @@ CHAT_PREFIX = ".chat-"
 CHAT_LOOP_TAG = "chat-loop"
 ARCHIVED_TAG = "archived"
 
-CHAT_ID_RE = re.compile(r"^\.chat-(0|[1-9][0-9]{0,8})$")
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+# Every pattern is applied with fullmatch(): `$` would also match before a trailing newline, and a
+# chat id is a path component (procs.chat_dir), so ".chat-1\n" must not pass.
+# (\Z, not $, so a caller using .match() is safe too.)
+CHAT_ID_RE = re.compile(r"\A\.chat-(0|[1-9][0-9]{0,8})\Z")
+TASK_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+REQUEST_ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
+TAG_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 
 NATIVE = "native"
 CLAUDE = "claude"
@@ -45,11 +48,14 @@ def _show(value: str, limit: int = 40) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
+show = _show
+
+
 def chat_id(value: str, field: str = "chat_id") -> str:
     """Validate a chat id (".chat-N"); the id is also a path component, so this guards the state dir."""
     if not value:
         raise InvalidArgument(f"{field} is required (a chat id like '.chat-3')")
-    if not CHAT_ID_RE.match(value):
+    if not CHAT_ID_RE.fullmatch(value):
         raise InvalidArgument(f"{field} {_show(value)} is not a chat id; expected '.chat-N' with N a number")
     return value
 
@@ -69,9 +75,9 @@ def chat_number(chat: str) -> int:
 def task_id(value: str, field: str = "id") -> str:
     if not value:
         raise InvalidArgument(f"{field} is required")
-    if CHAT_ID_RE.match(value):
+    if CHAT_ID_RE.fullmatch(value):
         return value
-    if not TASK_ID_RE.match(value):
+    if not TASK_ID_RE.fullmatch(value):
         raise InvalidArgument(
             f"{field} {_show(value)} is not a valid task id: use 1-128 characters of "
             "letters, digits, '.', '_' or '-', not starting with '.'"
@@ -80,7 +86,7 @@ def task_id(value: str, field: str = "id") -> str:
 
 
 def request_id(value: str, field: str = "request_id") -> str:
-    if value and not REQUEST_ID_RE.match(value):
+    if value and not REQUEST_ID_RE.fullmatch(value):
         raise InvalidArgument(
             f"{field} {_show(value)} is not valid: use 1-128 characters of letters, digits, '.', '_', ':' or '-'"
         )
@@ -88,7 +94,7 @@ def request_id(value: str, field: str = "request_id") -> str:
 
 
 def tag(value: str, field: str = "tag") -> str:
-    if not TAG_RE.match(value):
+    if not TAG_RE.fullmatch(value):
         raise InvalidArgument(
             f"{field} {_show(value)} is not valid: use 1-64 characters of letters, digits, '.', '_', ':' or '-'"
         )
@@ -126,7 +132,7 @@ def page_size(value: int, *, default: int = 100, maximum: int = 1000, field: str
 
 
 def is_chat_id(value: str) -> bool:
-    return bool(CHAT_ID_RE.match(value))
+    return bool(CHAT_ID_RE.fullmatch(value))
 
 
 def split_model(model: str) -> tuple[str, str]:
