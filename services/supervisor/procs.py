@@ -493,6 +493,14 @@ def run_cgroup(state_dir: Path, chat_id: str, number: int, root: Path | None = N
     return path if path.is_dir() else None
 
 
+def run_cgroups(state_dir: Path, root: Path | None = None) -> list[Path]:
+    """Every existing run cgroup of this state dir (e.g. for cleanup after `wgs down`)."""
+    root = root if root is not None else cgroup_root()
+    if root is None:
+        return []
+    return sorted(p for p in root.glob(f"wgs-{_state_hash(state_dir)}.chat-*") if p.is_dir())
+
+
 _cgroup_warned: set[str] = set()
 
 

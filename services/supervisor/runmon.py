@@ -19,8 +19,8 @@ Two modes, both started by the supervisor in a new session (we are the process-g
 --state-dir and --supervisor-id are the monitor's identity: the supervisor signals a process only
 after checking its /proc cmdline names runmon.py with its own state dir and id (procs.verify_monitor).
 
-Only os/sys/signal/select/time (+ ctypes for prctl; json when needed) are imported, so the
-monitor starts in a few milliseconds and survives a crash or ``kill -9`` of the supervisor. It
+Only os/sys/_signal/select/time (+ _ctypes for prctl; json only once a command or the exit record
+needs it) are imported, so the monitor starts in a few milliseconds and survives a crash or ``kill -9`` of the supervisor. It
 cannot import wgs (it runs with -I -S), so its few /proc helpers are its own.
 
 Containment ("a run dies whole"):
@@ -62,9 +62,9 @@ always land at the current end of the file. Race (small, accepted): bytes the ag
 our read of the tail and the truncate are lost. The cap is a safety valve, not a log rotator.
 """
 
+import _signal as signal  # the C module behind `signal`: importing `signal` costs ~3 ms (enum)
 import os
 import select
-import signal
 import sys
 import time
 
@@ -76,6 +76,8 @@ RESCAN_INTERVAL = 0.05  # while ending a run: how often new forks are looked for
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 HANDLED = (*STOP_SIGNALS, signal.SIGUSR1, signal.SIGCHLD)
 RESET_IN_AGENT = (*HANDLED, signal.SIGPIPE, signal.SIGXFSZ)
+SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP",
+                signal.SIGUSR1: "SIGUSR1"}
 
 
 class _Flags:
@@ -116,12 +118,23 @@ def _drain(fd: int) -> None:
 
 
 def _set_subreaper() -> bool:
+    """prctl(PR_SET_CHILD_SUBREAPER, 1) through _ctypes (the full ctypes package costs ~2 ms to import)."""
     try:
-        import ctypes
+        import _ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
+        class _Int(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class _Func(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = _Int
+
+        class _Libc:
+            _handle = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # None: the program itself
+
+        prctl = _Func(("prctl", _Libc()))  # type: ignore[arg-type]  # any object with _handle
+        return bool(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (ImportError, OSError, AttributeError, TypeError):
         return False
 
 
@@ -641,7 +654,7 @@ class _Run:
             if not self.ending:
                 if self.status is None and (_Flags.stop or _Flags.hurry):
                     self.stopped_by = _Flags.stop or signal.SIGUSR1
-                    self.begin_end(f"stop requested ({signal.Signals(self.stopped_by).name})")
+                    self.begin_end(f"stop requested ({SIGNAL_NAMES.get(self.stopped_by, self.stopped_by)})")
                 elif self.status is None and (passed := self.check_fence()) is not None:
                     self.begin_end(f"the supervisor's lease deadline {_iso(passed)} has passed "
                                    "(not renewed in time); fencing: ending the run")
