@@ -188,11 +188,22 @@ def test_close_ends_the_idle_monitor_without_a_trace(tmp_path: Path) -> None:
     w = procs.WarmMonitor(tmp_path)
     w.prime()
     idle = _idle(w)
-    assert str(tmp_path).encode() in Path(f"/proc/{idle}/cmdline").read_bytes()  # found by state dir
+    assert str(tmp_path).encode() in _cmdline(idle)  # found by state dir
     w.close()
     assert not Path(f"/proc/{idle}").exists()  # exited and reaped: no process, no zombie
     assert not (tmp_path / "chats").exists()  # an idle monitor never became a run
     assert w.take() is None and w.idle_pid(timeout=0.1) is None  # closed: nothing restarted
+
+
+def _cmdline(pid: int) -> bytes:
+    """The command line of a just-started process: empty while its exec is still being set up
+    (Popen returns once the exec is under way), so re-read it a bounded number of times."""
+    for _ in range(1000):
+        data = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if data:
+            return data
+        time.sleep(0.002)
+    return b""
 
 
 def _catches(pid: int, sig: int) -> bool:
@@ -209,14 +220,14 @@ def test_idle_monitor_exits_on_sigterm(tmp_path: Path) -> None:
     w.prime()
     try:
         pid = _idle(w)
-        ticks = procs.start_ticks(pid)
-        assert procs.verify_monitor(pid, ticks, tmp_path, "sup-1")  # its identity is on its command line
         # Idle = its interpreter is up and its handler in place (before that, SIGTERM kills it outright).
         for _ in range(1000):
             if _catches(pid, signal.SIGTERM):
                 break
             time.sleep(0.005)
         assert _catches(pid, signal.SIGTERM)
+        ticks = procs.start_ticks(pid)
+        assert procs.verify_monitor(pid, ticks, tmp_path, "sup-1")  # its identity is on its command line
         assert not procs.verify_monitor(pid, ticks, tmp_path, "sup-2")
         os.kill(pid, signal.SIGTERM)
         _wait_gone(pid)
