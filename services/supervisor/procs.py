@@ -501,6 +501,61 @@ def run_cgroups(state_dir: Path, root: Path | None = None) -> list[Path]:
     return sorted(p for p in root.glob(f"wgs-{_state_hash(state_dir)}.chat-*") if p.is_dir())
 
 
+def remove_stale_cgroups(state_dir: Path, *, chat_id: str | None = None, wait: float = 0.0,
+                         root: Path | None = None) -> list[Path]:
+    """Remove the empty run cgroups of this state dir (or of one chat); returns those removed.
+
+    A monitor removes its run's cgroup itself; one that was SIGKILLed cannot. Call this after
+    ending runs wholesale (`wgs down`, a test harness killing monitors); with `wait`, a cgroup
+    whose last processes are still dying is waited for (poll on cgroup.events) up to that long.
+    Populated cgroups are left alone: their processes are for `live_processes_of_runs`."""
+    removed: list[Path] = []
+    deadline = time.monotonic() + wait
+    for cg in run_cgroups(state_dir, root):
+        if chat_id is not None and not cg.name.startswith(f"wgs-{_state_hash(state_dir)}{chat_id}.run-"):
+            continue
+        if _cgroup_populated(cg) and wait > 0:
+            _wait_unpopulated(cg, max(0.0, deadline - time.monotonic()))
+        if not _cgroup_populated(cg):
+            try:
+                cg.rmdir()
+                removed.append(cg)
+            except OSError:
+                pass
+    return removed
+
+
+def _wait_unpopulated(path: Path, wait: float) -> bool:
+    """Wait (poll POLLPRI on cgroup.events: it changes when "populated" does) until the cgroup is empty."""
+    try:
+        fd = os.open(path / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return not _cgroup_populated(path)
+    try:
+        deadline = time.monotonic() + wait
+        while _cgroup_populated(path):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            _poll_one(fd, select.POLLPRI, remaining)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.read(fd, 256)  # re-arms the notification
+        return True
+    finally:
+        os.close(fd)
+
+
+def _drop_empty_cgroups_of_earlier_runs(root: Path, state_dir: Path, chat_id: str, number: int) -> None:
+    """Cheap clean-up at spawn (a few stat calls): empty cgroups of the chat's last runs, left by killed monitors."""
+    for n in range(max(1, number - KEEP_RUNS), number):
+        path = root / run_cgroup_name(state_dir, chat_id, n)
+        if path.is_dir() and not _cgroup_populated(path):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
 _cgroup_warned: set[str] = set()
 
 
@@ -929,6 +984,7 @@ def spawn(
         env = {**env, RUN_ID_VAR: run_marker(state_dir, chat_id, number)}
         root = cgroup_root(cgroup_setting)
         if root is not None:
+            _drop_empty_cgroups_of_earlier_runs(root, state_dir, chat_id, number)
             cgroup = _create_run_cgroup(root, state_dir, chat_id, number)
         monitor = _MonitorArgs(state_dir=state_dir, supervisor_id=supervisor_id, log_path=log_path,
                                exit_path=exit_path, max_log_bytes=max_log_bytes, stop_grace=stop_grace,
@@ -958,20 +1014,8 @@ def spawn(
 
 
 def _remove_cgroup_sync(path: Path, wait: float) -> None:
-    """rmdir a run cgroup after a failed spawn, waiting (poll on cgroup.events) for it to empty."""
-    try:
-        fd = os.open(path / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        fd = -1
-    try:
-        deadline = time.monotonic() + wait
-        while _cgroup_populated(path) and time.monotonic() < deadline and fd >= 0:
-            _poll_one(fd, select.POLLPRI, deadline - time.monotonic())
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.read(fd, 256)  # re-arms the notification
-    finally:
-        if fd >= 0:
-            os.close(fd)
+    """rmdir a run cgroup after a failed spawn, waiting for it to empty."""
+    _wait_unpopulated(path, wait)
     try:
         path.rmdir()
     except OSError as exc:

@@ -613,3 +613,33 @@ async def test_exec_failure_in_the_monitor_is_recorded_with_its_errno(
     info, _ = await asyncio.wait_for(_watch(run, []), 20)
     assert info.exit_code == 127 and info.exec_errno == code and info.permanent
     assert info.error.startswith("exec failed:")
+
+
+# ---------------------------------------------------------------------------------------- cgroups of killed monitors
+
+
+async def test_cgroups_left_by_killed_monitors_are_cleaned_up(tmp_path: Path, containment: str) -> None:
+    """kill -9 of a monitor and its agent leaves an empty run cgroup: the chat's next spawn removes it,
+    and remove_stale_cgroups removes any (for `wgs down` and test harnesses)."""
+    if containment != "cgroup":
+        assert procs.remove_stale_cgroups(tmp_path) == []
+        return
+
+    async def killed_run(chat: str, number: int) -> procs.Run:
+        run = _spawn(tmp_path, ["/bin/sleep", "1000"], chat=chat, number=number)
+        exited = _watch(run, [])
+        os.kill(run.monitor_pid, signal.SIGKILL)
+        await asyncio.wait_for(exited, 20)
+        os.kill(run.pid, signal.SIGKILL)
+        assert procfs.wait_exited(run.pid, run.start_ticks, 10)
+        assert run.cgroup is not None and run.cgroup.is_dir()
+        return run
+
+    first = await killed_run(CHAT, 1)
+    second = _spawn(tmp_path, ["/bin/sleep", "1000"], number=2)
+    assert first.cgroup is not None and not first.cgroup.exists()  # removed by the chat's next spawn
+    exited = _watch(second, [])
+    assert await procs.stop_group(second, grace=5.0) == []
+    await asyncio.wait_for(exited, 20)
+    other = await killed_run(".chat-2", 1)
+    assert procs.remove_stale_cgroups(tmp_path, wait=5.0) == [other.cgroup]
