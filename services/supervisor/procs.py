@@ -107,6 +107,7 @@ class ExitInfo:
     fenced: bool = False  # ended by the monitor because the supervisor's lease deadline passed
     exec_errno: int | None = None  # the agent never ran: its chdir/exec failed with this errno
     contained: bool = False  # the record comes from a monitor that ended the whole run before writing it
+    monitor_signal: int | None = None  # no record: the run monitor itself was killed by this signal
 
     @property
     def signal_name(self) -> str:
@@ -237,12 +238,12 @@ class EndReport:
             return ""
         parts: list[str] = []
         if self.ended:
-            main = [p for p in self.ended if p.role in ("agent", "monitor")]
+            main = sorted((p for p in self.ended if p.role in ("agent", "monitor")), key=lambda p: p.role != "agent")
+            items = [p.describe() for p in main]
             others = len(self.ended) - len(main)
-            text = " and ".join(p.describe() for p in main) if main else ""
             if others:
-                more = f"{others} {'other ' if main else ''}process{'es' if others != 1 else ''}"
-                text = f"{text} and {more}" if text else more
+                items.append(f"{others} {'other ' if main else ''}process{'es' if others != 1 else ''}")
+            text = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
             parts.append(f"{text} ended" + (f" ({len(self.killed)} by SIGKILL)" if self.killed else ""))
         if self.survivors:
             parts.append("still alive after SIGKILL: " + ", ".join(p.describe() for p in self.survivors))
@@ -398,7 +399,8 @@ def write_lease_deadline(path: Path | str, deadline: float) -> None:
     least the stop grace + 1 s (the monitors check once a second), e.g.
     `renewed_at + lease_seconds - stop_grace - 2`: a monitor that sees the deadline pass ends its
     run, so it is gone before another replica may take the chat over. Remove the file to disable
-    fencing."""
+    fencing, e.g. on a clean shutdown that leaves the agents running for the next supervisor to adopt
+    (a stale deadline would otherwise end them once it passes)."""
     path = os.fspath(path)
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -605,22 +607,6 @@ def _cgroup_kill(path: Path) -> bool:
         for pid, ticks in cgroup_members(path):
             procfs.signal_process(pid, ticks, signal.SIGKILL)
         return False
-
-
-async def _remove_cgroup(path: Path, wait: float) -> bool:
-    """rmdir the cgroup once it is empty (populated 0, bounded wait); True if it is gone."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            os.rmdir(path)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError:
-            if time.monotonic() >= deadline:
-                log.warning("could not remove the run cgroup %s: still populated", path)
-                return False
-        await asyncio.sleep(0.02)  # no event we can await here for "populated 0" (POLLPRI is not add_reader-able)
 
 
 # ---------------------------------------------------------------------------------------- identity
@@ -1014,10 +1000,12 @@ def spawn(
 
 
 def _remove_cgroup_sync(path: Path, wait: float) -> None:
-    """rmdir a run cgroup after a failed spawn, waiting for it to empty."""
+    """rmdir a run cgroup, waiting (up to `wait`) for it to empty."""
     _wait_unpopulated(path, wait)
     try:
         path.rmdir()
+    except FileNotFoundError:
+        pass
     except OSError as exc:
         log.warning("could not remove the run cgroup %s: %s", path, exc.strerror or exc)
 
@@ -1146,7 +1134,8 @@ def collect_exit(run: Run) -> ExitInfo:
         rc = run.popen.returncode
         how = f"signal {-rc}" if rc < 0 else f"code {rc}"
         return ExitInfo(None, None, datetime.now(UTC),
-                        f"exit status unknown: the run monitor ended ({how}) without an exit record")
+                        f"exit status unknown: the run monitor ended ({how}) without an exit record",
+                        monitor_signal=-rc if rc < 0 else None)
     return ExitInfo(None, None, datetime.now(UTC), UNKNOWN_EXIT)
 
 
@@ -1439,7 +1428,7 @@ async def end_processes(found: LiveProcesses | Sequence[ProcessIdentity], grace:
         for _p, fd in handles.values():
             os.close(fd)
     for cg in cgroups:
-        await _remove_cgroup(cg, kill_wait)
+        await asyncio.to_thread(_remove_cgroup_sync, cg, kill_wait)
     return report
 
 
