@@ -8,8 +8,8 @@ CreateChat's other calls give a real supervisor) and kills every run afterwards.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -40,14 +40,15 @@ def bench(state: Path, n: int, warm: procs.WarmMonitor | None, pace: float) -> l
             times.append((time.perf_counter() - t0) * 1000)
             runs.append(run)
     finally:
-        for run in runs:
-            try:
-                os.killpg(run.monitor_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if run.popen is not None:
-                run.popen.wait()
+        asyncio.run(stop_all(runs))  # through the monitors: they also remove the runs' cgroups
     return times
+
+
+async def stop_all(runs: list[procs.Run]) -> None:
+    await asyncio.gather(*(procs.stop_group(run, 5.0) for run in runs))
+    for run in runs:
+        if run.popen is not None:
+            run.popen.wait()
 
 
 def main() -> int:

@@ -234,4 +234,8 @@ def kill_agents(state_dir: Path) -> int:
                 killed += 1
             except (ProcessLookupError, PermissionError):
                 pass
+    if killed:  # a SIGKILLed monitor cannot remove its run's cgroup: remove the emptied ones
+        from services.supervisor.procs import remove_stale_cgroups
+
+        remove_stale_cgroups(state_dir, wait=5.0)
     return killed

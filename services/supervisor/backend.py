@@ -46,6 +46,7 @@ class ExitInfo:
     exec_errno: int | None = None  # the exec failed with this errno (ENOENT, EACCES, ENOEXEC: permanent)
     unknown: bool = False  # the end was not observed (monitor or supervisor lost)
     signal_name: str = ""
+    stopped: bool = False  # the run's monitor was asked to stop it (wgs down while the supervisor was away)
 
     def describe(self) -> str:
         if self.error and self.exit_code is None and self.signal is None:

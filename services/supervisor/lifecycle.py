@@ -411,11 +411,22 @@ class Lifecycle:
 
     async def _record_end(self, live: ChatLive, handle: RunHandle, info: ExitInfo, *,
                           task_status: int | None = None, add_tags: tuple[str, ...] = (), resume: bool = False,
-                          lost_detail: str = "") -> runtime_pb2.ChatRuntime:
-        """Decide what follows a run's end, then trace, log and record it (lock held)."""
+                          lost_detail: str = "", stay_stopped: bool = False) -> runtime_pb2.ChatRuntime:
+        """Decide what follows a run's end, then trace, log and record it (lock held).
+
+        `stay_stopped`: the chat was stopped while this supervisor was away (Reconcile): the run's
+        end is recorded as it happened, and the chat stays STOPPED."""
         now = self.clock.now()
         tail = await asyncio.to_thread(self.backend.tail, handle)
-        if handle.stop_reason:
+        if not handle.stop_reason and info.stopped and not info.fenced:
+            handle.stop_reason = "stopped through its run monitor (wgs down while the supervisor was away)"
+            resume = resume or task_status is None
+        if stay_stopped and not handle.stop_reason:
+            decision = policy.on_end(history=live.history, cfg=self.s.policy, now=now, started_at=handle.started_at,
+                                     exit_code=info.exit_code, stop_requested=True)
+            end = (R.RUN_END_FENCED if info.fenced else R.RUN_END_UNKNOWN if info.unknown
+                   else R.RUN_END_EXITED)
+        elif handle.stop_reason:
             decision = policy.on_end(history=live.history, cfg=self.s.policy, now=now, started_at=handle.started_at,
                                      exit_code=info.exit_code, stop_requested=True)
             end = R.RUN_END_STOPPED
@@ -843,14 +854,15 @@ class Lifecycle:
                 notes.append(f"{_describe_leftovers(leftovers)} before restart")
             if info is None or (info.unknown and notes):
                 info = ExitInfo(None, None, self.clock.now(), error="exit status unknown", unknown=True)
-            if rt.state == chat_states.STOPPED:
-                ended.stop_reason = "stopped while the supervisor was away"
             log.info("%s run %d ended while its supervisor was away: %s%s", task.id, cur.number, info.describe(),
                      f" ({'; '.join(notes)})" if notes else "", extra=fields(chat_id=task.id, run=cur.number))
             detail = "; ".join([info.error or info.describe(), *notes]) if (notes or info.unknown) else ""
-            await self._record_end(live, ended, info, lost_detail=detail,
-                                   task_status=LIVE_TASK if not live_in_task and rt.state != chat_states.STOPPED
-                                   else None)
+            runtime = await self._record_end(live, ended, info, lost_detail=detail,
+                                             stay_stopped=rt.state == chat_states.STOPPED,
+                                             task_status=LIVE_TASK if not live_in_task and rt.state != chat_states.STOPPED
+                                             else None)
+            if runtime.state == chat_states.STOPPED and runtime.resume_on_start and live_in_task:
+                await self._start(live, task, runtime, reason="resumed: it was stopped by a shutdown")
             return
         if rt.state == chat_states.STARTING and live_in_task:
             # Created (or restarted) but the supervisor went away before the spawn was recorded.

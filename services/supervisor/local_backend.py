@@ -1,11 +1,11 @@
-"""The run backend for agents on this host: procs.py (per-run monitor, pidfds, cgroups) behind the
-RunBackend interface the lifecycle uses."""
+"""The run backend for agents on this host: procs.py (per-run monitor as subreaper, pidfds, cgroups,
+fencing, identity proofs) behind the RunBackend interface the lifecycle uses."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
+import logging
 import signal
 import socket
 from datetime import UTC, datetime
@@ -13,58 +13,30 @@ from pathlib import Path
 
 from services.supervisor import procs
 from services.supervisor.backend import ExitCallback, ExitInfo, Leftover, RunHandle, RunSpec, SpawnFailed
-from wgs.common.procfs import is_alive
 from wgs.v1 import runtime_pb2
+
+log = logging.getLogger("wgs.supervisor.backend")
+
+
+def _signal_name(number: int | None) -> str:
+    if number is None:
+        return ""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
 
 
 def _exit_info(info: procs.ExitInfo) -> ExitInfo:
+    unknown = info.exit_code is None and info.signal is None
+    error = info.error
+    if unknown and info.monitor_signal is not None and "monitor" not in error:
+        error = f"run monitor died ({_signal_name(info.monitor_signal)}) without an exit record"
     return ExitInfo(
-        exit_code=info.exit_code, signal=info.signal, exited_at=info.exited_at, error=info.error,
-        signal_name=info.signal_name, leftovers=int(getattr(info, "leftovers", 0) or 0),
-        fenced=bool(getattr(info, "fenced", False)), exec_errno=getattr(info, "exec_errno", None),
-        unknown=info.exit_code is None and info.signal is None and info.error.startswith("exit status unknown"),
+        exit_code=info.exit_code, signal=info.signal, exited_at=info.exited_at, error=error,
+        signal_name=info.signal_name, leftovers=info.leftovers, fenced=info.fenced, exec_errno=info.exec_errno,
+        unknown=unknown and not info.exec_errno, stopped=info.stopped,
     )
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def wait_gone(processes: list[tuple[int, int]], limit: float) -> bool:
-    """Wait (on pidfds: no polling) until none of the (pid, start ticks) lives; False on timeout."""
-    loop = asyncio.get_running_loop()
-    waits: list[asyncio.Future[None]] = []
-    fds: list[int] = []
-    for pid, ticks in processes:
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            continue
-        if not is_alive(pid, ticks or None):
-            os.close(fd)
-            continue
-        fut: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, _resolve, fut)
-        fds.append(fd)
-        waits.append(fut)
-    try:
-        if not waits:
-            return True
-        _, pending = await asyncio.wait(waits, timeout=limit)
-        return not pending
-    finally:
-        for fd in fds:
-            loop.remove_reader(fd)
-            os.close(fd)
-
-
-def _permanent(exc: procs.SpawnError) -> bool:
-    """Whether retrying cannot help: the program is missing or not executable, or its directory is."""
-    flagged = getattr(exc, "permanent", None)
-    if flagged is not None:
-        return bool(flagged)
-    return exc.message.startswith(("executable not found", "not executable", "working directory"))
 
 
 class LocalProcessBackend:
@@ -75,7 +47,7 @@ class LocalProcessBackend:
         self.hostname = socket.gethostname()
         self.max_log_bytes = max_log_bytes
         self.stop_grace = stop_grace
-        self._warm = procs.WarmMonitor(state_dir)
+        self._warm = procs.WarmMonitor(state_dir, supervisor_id=supervisor_id)
         digest = hashlib.sha256(supervisor_id.encode()).hexdigest()[:12]
         self.lease_file = state_dir / "run" / f"lease-{digest}.deadline"
 
@@ -111,9 +83,10 @@ class LocalProcessBackend:
         try:
             run = await asyncio.to_thread(
                 procs.spawn, self.state_dir, spec.chat_id, spec.number, spec.argv, spec.env, spec.cwd,
-                display_argv=spec.display_argv, max_log_bytes=self.max_log_bytes, warm=self._warm)
+                display_argv=spec.display_argv, max_log_bytes=self.max_log_bytes, warm=self._warm,
+                supervisor_id=self.supervisor_id, stop_grace=self.stop_grace, lease_file=self.lease_file)
         except procs.SpawnError as exc:
-            raise SpawnFailed(exc.message, permanent=_permanent(exc)) from None
+            raise SpawnFailed(exc.message, permanent=exc.permanent) from None
         return self._handle(run)
 
     def _native(self, handle: RunHandle) -> procs.Run:
@@ -122,7 +95,8 @@ class LocalProcessBackend:
         log_path, exit_path = procs.run_paths(self.state_dir, handle.chat_id, handle.number)
         run = procs.Run(chat_id=handle.chat_id, number=handle.number, pid=handle.pid, start_ticks=handle.start_ticks,
                         monitor_pid=handle.monitor_pid, monitor_start_ticks=handle.monitor_start_ticks,
-                        log_path=log_path, exit_path=exit_path, argv=list(handle.argv), started_at=handle.started_at)
+                        log_path=log_path, exit_path=exit_path, argv=list(handle.argv), started_at=handle.started_at,
+                        supervisor_id=self.supervisor_id, state_dir=self.state_dir, stop_grace=self.stop_grace)
         handle.native = run
         return run
 
@@ -138,66 +112,54 @@ class LocalProcessBackend:
     async def stop(self, handle: RunHandle, grace: float) -> list[int]:
         run = self._native(handle)
         run.stop_requested = True
-        return await procs.stop_group(run, grace)
+        report = await procs.stop_run(run, grace)
+        if report.refused:
+            log.warning("%s run %d: %s", handle.chat_id, handle.number, report.refused)
+        return report.survivors
 
     def interrupt(self, handle: RunHandle) -> bool:
         return procs.interrupt(self._native(handle))
 
     def adopt(self, chat_id: str, run: runtime_pb2.Run) -> RunHandle | None:
+        """A recorded run whose monitor is alive and proven ours (this state dir, this supervisor)."""
         if run.hostname and run.hostname != self.hostname:
             return None
-        if not is_alive(run.monitor_pid, run.monitor_start_ticks or None):
-            return None
         log_path, exit_path = procs.run_paths(self.state_dir, chat_id, run.number)
+        why = procs.check_monitor(run.monitor_pid, run.monitor_start_ticks or None, self.state_dir,
+                                  run.supervisor_id or self.supervisor_id, log_path=log_path)
+        if why:
+            if procs.monitor_identity(run.monitor_pid, run.monitor_start_ticks or None) is not None:
+                log.warning("%s run %d: not adopting its monitor: %s", chat_id, run.number, why)
+            return None
         native = procs.Run(chat_id=chat_id, number=run.number, pid=run.pid, start_ticks=run.process_start_ticks,
                            monitor_pid=run.monitor_pid, monitor_start_ticks=run.monitor_start_ticks,
                            log_path=log_path, exit_path=exit_path, argv=list(run.argv),
                            started_at=run.started_at.ToDatetime(tzinfo=UTC) if run.HasField("started_at")
-                           else datetime.now(UTC))
+                           else datetime.now(UTC),
+                           supervisor_id=run.supervisor_id or self.supervisor_id, state_dir=self.state_dir,
+                           stop_grace=self.stop_grace)
         return self._handle(native)
 
     async def end_leftovers(self, chat_id: str, runs: list[runtime_pb2.Run], grace: float) -> list[Leftover]:
-        """Agents of earlier runs still alive (their monitor gone), with their descendants: end them."""
-        found: list[tuple[int, int, str]] = []
-        for run in runs:
-            if run.pid <= 0 or (run.hostname and run.hostname != self.hostname):
-                continue
-            if is_alive(run.monitor_pid, run.monitor_start_ticks or None):
-                continue  # a live monitor ends its run itself when asked (stop), never a leftover
-            if is_alive(run.pid, run.process_start_ticks or None):
-                found.append((run.pid, run.process_start_ticks, f"agent of run {run.number}"))
-                found += [(p, t, f"descendant of run {run.number}'s agent") for p, t in procs.descendants(run.pid)]
-        if not found:
-            return []
-        for pid, ticks, _ in found:
-            if is_alive(pid, ticks or None):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        await wait_gone([(p, t) for p, t, _ in found], grace)
-        out: list[Leftover] = []
-        for pid, ticks, what in found:
-            outcome = "ended"
-            if is_alive(pid, ticks or None):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    outcome = "killed after the grace"
-                except ProcessLookupError:
-                    pass
-            out.append(Leftover(pid=pid, what=what, outcome=outcome))
+        """Prove that no process of the chat's earlier runs lives here (recorded agents, their
+        descendants, runs never recorded — found by their cgroup or WGS_RUN_ID); end any that does."""
+        local = [procs.RunIdentity.from_record(r) for r in runs if not r.hostname or r.hostname == self.hostname]
+        report = await procs.ensure_runs_ended(self.state_dir, chat_id, local, grace)
+        for refusal in report.refused:
+            log.warning("%s: not signalled (identity not proven): %s", chat_id, refusal)
+        killed = {p.pid for p in report.killed}
+        out = [Leftover(pid=p.pid, what=f"{p.role} of run {p.run_number}" + (f" ({p.name})" if p.name else ""),
+                        outcome="killed after the grace" if p.pid in killed else "ended")
+               for p in report.ended]
+        out += [Leftover(pid=p.pid, what=f"{p.role} of run {p.run_number}", outcome="still alive after SIGKILL")
+                for p in report.survivors]
         return out
 
     def set_lease_deadline(self, deadline: float) -> None:
-        writer = getattr(procs, "write_lease_deadline", None)
-        if writer is not None:
-            writer(self.lease_file, deadline)
-            return
-        self.lease_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.lease_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(f"{deadline:.3f}\n")
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.lease_file)
+        self.lease_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        procs.write_lease_deadline(self.lease_file, deadline)
 
     async def close(self) -> None:
+        # The runs are left for the next supervisor to adopt: no stale deadline may fence them.
+        self.lease_file.unlink(missing_ok=True)
         await asyncio.to_thread(self._warm.close)

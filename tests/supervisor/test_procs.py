@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -123,8 +124,9 @@ async def test_log_cap_keeps_tail(tmp_path: Path, warm: procs.WarmMonitor | None
 
 
 def test_missing_executable_is_spawn_error_without_process(tmp_path: Path) -> None:
-    with pytest.raises(procs.SpawnError, match="executable not found: 'no-such-agent-xyz'"):
+    with pytest.raises(procs.SpawnError, match="executable not found: 'no-such-agent-xyz'") as exc:
         procs.spawn(tmp_path, ".chat-1", 1, ["no-such-agent-xyz"], dict(os.environ), str(tmp_path))
+    assert exc.value.permanent
     assert (tmp_path / "chats" / ".chat-1" / "run-1.log").exists()  # the log existed before the spawn
     with pytest.raises(procs.SpawnError, match="not executable"):
         f = tmp_path / "plain.txt"
@@ -158,6 +160,7 @@ async def test_exec_failure_recorded(tmp_path: Path, warm: procs.WarmMonitor | N
     run = _spawn_argv(tmp_path, [str(script)], warm)
     info = await _wait_exit(run)
     assert info.exit_code == 127 and info.error.startswith("exec failed:")
+    assert info.exec_errno == errno.ENOENT and info.permanent  # retrying cannot help
     assert "exec failed" in procs.tail_text(run.log_path)
 
 

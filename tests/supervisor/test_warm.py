@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,11 +188,71 @@ def test_close_ends_the_idle_monitor_without_a_trace(tmp_path: Path) -> None:
     w = procs.WarmMonitor(tmp_path)
     w.prime()
     idle = _idle(w)
-    assert str(tmp_path).encode() in Path(f"/proc/{idle}/cmdline").read_bytes()  # found by state dir
+    assert str(tmp_path).encode() in _cmdline(idle)  # found by state dir
     w.close()
     assert not Path(f"/proc/{idle}").exists()  # exited and reaped: no process, no zombie
     assert not (tmp_path / "chats").exists()  # an idle monitor never became a run
     assert w.take() is None and w.idle_pid(timeout=0.1) is None  # closed: nothing restarted
+
+
+def _cmdline(pid: int) -> bytes:
+    """The command line of a just-started process: empty while its exec is still being set up
+    (Popen returns once the exec is under way), so re-read it a bounded number of times."""
+    for _ in range(1000):
+        data = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if data:
+            return data
+        time.sleep(0.002)
+    return b""
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """True once `pid` has a handler for `sig` (SigCgt in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_idle_monitor_exits_on_sigterm(tmp_path: Path) -> None:
+    """`wgs down` (or anyone stopping the stack) can end an idle monitor with SIGTERM: it exits 0."""
+    w = procs.WarmMonitor(tmp_path, supervisor_id="sup-1")
+    w.prime()
+    try:
+        pid = _idle(w)
+        # Idle = its interpreter is up and its handler in place (before that, SIGTERM kills it outright).
+        for _ in range(1000):
+            if _catches(pid, signal.SIGTERM):
+                break
+            time.sleep(0.005)
+        assert _catches(pid, signal.SIGTERM)
+        ticks = procs.start_ticks(pid)
+        assert procs.verify_monitor(pid, ticks, tmp_path, "sup-1")  # its identity is on its command line
+        assert not procs.verify_monitor(pid, ticks, tmp_path, "sup-2")
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid)
+        idle = w.take()
+        assert idle is not None and idle.popen.pid == pid
+        assert idle.popen.wait(timeout=10) == 0  # handled the signal and exited, no default-action death
+        idle.discard()
+    finally:
+        w.close()
+    assert not (tmp_path / "chats").exists()
+
+
+async def test_spawn_with_a_stopped_idle_monitor_falls_back(tmp_path: Path) -> None:
+    w = procs.WarmMonitor(tmp_path, supervisor_id="sup-1")
+    w.prime()
+    try:
+        pid = _idle(w)
+        os.kill(pid, signal.SIGTERM)
+        _wait_gone(pid)
+        run = procs.spawn(tmp_path, ".chat-1", 1, [PY, "-c", "raise SystemExit(6)"], dict(os.environ),
+                          str(tmp_path), warm=w, supervisor_id="sup-1")
+        assert run.monitor_pid != pid
+        assert (await _wait_exit(run)).exit_code == 6
+    finally:
+        w.close()
 
 
 def test_idle_monitor_exits_when_the_supervisor_dies(tmp_path: Path) -> None:

@@ -21,9 +21,10 @@ from typing import Any, TextIO
 
 import grpc
 
+from services.supervisor import procs
 from wgs.cli.keeper import Keeper, Policy, Reporter, health_status, release_keeper
 from wgs.cli.output import CliError, dumps
-from wgs.cli.procs import start_ticks, terminate, wait_gone
+from wgs.cli.procs import terminate, wait_gone
 from wgs.cli.stackfile import (
     FAILED,
     RESTARTING,
@@ -43,7 +44,7 @@ from wgs.cli.stackfile import (
     stack_problem,
     state_flag,
 )
-from wgs.common import auth
+from wgs.common import auth, procfs
 from wgs.common.clients import set_process_token, sync_channel
 from wgs.common.settings import DEFAULT_PORTS, SERVICES, env_float, env_str, rpc_timeout
 from wgs.v1 import supervisor_pb2, supervisor_pb2_grpc
@@ -206,43 +207,35 @@ def stop_agents_via_supervisor(address: str, timeout: float, out: TextIO) -> boo
     return True
 
 
-def local_run_monitors(state: Path) -> list[tuple[int, int | None]]:
-    """(pid, start ticks) of the run monitors of this state dir on this host, identified by their
-    command line (runmon.py with this state dir's run files or --state-dir)."""
-    chats = str(state / "chats") + "/"
-    out: list[tuple[int, int | None]] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        args = [a.decode("utf-8", "replace") for a in argv]
-        if not any(a.endswith("runmon.py") for a in args):
-            continue
-        ours = any(a.startswith(chats) for a in args) or any(
-            args[i] == "--state-dir" and i + 1 < len(args) and args[i + 1] == str(state) for i in range(len(args)))
-        if ours:
-            out.append((int(entry), start_ticks(int(entry))))
+def local_run_monitors(state: Path) -> list[procs.MonitorIdentity]:
+    """The run monitors of this state dir on this host, each proven by its /proc identity (runmon.py,
+    our uid, --state-dir of this stack): nothing else is ever signalled."""
+    out: list[procs.MonitorIdentity] = []
+    for pid in procfs.pids():
+        identity = procs.monitor_identity(pid, None)
+        if identity is not None and Path(identity.state_dir) == state:
+            out.append(identity)
     return out
 
 
 def stop_local_runs(state: Path, grace: float, out: TextIO) -> None:
-    """With the supervisor dead: end this stack's runs on this host (SIGTERM each verified monitor's
-    process group — the monitor records the exit — then SIGKILL what is left after the grace)."""
+    """With the supervisor dead: end this stack's runs on this host. SIGTERM to each verified run
+    monitor asks it to stop its run (agent and every descendant, SIGKILL after its own grace, exit
+    recorded as a stop, so the next supervisor resumes the chat); a monitor that does not finish in
+    time gets SIGUSR1 (kill the run now), then SIGKILL. Cgroups emptied by killed monitors are removed."""
     monitors = local_run_monitors(state)
-    for pid, _ticks in monitors:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-    for pid, ticks in monitors:
-        if wait_gone(pid, ticks, grace):
-            print(f"  run monitor pid {pid:<8} stopped", file=out)
+    for m in monitors:
+        procfs.signal_process(m.pid, m.start_ticks, signal.SIGTERM)
+    for m in monitors:
+        if wait_gone(m.pid, m.start_ticks, grace + 3.0):
+            print(f"  run monitor pid {m.pid:<8} stopped its run", file=out)
             continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        wait_gone(pid, ticks, 5.0)
-        print(f"  run monitor pid {pid:<8} killed (did not stop within {grace:g}s of SIGTERM)", file=out)
+        procfs.signal_process(m.pid, m.start_ticks, signal.SIGUSR1)
+        if not wait_gone(m.pid, m.start_ticks, 3.0):
+            procfs.signal_process(m.pid, m.start_ticks, signal.SIGKILL)
+            wait_gone(m.pid, m.start_ticks, 3.0)
+        print(f"  run monitor pid {m.pid:<8} killed its run (it did not stop within {grace + 3:g}s)", file=out)
+    procs.remove_stale_cgroups(state, wait=1.0)
 
 
 def stop_agents(state: Path, supervisor_address: str | None, grace: float, out: TextIO) -> None:

@@ -90,10 +90,15 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "(logged as a WARNING); refused otherwise.", SERVICES),
     EnvVar("WGS_HEALTH_LISTEN", "", "If set, host:port of an extra plaintext listener serving only "
            "grpc.health.v1 (Kubernetes gRPC probes cannot speak TLS).", SERVICES),
+    EnvVar("WGS_CGROUP_ROOT", "auto",
+           "cgroup v2 directory in which each run gets its own cgroup (auto: the supervisor's own cgroup "
+           "if writable; off: no cgroups, runs are contained by their run monitor as subreaper).", ("supervisor",)),
     EnvVar("WGS_JAEGER_URL", "", "Base URL of a Jaeger UI; `wgs chat show` prints a link to the chat's trace.", ("cli",)),
     # Read by the agent processes (`wgs-agent`, wgs/agent); the supervisor sets the first five.
     EnvVar("WGS_CHAT_ID", "", "Agent: the chat it answers (default of --chat).", ("agent",)),
     EnvVar("WGS_RUN_NUMBER", "", "Agent: number of this run of the chat's agent (for logs).", ("agent",)),
+    EnvVar("WGS_RUN_ID", "", "Agent: set by the supervisor to `<state dir>/chats/<chat>/run-<n>`; marks every "
+           "process of the run (found by it if its monitor dies). Do not change it.", ("agent",)),
     EnvVar("TRACEPARENT", "", "Agent: W3C trace context of the spawn span; the agent's spans join it.", ("agent",)),
     EnvVar("WGS_API_KEY", "", "Agent (native): bearer token for the endpoint; secret, never logged.", ("agent",),
            secret=True),
