@@ -447,7 +447,6 @@ def test_a_supervisor_away_past_its_lease_leaves_no_unsupervised_agent(stack: St
 
 
 def test_another_supervisor_takes_over_only_after_the_lease_and_never_beside_the_old_agent(stack: Stack) -> None:
-    import time
 
     stack.sup_env["WGS_LEASE_SECONDS"] = "3"
     stack.restart_supervisor(kill9=False)
