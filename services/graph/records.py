@@ -155,7 +155,9 @@ class ChatRecords:
         if row is None:
             row = RunRow(chat_id=chat_id, number=run.number)
             session.add(row)
-        if started or row.pid == 0:
+        # A run that never started (a failed spawn) is recorded only at its end: it still keeps
+        # the argv and stderr path that explain it.
+        if started or not row.pid:
             row.pid = run.pid
             row.process_start_ticks = run.process_start_ticks
             row.monitor_pid = run.monitor_pid

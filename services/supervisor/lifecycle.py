@@ -149,7 +149,7 @@ class Lifecycle:
         self.admission = admission or Admission(
             max_concurrent=settings.max_concurrent_creates, queue_seconds=settings.create_queue_seconds,
             chat_bytes=settings.chat_memory_bytes, memory=own_cgroup_memory)
-        self.owner = Ownership(settings, graph, backend, held=self._held, capacity=self.capacity,
+        self.owner = Ownership(settings, graph, backend, self.clock, held=self._held, capacity=self.capacity,
                                on_lost=self._drop_lost, on_orphan=self._adopt_orphan)
         self._live: dict[str, ChatLive] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -171,6 +171,11 @@ class Lifecycle:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def settle(self) -> None:
+        """Wait until the work started in the background (exit records, restarts) is done."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _held(self) -> list[str]:
         return sorted(c for c, live in self._live.items() if not live.lost)
@@ -392,7 +397,9 @@ class Lifecycle:
         self._background(self._on_exit(handle))
 
     async def _on_exit(self, handle: RunHandle) -> None:
-        live = self.live(handle.chat_id)
+        live = self._live.get(handle.chat_id)
+        if live is None:  # dropped (taken over by another supervisor): its end is not ours to record
+            return
         async with live.lock:
             if handle.recorded or live.lost or self._closing:
                 return
@@ -443,7 +450,7 @@ class Lifecycle:
         live.history = decision.history
         state = decision.state
         run = self.runs.ended_run(handle, info, live.redactor, end=end, detail=handle.stop_reason)
-        if lost_detail and not run.error:
+        if lost_detail:  # what is known of an end nobody saw (it includes the exit record's own error)
             run.error = lost_detail
         log.info("agent for %s run %d (pid %d) %s -> %s", live.chat_id, handle.number, handle.pid,
                  (handle.stop_reason and f"stopped ({handle.stop_reason}), {info.describe()}") or info.describe(),

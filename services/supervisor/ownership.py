@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from services.supervisor.backend import RunBackend
 from services.supervisor.clients import GraphClient
+from services.supervisor.clock import Clock, Timer
 from services.supervisor.settings import SupervisorSettings
 from wgs.common import chat_states, errors
 from wgs.common.logs import fields
@@ -49,19 +49,22 @@ def fencing_margin(settings: SupervisorSettings) -> float:
 
 
 class Ownership:
-    def __init__(self, settings: SupervisorSettings, graph: GraphClient, backend: RunBackend, *,
+    def __init__(self, settings: SupervisorSettings, graph: GraphClient, backend: RunBackend, clock: Clock, *,
                  held: Callable[[], list[str]], capacity: Callable[[], Capacity],
                  on_lost: Callable[[list[str]], Awaitable[None]],
                  on_orphan: Callable[[RS.ClaimChatResponse], Awaitable[None]]) -> None:
         self.s = settings
         self.graph = graph
         self.backend = backend
+        self.clock = clock
         self._held = held
         self._capacity = capacity
         self._on_lost = on_lost
         self._on_orphan = on_orphan
+        self._timer: Timer | None = None
         self._task: asyncio.Task[None] | None = None
-        self.last_renewal: float | None = None  # time.time() of the last successful renewal
+        self._closed = False
+        self.last_renewal: float | None = None  # wall-clock time of the last successful renewal
 
     @property
     def me(self) -> str:
@@ -72,7 +75,7 @@ class Ownership:
 
     async def renew(self) -> bool:
         """One renewal (and heartbeat); True if it succeeded."""
-        sent = time.time()
+        sent = self.clock.now().timestamp()
         cap = self._capacity()
         try:
             resp = await self.graph.renew(RS.RenewLeasesRequest(
@@ -81,7 +84,7 @@ class Ownership:
                 memory_used_bytes=cap.memory_used_bytes, memory_limit_bytes=cap.memory_limit_bytes,
                 held_chat_ids=self._held()))
         except errors.WgsError as exc:
-            left = (self.last_renewal or sent) + self.s.lease_seconds - fencing_margin(self.s) - time.time()
+            left = (self.last_renewal or sent) + self.s.lease_seconds - fencing_margin(self.s) - sent
             log.warning("lease renewal failed: %s; runs fence themselves in %.0fs unless a renewal succeeds",
                         exc.message, max(0.0, left))
             return False
@@ -127,17 +130,32 @@ class Ownership:
                           extra=fields(chat_id=rec.task.id))
         return taken
 
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._loop())
+    @property
+    def interval(self) -> float:
+        return max(1.0, self.s.lease_seconds / 3)
 
-    async def _loop(self) -> None:
-        interval = max(1.0, self.s.lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
+    def start(self) -> None:
+        """Renew (and take over orphans) every lease/3, on the injected clock."""
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._closed:
+            self._timer = self.clock.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        self._task = asyncio.ensure_future(self._round())
+
+    async def _round(self) -> None:
+        try:
             if await self.renew():
                 await self.take_over_orphans()
+        finally:
+            self._schedule()
 
     async def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
             try:

@@ -1,0 +1,357 @@
+"""The chat lifecycle in-process (tests/supervisor/inprocess.py): the real GraphStore on SQLite, the
+real planner, a fake run backend and a manual clock. Each test runs in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from services.supervisor.backend import Leftover, SpawnFailed
+from services.supervisor.lifecycle import Lifecycle, Transition
+from tests.supervisor.inprocess import World, make_world
+from wgs.common import chat_states
+from wgs.common.errors import FailedPrecondition, InvalidArgument
+from wgs.v1 import chat_pb2, graph_pb2, plan_pb2, runtime_pb2, task_pb2
+from wgs.v1 import runtime_service_pb2 as rs
+
+R = runtime_pb2
+SLEEPER = ["/bin/sleep", "600"]
+SECRET = "sk-lab-secret-value-0123456789"
+
+
+@pytest.fixture
+async def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+    monkeypatch.setenv("LAB_TEST_KEY", SECRET)
+    w = await make_world(tmp_path)
+    try:
+        yield w
+    finally:
+        for life in w.lifecycles:
+            await life.close()
+        await w.store.close()
+
+
+@pytest.fixture
+async def sup(world: World) -> Lifecycle:
+    life = world.supervisor()
+    await life.start()
+    return life
+
+
+async def create(life: Lifecycle, **kw: object) -> chat_pb2.Chat:
+    kw.setdefault("command", SLEEPER)
+    return (await life.create_chat(chat_pb2.CreateChatRequest(**kw))).chat  # type: ignore[arg-type]
+
+
+async def record(world: World, chat_id: str) -> rs.GetChatRecordResponse:
+    return await world.records.get_chat_record(rs.GetChatRecordRequest(chat_id=chat_id, with_log=True))
+
+
+def runs(rt: runtime_pb2.ChatRuntime) -> dict[int, runtime_pb2.Run]:
+    return {r.number: r for r in (rt.current_run, *rt.previous_runs) if r.number}
+
+
+# -- creation ------------------------------------------------------------------------------------
+
+
+async def test_create_plans_once_persists_and_spawns_run_1(world: World, sup: Lifecycle) -> None:
+    chat = await create(sup, command=[], executor="nex", endpoint="lab")
+    assert chat.runtime.state == R.RUNTIME_STATE_RUNNING and chat.pid > 0
+    assert world.dispatch.calls == ["PlanSpawn"]  # once, before anything was written
+    spec = world.backend.spawned[0]
+    assert spec.chat_id == chat.id and spec.number == 1
+    assert "--chat" not in spec.argv and spec.env["WGS_CHAT_ID"] == chat.id and spec.env["WGS_RUN_NUMBER"] == "1"
+    assert spec.env["WGS_API_KEY"] == SECRET and spec.env["WGS_TOKEN"].startswith("wgs1.")
+    rec = await record(world, chat.id)
+    assert rec.task.executor == "native"  # as requested, normalized by dispatch
+    assert rec.runtime.plan.executor_source == plan_pb2.CHOICE_SOURCE_REQUEST
+    assert rec.runtime.current_run.pid == chat.pid and rec.runtime.current_run.stderr_path.endswith("run-1.log")
+
+
+async def test_a_plan_refused_at_creation_writes_nothing(world: World, sup: Lifecycle) -> None:
+    with pytest.raises(FailedPrecondition, match="endpoint 'nosuch' is not configured"):
+        await create(sup, command=[], endpoint="nosuch")
+    with pytest.raises(InvalidArgument) as err:
+        await create(sup, command=[], executor="gpt")
+    assert err.value.field == "executor"
+    listed = await world.records.list_chat_records(rs.ListChatRecordsRequest(include_ended=True))
+    assert list(listed.chats) == [] and world.backend.spawned == []
+
+
+async def test_a_repeated_request_id_returns_the_first_chat_and_spawns_once(world: World, sup: Lifecycle) -> None:
+    first = await sup.create_chat(chat_pb2.CreateChatRequest(command=SLEEPER, request_id="r-1"))
+    again = await sup.create_chat(chat_pb2.CreateChatRequest(command=SLEEPER, request_id="r-1"))
+    assert first.created and not again.created and again.chat.id == first.chat.id
+    assert len(world.backend.spawned) == 1
+
+
+async def test_the_pre_spawn_log_line_comes_before_the_spawn(world: World, sup: Lifecycle,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+    world.backend.on_spawn = lambda spec: seen.extend(r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.INFO, logger="wgs.supervisor"):
+        chat = await create(sup)
+    pre = [m for m in seen if m.startswith(f"spawning agent for {chat.id} run 1")]
+    assert pre and "stderr=" in pre[0] and str(world.backend.log_path(chat.id, 1)) in pre[0]
+
+
+# -- failure classes and the restart policy ----------------------------------------------------------
+
+
+async def test_a_missing_executable_fails_at_once_with_the_fix_and_keeps_its_stderr_path(world: World,
+                                                                                        sup: Lifecycle) -> None:
+    world.backend.fail_next.append(SpawnFailed("executable not found: 'nope' is not on PATH", permanent=True))
+    chat = await create(sup, command=["nope"])
+    rt = chat.runtime
+    assert rt.state == R.RUNTIME_STATE_FAILED and "restarting cannot fix this" in rt.last_error
+    assert "wgs chat restart" in rt.last_error and not rt.HasField("next_restart_at")
+    run = rt.current_run
+    assert run.pid == 0 and run.end == R.RUN_END_SPAWN_FAILED and "executable not found" in run.error
+    assert run.stderr_path == str(world.backend.log_path(chat.id, 1))
+    assert world.restart_delay(chat.id) is None  # no retry scheduled
+
+
+async def test_an_agent_reporting_a_configuration_problem_fails_at_once(world: World, sup: Lifecycle) -> None:
+    chat = await create(sup, command=[], executor="native", endpoint="lab")
+    world.backend.tails[chat.id] = "starting\nwgs-agent: endpoint lab refused authentication: HTTP 401\n"
+    world.backend.exit(chat.id, 1, code=5)
+    await world.settle()
+    rt = (await record(world, chat.id)).runtime
+    assert rt.state == R.RUNTIME_STATE_FAILED
+    assert "refused authentication: HTTP 401" in rt.last_error and "api_key_env" in rt.last_error
+
+
+async def test_a_crash_loop_backs_off_doubling_then_fails(world: World, sup: Lifecycle) -> None:
+    chat = await create(sup)
+    delays: list[float] = []
+    for n in range(1, 7):
+        world.backend.exit(chat.id, n, code=1)
+        await world.settle()
+        rt = (await record(world, chat.id)).runtime
+        if n <= 5:
+            assert rt.state == R.RUNTIME_STATE_BACKOFF and "failed start" in rt.last_error
+            delay = world.restart_delay(chat.id)
+            assert delay is not None
+            delays.append(delay)
+            await world.clock.advance(delay)
+            assert (await record(world, chat.id)).runtime.current_run.number == n + 1
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0]
+    rt = (await record(world, chat.id)).runtime
+    assert rt.state == R.RUNTIME_STATE_FAILED and "6 failures within 120s" in rt.last_error
+    assert rt.restart_count == 5
+    with pytest.raises(FailedPrecondition, match="wgs chat restart"):
+        await sup.send_message(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hi"))
+    again = await sup.restart_chat(chat.id)
+    assert again.runtime.state == R.RUNTIME_STATE_RUNNING and again.runtime.restart_count == 0
+    assert again.runtime.current_run.number == 7 and again.runtime.last_error == ""
+
+
+async def test_a_healthy_run_resets_the_backoff_and_a_running_chat_shows_no_old_error(world: World,
+                                                                                     sup: Lifecycle) -> None:
+    chat = await create(sup)
+    world.backend.exit(chat.id, 1, code=1)
+    await world.settle()
+    await world.clock.advance(world.restart_delay(chat.id) or 0)
+    rt = (await record(world, chat.id)).runtime
+    assert rt.state == R.RUNTIME_STATE_RUNNING and rt.last_error == ""  # healthy now: no old error shown
+    assert runs(rt)[1].exit_code == 1  # ... it stays in the history
+    await world.clock.advance(61)  # up longer than reset_after
+    world.backend.exit(chat.id, 2, code=1)
+    await world.settle()
+    rt = (await record(world, chat.id)).runtime
+    assert world.restart_delay(chat.id) == 0.5 and "failed start" not in rt.last_error
+
+
+async def test_exit_0_is_exited_and_a_message_respawns_it(world: World, sup: Lifecycle) -> None:
+    chat = await create(sup)
+    world.backend.exit(chat.id, 1, code=0)
+    await world.settle()
+    rt = (await record(world, chat.id)).runtime
+    assert rt.state == R.RUNTIME_STATE_EXITED and rt.last_error == "" and world.restart_delay(chat.id) is None
+    resp = await sup.send_message(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hello", request_id="m1"))
+    assert resp.respawned and resp.runtime.current_run.number == 2
+    again = await sup.send_message(chat_pb2.SendMessageRequest(chat_id=chat.id, text="more"))
+    assert not again.respawned
+    msgs = await world.store.list_messages(graph_pb2.ListMessagesRequest(chat_id=chat.id))
+    assert [m.content for m in msgs.messages] == ["hello", "more"]
+
+
+async def test_a_run_ended_by_fencing_restarts_at_once_and_is_not_counted(world: World, sup: Lifecycle) -> None:
+    chat = await create(sup)
+    world.backend.exit(chat.id, 1, sig=15, fenced=True, error="fenced: the supervisor's lease was not renewed")
+    await world.settle()
+    await world.clock.advance(0)
+    rt = (await record(world, chat.id)).runtime
+    assert rt.state == R.RUNTIME_STATE_RUNNING and rt.restart_count == 0
+    assert runs(rt)[1].end == R.RUN_END_FENCED
+
+
+# -- stops ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb, status, tag", [
+    ("stop", task_pb2.TASK_STATUS_OPEN, ""), ("delete", task_pb2.TASK_STATUS_ABANDONED, ""),
+    ("archive", task_pb2.TASK_STATUS_DONE, "archived"),
+])
+async def test_stops_are_recorded_as_stops_never_as_crashes(world: World, sup: Lifecycle, verb: str, status: int,
+                                                           tag: str) -> None:
+    chat = await create(sup)
+    after = await getattr(sup, f"{verb}_chat")(chat.id)
+    assert after.runtime.state == R.RUNTIME_STATE_STOPPED and after.status == status and after.pid == 0
+    run = after.runtime.current_run
+    assert run.end == R.RUN_END_STOPPED and run.end_detail == f"{verb.capitalize()}Chat"
+    assert after.runtime.restart_count == 0 and after.runtime.last_error == ""
+    assert (tag in after.tags) == bool(tag)
+    assert world.backend.live(chat.id) == []
+    if verb == "stop":
+        resp = await sup.send_message(chat_pb2.SendMessageRequest(chat_id=chat.id, text="again"))
+        assert resp.respawned and resp.runtime.state == R.RUNTIME_STATE_RUNNING
+    else:
+        with pytest.raises(FailedPrecondition):
+            await sup.send_message(chat_pb2.SendMessageRequest(chat_id=chat.id, text="again"))
+
+
+async def test_a_shutdown_parks_the_chats_and_the_next_start_resumes_them_without_a_failure(world: World,
+                                                                                           sup: Lifecycle) -> None:
+    chats = [await create(sup) for _ in range(3)]
+    await sup.stop_chat(chats[2].id)  # a chat the user stopped stays stopped
+    stopped = await sup.stop_agents("wgs down")
+    assert [a.chat_id for a in stopped] == [chats[0].id, chats[1].id]
+    for c in chats[:2]:
+        rt = (await record(world, c.id)).runtime
+        assert rt.state == R.RUNTIME_STATE_STOPPED and rt.resume_on_start and rt.current_run.end_detail == "wgs down"
+    await sup.close()
+    again = world.supervisor()
+    await again.start()
+    for c in chats[:2]:
+        rt = (await record(world, c.id)).runtime
+        assert rt.state == R.RUNTIME_STATE_RUNNING and rt.current_run.number == 2
+        assert rt.restart_count == 0 and rt.last_error == "" and not rt.resume_on_start
+    assert (await record(world, chats[2].id)).runtime.state == R.RUNTIME_STATE_STOPPED
+
+
+# -- adoption and proof before a restart -------------------------------------------------------------
+
+
+async def test_a_restarted_supervisor_adopts_a_live_run_and_records_a_dead_ones_end(world: World,
+                                                                                   sup: Lifecycle) -> None:
+    alive, dead, starting = await create(sup), await create(sup), await create(sup)
+    await world.records.transition_chat(rs.TransitionChatRequest(  # died mid-spawn: STARTING, no run 2
+        chat_id=starting.id, supervisor_id="sup-a", to_state=R.RUNTIME_STATE_STOPPED))
+    await world.records.transition_chat(rs.TransitionChatRequest(
+        chat_id=starting.id, supervisor_id="sup-a", to_state=R.RUNTIME_STATE_STARTING))
+    await sup.close()  # "kill -9": runs live on
+    world.backend.runs[(starting.id, 1)].alive = False
+    world.backend.runs[(dead.id, 1)].alive = False
+    world.backend.runs[(dead.id, 1)].exit = None  # the monitor died too: no exit record
+    world.backend.leftovers[dead.id] = [Leftover(pid=dead.pid, what="agent of run 1", outcome="ended")]
+    again = world.supervisor()
+    await again.start()
+    await world.settle()
+    rt = (await record(world, alive.id)).runtime
+    assert rt.state == R.RUNTIME_STATE_RUNNING and rt.current_run.number == 1  # adopted, not duplicated
+    world.backend.exit(alive.id, 1, code=3)  # its later exit is recorded by the new supervisor
+    await world.settle()
+    assert runs((await record(world, alive.id)).runtime)[1].exit_code == 3
+    rt = (await record(world, dead.id)).runtime
+    first = runs(rt)[1]
+    assert first.end == R.RUN_END_UNKNOWN and f"pid {dead.pid} ended before restart" in first.error
+    assert rt.state == R.RUNTIME_STATE_BACKOFF and rt.restart_count == 0
+    await world.clock.advance(0)
+    assert world.backend.live(dead.id) == [2]  # restarted only after the old agent was ended
+    rt = (await record(world, starting.id)).runtime
+    assert rt.state == R.RUNTIME_STATE_RUNNING and rt.current_run.number == 2
+    assert (starting.id, [1]) in world.backend.end_leftovers_calls  # proved before spawning
+
+
+async def test_a_live_chat_keeps_its_lease_and_survives_reconcile(world: World, sup: Lifecycle) -> None:
+    chat = await create(sup)
+    for _ in range(9):  # 90 s: far past one lease (30 s)
+        await world.clock.advance(10)
+    resp = await world.store.reconcile(graph_pb2.ReconcileRequest())
+    assert chat.id not in [a.task_id for a in resp.actions]
+    rec = await record(world, chat.id)
+    assert rec.task.status == task_pb2.TASK_STATUS_IN_PROGRESS
+    assert rec.runtime.lease_expires_at.ToDatetime().replace(tzinfo=world.clock.now().tzinfo) > world.clock.now()
+    # Each renewal moved the fencing deadline on: the runs never fence themselves while renewals succeed.
+    assert world.backend.deadlines[-1] > world.clock.now().timestamp()
+
+
+async def test_lost_chats_are_dropped_and_never_resumed(world: World, sup: Lifecycle) -> None:
+    chat = await create(sup)
+    await world.store.run(lambda: None)
+    # Another supervisor took the chat over while this one could not renew (its lease expired).
+    def expire() -> None:
+        import sqlalchemy as sa
+
+        from services.graph import db as gdb
+        with world.store.engine.begin() as conn:
+            conn.execute(sa.update(gdb.ChatRuntimeRow).values(lease_expires_at=world.clock.now() - timedelta(seconds=1)))
+
+    await asyncio.to_thread(expire)
+    await world.records.claim_chat(rs.ClaimChatRequest(chat_id=chat.id, supervisor_id="sup-b", lease_seconds=30))
+    await world.clock.advance(10)  # the next renewal learns it
+    assert world.backend.live(chat.id) == []  # its run was ended, not left beside the new owner's
+    assert chat.id not in sup._held()
+    rt = (await record(world, chat.id)).runtime
+    assert rt.supervisor_id == "sup-b"
+
+
+async def test_a_lost_supervisors_chats_are_taken_over_and_explained(world: World, sup: Lifecycle) -> None:
+    other_backend = type(world.backend)(world.tmp, hostname="other-host", now=world.clock.now)
+    b = world.supervisor("sup-b", backend=other_backend)
+    await b.start()
+    chat = await create(b)
+    await b.close()  # the pod is lost: no more renewals
+    await world.clock.advance(31)  # past its lease; sup-a's failover scan runs every 10 s
+    await world.clock.advance(10)
+    rt = (await record(world, chat.id)).runtime
+    assert rt.supervisor_id == "sup-a" and rt.state == R.RUNTIME_STATE_RUNNING and rt.current_run.number == 2
+    first = runs(rt)[1]
+    assert first.end == R.RUN_END_UNKNOWN and "supervisor 'sup-b' was lost" in first.error
+    assert "now runs on supervisor sup-a" in first.error and rt.restart_count == 0
+
+
+# -- views ---------------------------------------------------------------------------------------
+
+
+async def test_what_is_shown_is_redacted_and_true_now(world: World, sup: Lifecycle) -> None:
+    chat = await create(sup, command=[], executor="native", endpoint="lab")
+    token = world.backend.spawned[0].env["WGS_TOKEN"]
+    world.backend.tails[chat.id] = f"using key {SECRET}\ntoken {token}\nboom\n"
+    shown = await sup.get_chat(chat.id)
+    assert SECRET not in shown.stderr_tail and token not in shown.stderr_tail and "boom" in shown.stderr_tail
+    world.backend.exit(chat.id, 1, sig=11)
+    await world.settle()
+    rt = (await record(world, chat.id)).runtime
+    tail = runs(rt)[1].stderr_tail  # the tail kept with the run, shown in previous_runs later
+    assert "boom" in tail and SECRET not in tail and token not in tail
+    listed = await sup.list_chats(chat_pb2.ListChatsRequest())
+    assert listed.chats[0].pid == 0 and listed.chats[0].runtime.state == R.RUNTIME_STATE_BACKOFF
+
+
+async def test_watch_chat_of_every_chat_keeps_streaming_after_the_snapshot(world: World, sup: Lifecycle) -> None:
+    old = await create(sup)
+    stream = sup.watch_chat("")
+    first = await anext(stream)
+    assert first.id == old.id
+    new = await create(sup)
+    seen = []
+    while not seen or seen[-1] != (new.id, R.RUNTIME_STATE_RUNNING):
+        c = await asyncio.wait_for(anext(stream), 5)
+        seen.append((c.id, c.runtime.state))
+    await stream.aclose()
+
+
+async def test_every_state_change_goes_through_the_table(world: World, sup: Lifecycle) -> None:
+    """An illegal change is refused before anything is written (the graph would refuse it too)."""
+    chat = await create(sup)
+    live = sup.live(chat.id)
+    with pytest.raises(FailedPrecondition, match="RUNNING -> STARTING"):
+        await sup.change_state(live, chat_states.STARTING, Transition())
+    assert (await record(world, chat.id)).runtime.state == R.RUNTIME_STATE_RUNNING
