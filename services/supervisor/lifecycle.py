@@ -18,6 +18,7 @@ see). All are injected, so the lifecycle is tested in-process with a fake backen
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import uuid
@@ -177,6 +178,16 @@ class Lifecycle:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    def holds(self, chat_id: str) -> bool:
+        """This supervisor owns the chat as far as it knows (it created, adopted or took it over)."""
+        live = self._live.get(chat_id)
+        return live is not None and not live.lost and live.state != chat_states.UNSPECIFIED
+
+    def advertise(self, address: str) -> None:
+        """The address peers reach this replica at (known once the server is bound)."""
+        self.s = dataclasses.replace(self.s, advertise_address=address)
+        self.owner.s = self.s
+
     def _held(self) -> list[str]:
         return sorted(c for c, live in self._live.items() if not live.lost)
 
@@ -208,7 +219,8 @@ class Lifecycle:
 
     def view(self, task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, live_tail: str | None = None
              ) -> chat_pb2.Chat:
-        return views.to_chat(task, runtime, redactor=self._redactor(task.id, runtime), live_tail=live_tail)
+        return views.to_chat(task, runtime, redactor=self._redactor(task.id, runtime), live_tail=live_tail,
+                             now=self.clock.now())
 
     # ---------------------------------------------------------------------------- the one state change
 

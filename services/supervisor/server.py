@@ -7,6 +7,7 @@ import grpc
 from services.supervisor.clients import DispatchClient, GraphClient
 from services.supervisor.lifecycle import Lifecycle
 from services.supervisor.local_backend import LocalProcessBackend
+from services.supervisor.peers import Peers, advertised
 from services.supervisor.servicer import ChatServicer, SupervisorServicer
 from services.supervisor.settings import SupervisorSettings
 from wgs.common import auth
@@ -27,7 +28,7 @@ ADMIN_SERVICE_NAME = "wgs.v1.SupervisorService"
 
 async def build(settings: CommonSettings) -> Service:
     """Read the settings now (bad values stop the process with exit 2); adopt chats before SERVING."""
-    sup = SupervisorSettings.from_env(settings.state_dir, listen=settings.listen)
+    sup = SupervisorSettings.from_env(settings.state_dir)
     graph_channel = aio_channel(target("graph"))
     dispatch_channel = aio_channel(target("dispatch"))
     graph = GraphClient(graph_pb2_grpc.GraphServiceStub(graph_channel),  # type: ignore[arg-type]
@@ -45,18 +46,23 @@ async def build(settings: CommonSettings) -> Service:
         return {auth.TOKEN_VAR: auth.mint_agent_token(secret, chat_id, run_number)}
 
     lifecycle = Lifecycle(sup, graph, dispatch, backend, agent_credentials=agent_credentials)
+    peers = Peers(sup.supervisor_id, graph, now=lifecycle.clock.now)
+
+    def bound(address: str) -> None:
+        lifecycle.advertise(advertised(sup.advertise_address, address))
 
     def register(server: grpc.aio.Server) -> None:
-        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(lifecycle), server)
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(lifecycle, peers), server)
         supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(lifecycle), server)
 
     async def stop() -> None:
         await lifecycle.close()
+        await peers.close()
         await graph_channel.close()
         await dispatch_channel.close()
 
     return Service(name="supervisor", service_names=[SERVICE_NAME, ADMIN_SERVICE_NAME], register=register,
-                   start=lifecycle.start, stop=stop, extra={"manager": lifecycle})
+                   bound=bound, start=lifecycle.start, stop=stop, extra={"manager": lifecycle})
 
 
 def main() -> int:

@@ -37,7 +37,7 @@ class SupervisorSettings:
     chat_memory_bytes: int = 40 * 1024 * 1024  # what one live chat costs (agent + monitor), for admission
 
     @classmethod
-    def from_env(cls, state_dir: Path, *, listen: str = "") -> SupervisorSettings:
+    def from_env(cls, state_dir: Path) -> SupervisorSettings:
         return cls(
             state_dir=state_dir,
             supervisor_id=env_str("WGS_SUPERVISOR_ID", default_supervisor_id(state_dir)),
@@ -48,7 +48,7 @@ class SupervisorSettings:
             graph_target=target("graph"),
             default_cwd=os.getcwd(),
             policy=policy.PolicyConfig.from_env(),
-            advertise_address=env_str("WGS_SUPERVISOR_ADVERTISE_ADDR", listen),
+            advertise_address=env_str("WGS_SUPERVISOR_ADVERTISE_ADDR", ""),  # "" = the bound listen address
             max_concurrent_creates=env_int("WGS_MAX_CONCURRENT_CREATES", 8, minimum=1, maximum=1024),
             create_queue_seconds=env_float("WGS_CREATE_QUEUE_SECONDS", 2.0),
             chat_memory_bytes=env_int("WGS_CHAT_MEMORY_BYTES", 40 * 1024 * 1024, minimum=0),

@@ -2,7 +2,8 @@
 that streams changes to WatchChat.
 
 Truthful now vs history: `Chat.pid` is set only while a run of the chat lives (the runs keep their
-pids as history); the runtime's last_error is the graph's, which is cleared when a run starts (the
+pids as history) — not once its supervisor's lease lapsed, as the run fenced itself by then
+(`owner_notice` says so); the runtime's last_error is the graph's, which is cleared when a run starts (the
 failure stays on the run in previous_runs). The stderr tail of a list comes from the records only
 (kept when a run ends): no file is read per chat. Only GetChat reads the live run's file, off the
 event loop. WatchChat streams the graph's record of each change (RuntimeService.WatchChatRecords),
@@ -11,8 +12,11 @@ so what it shows is what is recorded.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from services.supervisor.redact import Redactor
 from wgs.common import chat_states, validation
+from wgs.common.timeutil import from_ts
 from wgs.v1 import chat_pb2, runtime_pb2, task_pb2
 
 
@@ -35,8 +39,20 @@ def run_is_live(runtime: runtime_pb2.ChatRuntime) -> bool:
             and runtime.state == chat_states.RUNNING)
 
 
+def owner_notice(runtime: runtime_pb2.ChatRuntime, now: datetime) -> str:
+    """What to say when the chat's supervisor let its lease lapse while the chat was live."""
+    if runtime.state not in (chat_states.STARTING, chat_states.RUNNING, chat_states.BACKOFF):
+        return ""
+    expired = from_ts(runtime.lease_expires_at)
+    if expired is None or expired > now or not runtime.supervisor_id:
+        return ""
+    return (f"supervisor {runtime.supervisor_id!r} has not renewed its lease since it lapsed at "
+            f"{expired.isoformat(timespec='seconds')} (lost, frozen or cut off); its agent ended itself before then, "
+            "and another replica takes the chat over")
+
+
 def to_chat(task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, *, redactor: Redactor,
-            live_tail: str | None = None) -> chat_pb2.Chat:
+            live_tail: str | None = None, now: datetime | None = None) -> chat_pb2.Chat:
     """The Chat of a graph record. `live_tail`: the live run's output tail (GetChat only)."""
     chat = chat_pb2.Chat(
         id=task.id, name=chat_name(task), title=task.title, status=task.status, tags=list(task.tags),
@@ -47,7 +63,8 @@ def to_chat(task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, *, redactor: 
         chat.created_at.CopyFrom(task.created_at)
     if task.HasField("generation"):
         chat.generation.CopyFrom(task.generation)
-    if run_is_live(runtime):
+    chat.owner_notice = owner_notice(runtime, now or datetime.now(UTC))
+    if run_is_live(runtime) and not chat.owner_notice:
         chat.pid = runtime.current_run.pid
     tail = live_tail if live_tail else runtime.current_run.stderr_tail
     chat.stderr_tail = redactor.text(tail)

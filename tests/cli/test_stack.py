@@ -143,6 +143,7 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count("SERVING") == 3
     assert "keeper     -" in status.stdout and "running" in status.stdout and status.stderr == ""
+    assert "REPLICA" in status.stdout and " live " in status.stdout  # its supervisor, as the graph knows it
 
     as_json = json.loads(wgs(state, "status", "--json", "--state-dir", str(state)).stdout)
     assert as_json["serving"] is True
@@ -150,6 +151,8 @@ def test_up_detach_status_down_leaves_nothing_behind(tmp_path: Path) -> None:
     assert {r["service"]: r["pid"] for r in as_json["services"]} == {n: s["pid"] for n, s in record["services"].items()}
     assert {r["service"]: r["restarts"] for r in as_json["services"]} == dict.fromkeys(SERVICES, 0)
     assert as_json["keeper"] == {"pid": keeper["pid"], "alive": True, "detached": True, "log": keeper["log"]}
+    [replica] = as_json["replicas"]
+    assert replica["live"] and replica["answered"] and replica["owned_chats"] == 0 and replica["free_capacity"] > 0
 
     # WGS_STATE_DIR is honoured as well as --state-dir; a second stack over a live one is refused.
     again = wgs(state, "up", "--detach")

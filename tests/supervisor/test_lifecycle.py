@@ -355,3 +355,20 @@ async def test_every_state_change_goes_through_the_table(world: World, sup: Life
     with pytest.raises(FailedPrecondition, match="RUNNING -> STARTING"):
         await sup.change_state(live, chat_states.STARTING, Transition())
     assert (await record(world, chat.id)).runtime.state == R.RUNTIME_STATE_RUNNING
+
+
+async def test_a_chat_whose_supervisor_lapsed_says_so_and_shows_no_live_pid(world: World) -> None:
+    b = world.supervisor("sup-b")
+    await b.start()
+    chat = await create(b)
+    assert chat.pid > 0 and chat.owner_notice == ""
+    await b.close()  # frozen or lost: it renews no more
+    reader = world.supervisor("sup-a")  # any replica answering reads (not started: no takeover here)
+    await world.clock.advance(29)
+    assert (await reader.get_chat(chat.id)).pid == chat.pid  # the lease still holds: the agent may run
+    await world.clock.advance(2)
+    shown = await reader.get_chat(chat.id)
+    assert shown.runtime.state == R.RUNTIME_STATE_RUNNING  # the record's last word ...
+    assert shown.pid == 0 and "supervisor 'sup-b' has not renewed its lease" in shown.owner_notice  # ... and now
+    listed = (await reader.list_chats(chat_pb2.ListChatsRequest())).chats[0]
+    assert listed.pid == 0 and listed.owner_notice == shown.owner_notice

@@ -342,7 +342,10 @@ def chat_details(chat: chat_pb2.Chat, jaeger_url: str = "", now: datetime | None
     lines = [f"chat        {chat.id}" + (f"  ({chat.name})" if chat.name else "")]
     lines.append(f"title       {chat.title}")
     lines.append(f"task        {task_status_name(chat.status)}  tags: {', '.join(chat.tags) or '-'}")
-    lines.append(f"state       {state_name(rt.state)}")
+    lines.append(f"state       {state_name(rt.state)}"
+                 + (f"  (on supervisor {rt.supervisor_id})" if rt.supervisor_id else ""))
+    if chat.owner_notice:
+        lines.append(f"owner lost  {one_line(chat.owner_notice)}")
     if rt.HasField("current_run"):
         run = rt.current_run
         pid = f"pid {chat.pid}" if chat.pid else f"pid {run.pid} (gone)" if run.pid else "pid -"

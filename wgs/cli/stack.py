@@ -329,6 +329,52 @@ def _health_text(row: dict[str, Any]) -> str:
     return "unreachable (process gone)"
 
 
+def replica_rows(address: str, state: Path) -> tuple[list[dict[str, Any]], str]:
+    """Each supervisor replica the graph knows (live and lapsed), with its chats and headroom; or
+    why they could not be listed."""
+    with sync_channel(address, token=auth.operator_token(state)) as ch:
+        try:
+            resp = supervisor_pb2_grpc.SupervisorServiceStub(ch).ListReplicas(
+                supervisor_pb2.ListReplicasRequest(include_expired=True), timeout=rpc_timeout())
+        except grpc.RpcError as exc:
+            code = exc.code().name if hasattr(exc, "code") else "error"  # type: ignore[attr-defined]
+            details = exc.details() if hasattr(exc, "details") else ""  # type: ignore[attr-defined]
+            return [], f"{code}: {details}"
+    now = datetime.now(UTC)
+    rows = []
+    for r in resp.replicas:
+        expires = r.lease_expires_at.ToDatetime(tzinfo=UTC) if r.HasField("lease_expires_at") else None
+        beat = r.heartbeat_at.ToDatetime(tzinfo=UTC) if r.HasField("heartbeat_at") else None
+        rows.append({
+            "supervisor_id": r.supervisor_id, "address": r.advertise_address,
+            "live": expires is not None and expires > now, "answered": r.supervisor_id == resp.answered_by,
+            "owned_chats": r.owned_chats, "live_chats": r.live_chats, "max_live_chats": r.max_live_chats,
+            "free_capacity": r.free_capacity, "memory_used_bytes": r.memory_used_bytes,
+            "memory_limit_bytes": r.memory_limit_bytes,
+            "heartbeat_seconds_ago": round((now - beat).total_seconds(), 1) if beat else None,
+        })
+    return rows, ""
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.0f}" if n else "-"
+
+
+def _print_replicas(rows: list[dict[str, Any]], problem: str) -> None:
+    if problem:
+        print(f"  replicas: could not be listed ({problem})")
+        return
+    print(f"  {'REPLICA':<24} {'ADDRESS':<28} {'STATE':<6} {'CHATS':<6} {'LIVE/MAX':<9} {'FREE':<5} "
+          f"{'MEMORY MiB':<12} HEARTBEAT")
+    for r in rows:
+        mem = f"{_mib(r['memory_used_bytes'])}/{_mib(r['memory_limit_bytes'])}"
+        cap = f"{r['live_chats']}/{r['max_live_chats'] or '-'}"
+        beat = "-" if r["heartbeat_seconds_ago"] is None else f"{r['heartbeat_seconds_ago']:g}s ago"
+        name = r["supervisor_id"] + (" *" if r["answered"] else "")
+        print(f"  {name:<24} {r['address'] or '-':<28} {'live' if r['live'] else 'LOST':<6} {r['owned_chats']:<6} "
+              f"{cap:<9} {r['free_capacity'] if r['live'] else '-':<5} {mem:<12} {beat}")
+
+
 def cmd_status(ns: argparse.Namespace) -> int:
     state = resolve_state_dir(ns.state_dir)
     record = read_stack(state)
@@ -353,11 +399,15 @@ def cmd_status(ns: argparse.Namespace) -> int:
                          "health": health_status(address), "state": None, "restarts": None, "log": None,
                          "next_start_at": None, "last_exit": None})
     ok = all(r["health"] == "SERVING" for r in rows)
+    sup_row = next(r for r in rows if r["service"] == "supervisor")
+    replicas, replica_problem = (replica_rows(sup_row["address"], state) if sup_row["health"] == "SERVING"
+                                 else ([], "the supervisor is not serving"))
     hint = _status_hint(record, state, ns.state_dir) if record else (
         None if ok else "not all services are serving; start the stack with `wgs up`")
     if ns.json:
         doc: dict[str, Any] = {"state_dir": str(state), "source": "stack.json" if record else "environment",
-                               "serving": ok, "services": rows, "hint": hint}
+                               "serving": ok, "services": rows, "hint": hint, "replicas": replicas,
+                               "replicas_problem": replica_problem or None}
         if record is not None:
             doc.update({"state": record.state, "failure": record.failure or None, "keeper": record_summary(record)})
         print(dumps(doc))
@@ -382,6 +432,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
         alive = record.keeper_alive()
         print(f"  {'keeper':<10} {'-':<22} {record.keeper.pid:<8} {'running' if alive else 'not running':<30} "
               f"{'-':<8} log {record.keeper.log or stack_log_path(state)}")
+    _print_replicas(replicas, replica_problem)
     if hint:
         print(f"wgs: {hint}", file=sys.stderr)
     return 0 if ok else 1

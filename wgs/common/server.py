@@ -51,6 +51,8 @@ class Service:
     service_names: list[str]  # full gRPC service names, e.g. "wgs.v1.GraphService"
     register: Registrar  # adds the servicers to the server
     start: Callable[[], Awaitable[None]] | None = None  # runs before SERVING (migrations, adoption)
+    # told the address actually bound (host:port) before `start` (a supervisor advertises it to peers)
+    bound: Callable[[str], None] | None = None
     # runs once new calls are refused, before the grace period: end long-lived streams here
     drain: Callable[[], Awaitable[None]] | None = None
     stop: Callable[[], Awaitable[None]] | None = None  # runs after the server stopped
@@ -386,6 +388,8 @@ async def run_service(service: Service, settings: CommonSettings, security: Secu
         loop.add_signal_handler(sig, stop_event.set)
 
     try:
+        if service.bound is not None:
+            service.bound(bound)
         if service.start is not None:
             await service.start()
     except BaseException:

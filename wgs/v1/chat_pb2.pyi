@@ -13,7 +13,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Chat(_message.Message):
-    __slots__ = ("id", "name", "title", "status", "tags", "model", "executor", "endpoint", "command", "created_at", "runtime", "stderr_tail", "trace_id", "pid", "generation")
+    __slots__ = ("id", "name", "title", "status", "tags", "model", "executor", "endpoint", "command", "created_at", "runtime", "stderr_tail", "trace_id", "pid", "generation", "owner_notice")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class Chat(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    OWNER_NOTICE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     title: str
@@ -44,7 +45,8 @@ class Chat(_message.Message):
     trace_id: str
     pid: int
     generation: _plan_pb2.GenerationOverrides
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., title: _Optional[str] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, str]] = ..., tags: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ..., stderr_tail: _Optional[str] = ..., trace_id: _Optional[str] = ..., pid: _Optional[int] = ..., generation: _Optional[_Union[_plan_pb2.GenerationOverrides, _Mapping]] = ...) -> None: ...
+    owner_notice: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., title: _Optional[str] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, str]] = ..., tags: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runtime: _Optional[_Union[_runtime_pb2.ChatRuntime, _Mapping]] = ..., stderr_tail: _Optional[str] = ..., trace_id: _Optional[str] = ..., pid: _Optional[int] = ..., generation: _Optional[_Union[_plan_pb2.GenerationOverrides, _Mapping]] = ..., owner_notice: _Optional[str] = ...) -> None: ...
 
 class CreateChatRequest(_message.Message):
     __slots__ = ("name", "model", "executor", "endpoint", "command", "request_id", "working_dir", "generation")
