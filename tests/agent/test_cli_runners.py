@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, AgentRunner, Chat
 from tests.fakes.fake_openai import FakeOpenAI
-from wgs.agent.errors import EXIT_CLI_FAILED
+from wgs.agent.errors import EXIT_CLI_FAILED, EXIT_CLI_MISSING
 
 CLAUDE_ARGV = ["claude", "--print", "--input-format", "stream-json", "--output-format", "stream-json",
                "--verbose", "--dangerously-skip-permissions", "--model", "opus"]
@@ -134,10 +134,11 @@ def test_codex_on_an_openai_compatible_endpoint_key_only_in_the_environment(
     assert key not in agent.stderr()
 
 
-def test_missing_cli_exits_8_with_a_system_error(agents: AgentRunner, chat: Chat) -> None:
+def test_missing_cli_exits_9_with_a_system_error(agents: AgentRunner, chat: Chat) -> None:
+    """Exit 9, not 8: the supervisor fails the chat at once with the fix instead of restarting it."""
     pending = chat.send("anyone?")
     agent = agents.start(["codex", "--chat", chat.id, "--model", "gpt-5"], chat, path_fakes=False)
-    assert agent.wait() == EXIT_CLI_FAILED
+    assert agent.wait() == EXIT_CLI_MISSING
     lines = agent.error_lines()
     assert len(lines) == 1 and "codex CLI not found" in lines[0]
     err = chat.wait_answer(pending)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -34,7 +35,7 @@ from wgs.agent.cli_protocol import (
     transcript_prompt,
 )
 from wgs.agent.conversation import Turn
-from wgs.agent.errors import EXIT_CLI_FAILED, FAIL_CLI, AgentFatal, AnswerFailed
+from wgs.agent.errors import EXIT_CLI_FAILED, EXIT_CLI_MISSING, FAIL_CLI, AgentFatal, AnswerFailed
 from wgs.agent.status import AnswerContext, Status
 
 log = logging.getLogger("wgs.agent.cli")
@@ -50,9 +51,14 @@ def cli_env() -> dict[str, str]:
 
 def _require(argv: list[str], what: str) -> None:
     if not argv:
-        raise AgentFatal(EXIT_CLI_FAILED, f"no {what} command given")
+        raise AgentFatal(EXIT_CLI_MISSING, f"no {what} command given")
     if shutil.which(argv[0]) is None:
-        raise AgentFatal(EXIT_CLI_FAILED, f"{what} CLI not found: {argv[0]!r} is not an executable on PATH")
+        raise AgentFatal(EXIT_CLI_MISSING, f"{what} CLI not found: {argv[0]!r} is not an executable on PATH")
+
+
+def _start_failure(exc: OSError) -> int:
+    """The exit code for a CLI that could not be started: missing/not runnable vs anything else."""
+    return EXIT_CLI_MISSING if exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC) else EXIT_CLI_FAILED
 
 
 async def _terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
@@ -116,7 +122,7 @@ class ClaudeBackend:
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
                 env=cli_env(), limit=STREAM_LIMIT)
         except OSError as exc:
-            raise AgentFatal(EXIT_CLI_FAILED, f"cannot start claude ({self.argv[0]}): {exc.strerror or exc}"
+            raise AgentFatal(_start_failure(exc), f"cannot start claude ({self.argv[0]}): {exc.strerror or exc}"
                              ) from None
         self._fresh = not self._resumed
 
@@ -214,7 +220,7 @@ class CodexBackend:
                 *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=cli_env(), limit=STREAM_LIMIT)
         except OSError as exc:
-            raise AgentFatal(EXIT_CLI_FAILED, f"cannot start codex ({self.argv[0]}): {exc.strerror or exc}"
+            raise AgentFatal(_start_failure(exc), f"cannot start codex ({self.argv[0]}): {exc.strerror or exc}"
                              ) from None
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         tail = bytearray()

@@ -13,7 +13,8 @@ non-zero code as a crash, and 0 as a clean/idle exit):
   5  authentication failure (HTTP 401/403 from the endpoint at start)
   6  unknown model (not in the endpoint's model list)
   7  graph service unreachable (cannot read or write the chat)
-  8  the claude/codex CLI failed (cannot be started, exited, or reported a fatal error)
+  8  the claude/codex CLI failed (exited, or reported a fatal error)
+  9  the claude/codex CLI is missing: not on PATH, or not executable (restarting cannot fix it)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ EXIT_AUTH = 5
 EXIT_UNKNOWN_MODEL = 6
 EXIT_GRAPH = 7
 EXIT_CLI_FAILED = 8
+EXIT_CLI_MISSING = 9
 
 EXIT_CODES_HELP = """exit codes:
   0  clean exit (SIGTERM, or idle for WGS_AGENT_IDLE_EXIT_SECONDS)
@@ -37,7 +39,8 @@ EXIT_CODES_HELP = """exit codes:
   5  authentication failed (HTTP 401/403)
   6  unknown model
   7  graph service unreachable
-  8  claude/codex CLI failed"""
+  8  claude/codex CLI failed
+  9  claude/codex CLI missing (not on PATH or not executable)"""
 
 
 # Classes of answer failure (AnswerFailed.kind), reported through the status sink.
