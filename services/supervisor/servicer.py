@@ -106,9 +106,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                         request, timeout=_hop_timeout(context), metadata=self._metadata())
                     return resp
                 except grpc.aio.AioRpcError as exc:
-                    if not _unreachable(exc):
+                    # Unreachable, or full since it last reported its room: create here if we can.
+                    if not _unreachable(exc) and exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                         await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
-                    log.warning("placement: replica %s unreachable (%s); creating the chat here", peer_id,
+                    log.warning("placement: replica %s could not take the chat (%s); creating it here", peer_id,
                                 exc.details() or exc.code().name, extra=fields(supervisor_id=peer_id))
         return await self.m.create_chat(request, time_remaining=context.time_remaining())
 
