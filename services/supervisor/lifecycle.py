@@ -189,7 +189,10 @@ class Lifecycle:
         self.owner.s = self.s
 
     def _held(self) -> list[str]:
-        return sorted(c for c, live in self._live.items() if not live.lost)
+        """The chats this supervisor owns (RenewLeases asks which of them it lost). An entry whose
+        state was never set is a chat it was only asked about (a command for a chat that does not
+        exist, or one another supervisor owns): reporting it would read as a takeover."""
+        return sorted(c for c, live in self._live.items() if not live.lost and live.state != chat_states.UNSPECIFIED)
 
     def live_chats(self) -> int:
         return sum(1 for live in self._live.values()
@@ -563,7 +566,12 @@ class Lifecycle:
                 yield self.view(rec.task, rec.runtime)
                 rec = await anext(changes)
         finally:
+            # `first` runs `changes` in a task of its own: let it end before closing the generator
+            # (closing it while it runs raises "aclose(): asynchronous generator is already running").
             first.cancel()
+            await asyncio.wait({first})
+            if not first.cancelled():
+                first.exception()  # retrieved: a graph error after the watcher left concerns nobody
             await changes.aclose()
 
     async def list_messages(self, req: chat_pb2.ListChatMessagesRequest) -> chat_pb2.ListChatMessagesResponse:

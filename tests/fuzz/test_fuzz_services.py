@@ -1,16 +1,20 @@
 """Property-based fuzzing of every RPC of every service, over real processes (tests/harness.py).
 
 For each method: requests drawn from its message descriptor (tests/fuzz/strategies.py), sent with a
-supervisor token (the widest role, so the calls reach the service code), and malformed request
-bytes sent through a generic channel call with raw serializers, with and without a token. Asserted:
-no INTERNAL, no UNKNOWN, no traceback in the services' logs (nor an ERROR record from a library:
-grpc, OpenTelemetry, asyncio), no file created outside the state dir, every service still SERVING. Reproducible (derandomize) and bounded: a few dozen
-examples per method, about a minute in all on a CI machine.
+supervisor token (the widest role, so the calls reach the service code); for the methods agents may
+call, also with the token of the live agent of .chat-3; and malformed request bytes sent through a
+generic channel call with raw serializers, with and without a token. Asserted: no INTERNAL, no
+UNKNOWN, no traceback in the services' logs (nor an ERROR record from a library: grpc,
+OpenTelemetry, asyncio), no file created outside the state dir, every service still SERVING, and the
+bystander — a process of the test's own whose pid the requests name as a run's agent or monitor —
+never signalled. Reproducible (derandomize) and bounded: a few dozen examples per method, under a
+minute in all on a CI machine.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -29,19 +33,31 @@ from hypothesis import strategies as st
 from tests.fuzz.strategies import KNOWN_CHATS, SUPERVISOR_ID, malformed, messages
 from tests.harness import REPO, ServiceProcess, authed_channel, kill_agents, start_service, token
 from wgs.common import auth
-from wgs.v1 import chat_pb2, chat_pb2_grpc, dispatch_pb2, graph_pb2, graph_pb2_grpc
+from wgs.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    dispatch_pb2,
+    graph_pb2,
+    graph_pb2_grpc,
+    runtime_service_pb2,
+    runtime_service_pb2_grpc,
+    supervisor_pb2,
+    task_pb2,
+)
 
 # service → (pb2 module, process serving it)
 SERVICES: dict[str, tuple[Any, str]] = {
     "wgs.v1.ChatService": (chat_pb2, "supervisor"),
+    "wgs.v1.SupervisorService": (supervisor_pb2, "supervisor"),
     "wgs.v1.GraphService": (graph_pb2, "graph"),
+    "wgs.v1.RuntimeService": (runtime_service_pb2, "graph"),
     "wgs.v1.DispatchService": (dispatch_pb2, "dispatch"),
     "grpc.health.v1.Health": (health_pb2, "graph"),
 }
 BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 UNARY_TIMEOUT = 10.0
 STREAM_TIMEOUT = 0.5  # a valid watch waits for news: its first answer or this deadline ends the example
-EXAMPLES = {"unary": 120, "stream": 20, "raw": 50}
+EXAMPLES = {"unary": 120, "stream": 20, "raw": 50, "agent": 40}
 FUZZ_SETTINGS = {"deadline": None, "derandomize": True, "database": None, "print_blob": True,
                  "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much]}
@@ -52,13 +68,15 @@ class Stack:
     state: Path
     procs: dict[str, ServiceProcess]
     outside_before: set[str]
+    bystander: subprocess.Popen[bytes]  # not started by any service: must never be signalled
     bad: list[str] = field(default_factory=list)  # "method: code details" of every INTERNAL/UNKNOWN
     codes: Counter[str] = field(default_factory=Counter)  # "method code" → count, for the report
 
 
 def _outside_files(state: Path) -> set[str]:
-    """Files where a service could wrongly write: next to the state dir, in the repository (the
-    services' and default agents' working directory), and in /tmp's top level."""
+    """Files where a service could wrongly write: next to the state dir (where the stack's TMPDIR
+    is, so temporary files count), in the repository (the services' and default agents' working
+    directory), and in /tmp's top level."""
     seen: set[str] = set()
     for root in (state.parent, REPO):
         for dirpath, dirnames, filenames in os.walk(root):
@@ -69,11 +87,25 @@ def _outside_files(state: Path) -> set[str]:
     return seen
 
 
+def _could_be_ours(path: str, state: Path) -> bool:
+    """Other processes (test runs, helpers, installs) share /tmp: there, only names this stack could
+    have produced count — from the strings the requests carry or the stack's own names."""
+    if not path.startswith("/tmp/"):
+        return True
+    name = path[len("/tmp/"):]
+    return any(mark in name for mark in (".chat-", "fuzz", SUPERVISOR_ID, state.parent.name, "passwd", "environ"))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("fuzz") / "state"
     traced = {"OTEL_SDK_DISABLED": "false"}  # spans to <state>/traces: the instrumentation is fuzzed too
+    tmp = state.parent / "tmp"  # temporary files of the stack (and its agents) land where they are seen
+    tmp.mkdir(parents=True)
+    traced.update({"TMPDIR": str(tmp), "TMP": str(tmp), "TEMP": str(tmp)})
     procs: dict[str, ServiceProcess] = {}
+    # Its own session and process group, as a run monitor's: as tempting a target as can be.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
     try:
         procs["graph"] = start_service("graph", state, traced)
         procs["dispatch"] = start_service("dispatch", state, traced)
@@ -81,11 +113,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             **traced, "WGS_GRAPH_ADDR": procs["graph"].address, "WGS_DISPATCH_ADDR": procs["dispatch"].address,
             "WGS_SUPERVISOR_ID": SUPERVISOR_ID, "WGS_RESTART_MAX_FAILURES": "1", "WGS_STOP_GRACE_SECONDS": "1"})
         _seed(procs)
-        yield Stack(state, procs, _outside_files(state))
+        yield Stack(state, procs, _outside_files(state), bystander)
     finally:
         for proc in reversed(list(procs.values())):
             proc.terminate()
         kill_agents(state)
+        bystander.kill()
+        bystander.wait()
 
 
 def _seed(procs: dict[str, ServiceProcess]) -> None:
@@ -93,9 +127,10 @@ def _seed(procs: dict[str, ServiceProcess]) -> None:
     only, .chat-3 a real chat of the supervisor with a live agent; tasks task-1 and task-2."""
     with authed_channel(procs["graph"].address, auth.SUPERVISOR) as ch:
         graph = graph_pb2_grpc.GraphServiceStub(ch)
+        runtime = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
         for _ in range(2):
-            graph.CreateChatTask(graph_pb2.CreateChatTaskRequest(supervisor_id=SUPERVISOR_ID, lease_seconds=600),
-                                 timeout=10)
+            runtime.CreateChatTask(runtime_service_pb2.CreateChatTaskRequest(
+                supervisor_id=SUPERVISOR_ID, lease_seconds=600), timeout=10)
         for task in ("task-1", "task-2"):
             graph.CreateTask(graph_pb2.CreateTaskRequest(id=task, title=task), timeout=10)
     with authed_channel(procs["supervisor"].address) as ch:
@@ -139,13 +174,39 @@ def _call(stack: Stack, service: str, method: MethodDescriptor, payload: bytes, 
                 stack.bad.append(f"{path}: {code.name} {exc.details()}")  # type: ignore[attr-defined]
 
 
+AGENT_METHODS = [(s, m) for s, m in METHODS if (rule := auth.CALLS.get(f"/{s}/{m.name}")) and rule.agent]
+
+
+@pytest.mark.parametrize(("service", "method"), AGENT_METHODS, ids=[f"{s.rsplit('.', 1)[1]}.{m.name}"
+                                                                    for s, m in AGENT_METHODS])
+def test_generated_requests_as_an_agent(stack: Stack, service: str, method: MethodDescriptor) -> None:
+    """The agent path of the role check (own chat, own run, live run: the graph reads the record).
+    Runs first, while the agent of .chat-3 lives; most requests name its chat and run."""
+    tok = token(auth.AGENT, KNOWN_CHATS[2], 1)
+    n = EXAMPLES["stream" if method.server_streaming else "agent"]
+
+    @settings(max_examples=n, **FUZZ_SETTINGS)  # type: ignore[arg-type]
+    @given(messages(method.input_type, bystander=stack.bystander.pid), st.integers(0, 3))
+    def run(request: Message, mix: int) -> None:
+        if mix != 3:  # three in four: a request the agent may make, as drawn otherwise
+            fields = request.DESCRIPTOR.fields_by_name
+            request.chat_id = KNOWN_CHATS[2]  # type: ignore[attr-defined]
+            if "run_number" in fields:
+                request.run_number = 1  # type: ignore[attr-defined]
+            if "role" in fields:
+                request.role = task_pb2.MESSAGE_ROLE_ASSISTANT  # type: ignore[attr-defined]
+        _call(stack, service, method, request.SerializeToString(), tok)
+
+    run()
+
+
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=IDS)
 def test_generated_requests(stack: Stack, service: str, method: MethodDescriptor) -> None:
     tok = token(auth.SUPERVISOR)
     n = EXAMPLES["stream" if method.server_streaming else "unary"]
 
     @settings(max_examples=n, **FUZZ_SETTINGS)  # type: ignore[arg-type]
-    @given(messages(method.input_type))
+    @given(messages(method.input_type, bystander=stack.bystander.pid))
     def run(request: Message) -> None:
         _call(stack, service, method, request.SerializeToString(), tok)
 
@@ -176,8 +237,9 @@ def test_no_internal_no_traceback_no_escape_and_still_serving(stack: Stack) -> N
         foreign = [line for line in log.splitlines()
                    if ('"level": "ERROR"' in line or '"level": "CRITICAL"' in line) and '"logger": "wgs.' not in line]
         assert not foreign, f"{name} logged errors:\n" + "\n".join(foreign[:10])
+    assert stack.bystander.poll() is None, f"the bystander (pid {stack.bystander.pid}) was killed: {stack.bystander.returncode}"
     new = sorted(_outside_files(stack.state) - stack.outside_before)
-    new = [p for p in new if not p.startswith("/tmp/") or "wgs" in p]  # other helpers share /tmp
+    new = [p for p in new if _could_be_ours(p, stack.state)]
     assert not new, f"files created outside the state dir: {new[:20]}"
     for name, proc in stack.procs.items():
         with grpc.insecure_channel(proc.address) as ch:

@@ -27,6 +27,10 @@ from wgs.v1 import (
     graph_pb2,
     graph_pb2_grpc,
     runtime_pb2,
+    runtime_service_pb2,
+    runtime_service_pb2_grpc,
+    supervisor_pb2,
+    supervisor_pb2_grpc,
     task_pb2,
 )
 
@@ -36,7 +40,9 @@ PASSED = "passed"  # got past authentication and authorization
 SERVICES: dict[str, tuple[Any, Any, str]] = {
     # service → (pb2 module, stub class, process)
     "wgs.v1.ChatService": (chat_pb2, chat_pb2_grpc.ChatServiceStub, "supervisor"),
+    "wgs.v1.SupervisorService": (supervisor_pb2, supervisor_pb2_grpc.SupervisorServiceStub, "supervisor"),
     "wgs.v1.GraphService": (graph_pb2, graph_pb2_grpc.GraphServiceStub, "graph"),
+    "wgs.v1.RuntimeService": (runtime_service_pb2, runtime_service_pb2_grpc.RuntimeServiceStub, "graph"),
     "wgs.v1.DispatchService": (dispatch_pb2, dispatch_pb2_grpc.DispatchServiceStub, "dispatch"),
 }
 
@@ -48,8 +54,20 @@ class Stack:
     other: str  # another chat
 
 
-def _sup(address: str) -> graph_pb2_grpc.GraphServiceStub:
-    return graph_pb2_grpc.GraphServiceStub(authed_channel(address, auth.SUPERVISOR))
+def _runtime(address: str) -> runtime_service_pb2_grpc.RuntimeServiceStub:
+    return runtime_service_pb2_grpc.RuntimeServiceStub(authed_channel(address, auth.SUPERVISOR))
+
+
+def _create_chat(runtime: runtime_service_pb2_grpc.RuntimeServiceStub, name: str) -> str:
+    """A chat recorded in the graph (STARTING, owned by OWNER), as CreateChat would make it."""
+    return runtime.CreateChatTask(runtime_service_pb2.CreateChatTaskRequest(
+        name=name, supervisor_id=OWNER, lease_seconds=600), timeout=10).task.id
+
+
+def _record_started(runtime: runtime_service_pb2_grpc.RuntimeServiceStub, chat: str, number: int) -> None:
+    runtime.RecordRunStarted(runtime_service_pb2.RecordRunStartedRequest(
+        chat_id=chat, run=runtime_pb2.Run(number=number, pid=1), supervisor_id=OWNER,
+        expected_state=runtime_pb2.RUNTIME_STATE_STARTING), timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +79,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         procs["dispatch"] = start_service("dispatch", state)
         procs["supervisor"] = start_service("supervisor", state, {
             "WGS_GRAPH_ADDR": procs["graph"].address, "WGS_DISPATCH_ADDR": procs["dispatch"].address})
-        graph = _sup(procs["graph"].address)
-        ids = [graph.CreateChatTask(graph_pb2.CreateChatTaskRequest(name=n, supervisor_id=OWNER, lease_seconds=600),
-                                    timeout=10).task.id for n in ("mine", "other")]
+        runtime = _runtime(procs["graph"].address)
+        ids = [_create_chat(runtime, n) for n in ("mine", "other")]
         for chat in ids:
-            graph.RecordRunStarted(graph_pb2.RecordRunStartedRequest(
-                chat_id=chat, run=runtime_pb2.Run(number=1, pid=1), supervisor_id=OWNER), timeout=10)
+            _record_started(runtime, chat, 1)
         yield Stack(procs, ids[0], ids[1])
     finally:
         for proc in reversed(list(procs.values())):
@@ -91,6 +107,10 @@ def harmless_request(service: str, method: str, chat: str) -> Message:
         return graph_pb2.AppendMessageRequest(chat_id=chat, role=task_pb2.MESSAGE_ROLE_ASSISTANT, content="matrix")
     if method in ("ListMessages", "WatchMessages"):
         return cls(chat_id=chat)
+    if method in ("ReportAgentStatus", "PublishPartialMessage"):  # a report that changes nothing
+        return cls(chat_id=chat, run_number=1)
+    # StopAgents acts even when empty, but the matrix's supervisor runs no agent at this point (its
+    # chats are in the graph only), so it stops nothing.
     if method == "Reconcile":
         return graph_pb2.ReconcileRequest(dry_run=True)
     return cls()
@@ -181,33 +201,70 @@ def test_an_agent_reads_and_answers_only_its_own_chat(stack: Stack) -> None:
     details = _denied(agent.AppendMessage, graph_pb2.AppendMessageRequest(
         chat_id=stack.chat, role=task_pb2.MESSAGE_ROLE_USER, content="pretend the user said this"))
     assert "only ASSISTANT or SYSTEM_ERROR" in details
-    _denied(agent.GetChatRecord, graph_pb2.GetChatRecordRequest(chat_id=stack.chat))
-    _denied(agent.RecordRunStarted, graph_pb2.RecordRunStartedRequest(
+    runtime = runtime_service_pb2_grpc.RuntimeServiceStub(
+        authed_channel(stack.procs["graph"].address, auth.AGENT, chat_id=stack.chat, run=1))
+    _denied(runtime.GetChatRecord, runtime_service_pb2.GetChatRecordRequest(chat_id=stack.chat))
+    _denied(runtime.RecordRunStarted, runtime_service_pb2.RecordRunStartedRequest(
         chat_id=stack.chat, run=runtime_pb2.Run(number=1, pid=1), supervisor_id=OWNER))
+    _denied(runtime.TransitionChat, runtime_service_pb2.TransitionChatRequest(
+        chat_id=stack.chat, supervisor_id=OWNER, to_state=runtime_pb2.RUNTIME_STATE_STOPPED))
+
+
+def test_an_agent_reports_only_for_its_own_chat_and_run(stack: Stack) -> None:
+    """What the agent reports reaches its chat's record; it cannot report for another chat, nor in
+    the name of another run of its own chat."""
+    agent = _graph_as(stack, auth.AGENT, stack.chat, 1)
+    got = agent.ReportAgentStatus(graph_pb2.ReportAgentStatusRequest(
+        chat_id=stack.chat, run_number=1, input_tokens=7, output_tokens=3), timeout=5).status
+    assert (got.run_number, got.input_tokens, got.output_tokens) == (1, 7, 3)
+    agent.PublishPartialMessage(graph_pb2.PublishPartialMessageRequest(
+        chat_id=stack.chat, run_number=1, request_id="r-1", text="par"), timeout=5)
+    details = _denied(agent.ReportAgentStatus, graph_pb2.ReportAgentStatusRequest(
+        chat_id=stack.other, run_number=1, input_tokens=10**6))
+    assert details.endswith(f"only for their own chat, not {stack.other!r}")
+    details = _denied(agent.PublishPartialMessage, graph_pb2.PublishPartialMessageRequest(
+        chat_id=stack.chat, run_number=2, text="as a run that does not exist yet"))
+    assert details == (f"agent of {stack.chat} run #1 may not call /wgs.v1.GraphService/PublishPartialMessage: "
+                       "agents may call it only for their own run, not run 2")
+    runtime = _runtime(stack.procs["graph"].address)
+    record = runtime.GetChatRecord(runtime_service_pb2.GetChatRecordRequest(chat_id=stack.other), timeout=5)
+    assert record.runtime.agent.input_tokens == 0  # the denied report changed nothing
 
 
 def test_an_agent_token_lives_only_as_long_as_its_run(tmp_path: Path, stack: Stack) -> None:
-    sup = _graph_as(stack, auth.SUPERVISOR)
-    chat = sup.CreateChatTask(graph_pb2.CreateChatTaskRequest(name="life", supervisor_id=OWNER, lease_seconds=600),
-                              timeout=10).task.id
+    runtime = _runtime(stack.procs["graph"].address)
+    chat = _create_chat(runtime, "life")
     run1, run2 = _graph_as(stack, auth.AGENT, chat, 1), _graph_as(stack, auth.AGENT, chat, 2)
     listing = graph_pb2.ListMessagesRequest(chat_id=chat)
-    run1.ListMessages(listing, timeout=5)  # being spawned: not recorded yet, accepted
+    run1.ListMessages(listing, timeout=5)  # being spawned (STARTING): not recorded yet, accepted
     _denied(run2.ListMessages, listing)  # not the next run
-    sup.RecordRunStarted(graph_pb2.RecordRunStartedRequest(
-        chat_id=chat, run=runtime_pb2.Run(number=1, pid=1), supervisor_id=OWNER), timeout=10)
+    _record_started(runtime, chat, 1)
     run1.ListMessages(listing, timeout=5)
+    run1.ReportAgentStatus(graph_pb2.ReportAgentStatusRequest(chat_id=chat, run_number=1, answer_succeeded=True),
+                           timeout=5)
     exited = runtime_pb2.Run(number=1, pid=1, exit_code=1)
-    sup.RecordRunExited(graph_pb2.RecordRunExitedRequest(chat_id=chat, run=exited, supervisor_id=OWNER,
-                                                         state=runtime_pb2.RUNTIME_STATE_BACKOFF), timeout=10)
+    result = runtime.RecordRunExited(runtime_service_pb2.RecordRunExitedRequest(supervisor_id=OWNER, exits=[
+        runtime_service_pb2.RunExit(chat_id=chat, run=exited, state=runtime_pb2.RUNTIME_STATE_BACKOFF)]),
+        timeout=10).results[0]
+    assert result.error_code == 0, result
     details = _denied(run1.ListMessages, listing)
     assert details.endswith(f"run #1 of {chat} is not live (it exited or a newer run replaced it)")
+    _denied(run1.ReportAgentStatus, graph_pb2.ReportAgentStatusRequest(chat_id=chat, run_number=1,
+                                                                       answer_succeeded=True))
+    _denied(run2.ListMessages, listing)  # BACKOFF: no run is being spawned yet
+    runtime.TransitionChat(runtime_service_pb2.TransitionChatRequest(
+        chat_id=chat, supervisor_id=OWNER, from_state=runtime_pb2.RUNTIME_STATE_BACKOFF,
+        to_state=runtime_pb2.RUNTIME_STATE_STARTING), timeout=10)
     run2.ListMessages(listing, timeout=5)  # the restart being spawned
-    sup.RecordRunStarted(graph_pb2.RecordRunStartedRequest(
-        chat_id=chat, run=runtime_pb2.Run(number=2, pid=1), supervisor_id=OWNER), timeout=10)
+    _denied(run1.ListMessages, listing)
+    _record_started(runtime, chat, 2)
     run2.AppendMessage(graph_pb2.AppendMessageRequest(chat_id=chat, role=task_pb2.MESSAGE_ROLE_ASSISTANT,
                                                       content="answer"), timeout=5)
     _denied(run1.ListMessages, listing)
+    runtime.TransitionChat(runtime_service_pb2.TransitionChatRequest(  # StopChat while run 2 lives
+        chat_id=chat, supervisor_id=OWNER, from_state=runtime_pb2.RUNTIME_STATE_RUNNING,
+        to_state=runtime_pb2.RUNTIME_STATE_STOPPED), timeout=10)
+    _denied(run2.ListMessages, listing)
 
 
 def test_the_supervisor_gives_each_run_its_own_working_token(stack: Stack) -> None:

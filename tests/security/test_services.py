@@ -6,19 +6,32 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.cli.test_stack import cli_env, recorded, wgs
-from tests.harness import REPO, authed_channel, base_env, kill_agents, start_service, token
-from wgs.common import auth
-from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2, graph_pb2_grpc, runtime_pb2
+from tests.harness import REPO, ServiceProcess, authed_channel, base_env, kill_agents, start_service, token
+from wgs.common import auth, procfs
+from wgs.v1 import (
+    chat_pb2,
+    chat_pb2_grpc,
+    graph_pb2,
+    graph_pb2_grpc,
+    runtime_pb2,
+    runtime_service_pb2,
+    supervisor_pb2,
+    supervisor_pb2_grpc,
+    task_pb2,
+)
+from wgs.v1 import runtime_service_pb2_grpc as runtime_grpc
 
 
 def mode(path: Path) -> int:
@@ -53,20 +66,26 @@ def test_unparseable_requests_are_invalid_arguments_with_one_warning_line(tmp_pa
         with authed_channel(graph.address, auth.SUPERVISOR) as ch:
             for _ in range(200):
                 with pytest.raises(grpc.RpcError) as err:
-                    ch.unary_unary("/wgs.v1.GraphService/CreateChatTask")(b"\xff\xff\xff\xff", timeout=5)
+                    ch.unary_unary("/wgs.v1.RuntimeService/CreateChatTask")(b"\xff\xff\xff\xff", timeout=5)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 assert err.value.details() == ("cannot parse the CreateChatTaskRequest: the request bytes are not "
                                                "a valid CreateChatTaskRequest message")
-            stub = graph_pb2_grpc.GraphServiceStub(ch)
-            chat = stub.CreateChatTask(graph_pb2.CreateChatTaskRequest(supervisor_id="s", lease_seconds=30),
+            stub = runtime_grpc.RuntimeServiceStub(ch)
+            chat = stub.CreateChatTask(runtime_service_pb2.CreateChatTaskRequest(supervisor_id="s", lease_seconds=30),
                                        timeout=10).task.id
-            bad = graph_pb2.RecordRunExitedRequest(chat_id=chat, supervisor_id="s", state=runtime_pb2.RUNTIME_STATE_BACKOFF,
-                                                   run=runtime_pb2.Run(number=1, exit_code=1))
-            bad.next_restart_at.seconds = 10**15
+            stub.RecordRunStarted(runtime_service_pb2.RecordRunStartedRequest(
+                chat_id=chat, supervisor_id="s", run=runtime_pb2.Run(number=1, pid=1)), timeout=10)
+            good = runtime_service_pb2.RunExit(chat_id=chat, state=runtime_pb2.RUNTIME_STATE_BACKOFF,
+                                               run=runtime_pb2.Run(number=1, exit_code=1))
+            bad = runtime_service_pb2.RecordRunExitedRequest(supervisor_id="s", exits=[good, good])
+            bad.exits[1].next_restart_at.seconds = 10**15
             with pytest.raises(grpc.RpcError) as err:
                 stub.RecordRunExited(bad, timeout=5)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert (err.value.details() or "").startswith("next_restart_at: seconds 1000000000000000 is out of range")
+            assert (err.value.details() or "").startswith(
+                "exits[1].next_restart_at: seconds 1000000000000000 is out of range")
+            record = stub.GetChatRecord(runtime_service_pb2.GetChatRecordRequest(chat_id=chat), timeout=5).runtime
+            assert record.state == runtime_pb2.RUNTIME_STATE_RUNNING  # nothing of the refused batch was written
     finally:
         graph.terminate()
     log = graph.stderr()
@@ -83,10 +102,10 @@ def test_cancelled_and_timed_out_streams_log_no_errors_and_tokens_stay_out_of_lo
         tok = token(auth.SUPERVISOR)
         with authed_channel(graph.address, auth.SUPERVISOR) as ch:
             stub = graph_pb2_grpc.GraphServiceStub(ch)
-            chat = stub.CreateChatTask(graph_pb2.CreateChatTaskRequest(supervisor_id="s", lease_seconds=60),
-                                       timeout=10).task.id
+            chat = runtime_grpc.RuntimeServiceStub(ch).CreateChatTask(runtime_service_pb2.CreateChatTaskRequest(
+                supervisor_id="s", lease_seconds=60), timeout=10).task.id
             for i in range(100):
-                stub.AppendMessage(graph_pb2.AppendMessageRequest(chat_id=chat, role=1, content="m" * 20000,
+                stub.AppendMessage(graph_pb2.AppendMessageRequest(chat_id=chat, role=task_pb2.MESSAGE_ROLE_USER, content="m" * 20000,
                                                                   request_id=f"r-{i}"), timeout=10)
             for i in range(20):  # cancel while the server is sending; or let the deadline pass
                 call = stub.WatchMessages(graph_pb2.WatchMessagesRequest(chat_id=chat), timeout=None if i % 2 else 0.2)
@@ -162,21 +181,24 @@ def forged_chat(tmp_path: Path):  # type: ignore[no-untyped-def]
     state = tmp_path / "state"
     outside = tmp_path / "outside.log"
     outside.write_text("MARKER-OUTSIDE-THE-STATE-DIR\n")
-    procs = [start_service("graph", state), start_service("dispatch", state)]
-    procs.append(start_service("supervisor", state, {"WGS_GRAPH_ADDR": procs[0].address,
-                                                      "WGS_DISPATCH_ADDR": procs[1].address,
-                                                      "WGS_SUPERVISOR_ID": "sup-sec"}))
-    with authed_channel(procs[0].address, auth.SUPERVISOR) as ch:
-        stub = graph_pb2_grpc.GraphServiceStub(ch)
-        chat = stub.CreateChatTask(graph_pb2.CreateChatTaskRequest(supervisor_id="sup-sec", lease_seconds=600),
-                                   timeout=10).task.id
-        stub.RecordRunStarted(graph_pb2.RecordRunStartedRequest(
-            chat_id=chat, supervisor_id="sup-sec", run=runtime_pb2.Run(number=1, stderr_path=str(outside))),
-            timeout=10)
-        stub.RecordRunExited(graph_pb2.RecordRunExitedRequest(
-            chat_id=chat, supervisor_id="sup-sec", state=runtime_pb2.RUNTIME_STATE_FAILED,
-            run=runtime_pb2.Run(number=1, exit_code=1, stderr_path=str(outside))), timeout=10)
+    procs: list[ServiceProcess] = []
     try:
+        procs += [start_service("graph", state), start_service("dispatch", state)]
+        procs.append(start_service("supervisor", state, {"WGS_GRAPH_ADDR": procs[0].address,
+                                                          "WGS_DISPATCH_ADDR": procs[1].address,
+                                                          "WGS_SUPERVISOR_ID": "sup-sec"}))
+        with authed_channel(procs[0].address, auth.SUPERVISOR) as ch:
+            stub = runtime_grpc.RuntimeServiceStub(ch)
+            chat = stub.CreateChatTask(runtime_service_pb2.CreateChatTaskRequest(
+                supervisor_id="sup-sec", lease_seconds=600), timeout=10).task.id
+            stub.RecordRunStarted(runtime_service_pb2.RecordRunStartedRequest(  # pid 1: never ours to signal
+                chat_id=chat, supervisor_id="sup-sec", run=runtime_pb2.Run(number=1, pid=1, stderr_path=str(outside))),
+                timeout=10)
+            done = stub.RecordRunExited(runtime_service_pb2.RecordRunExitedRequest(supervisor_id="sup-sec", exits=[
+                runtime_service_pb2.RunExit(chat_id=chat, state=runtime_pb2.RUNTIME_STATE_FAILED, run=runtime_pb2.Run(
+                    number=1, exit_code=1, stderr_path=str(outside), stderr_tail="TAIL-KEPT-WITH-THE-RUN\n"))]),
+                timeout=10)
+            assert done.results[0].error_code == 0, done
         yield state, procs, chat
     finally:
         for proc in reversed(procs):
@@ -185,18 +207,144 @@ def forged_chat(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_wgs_chat_logs_opens_no_recorded_path_outside_the_state_dir(forged_chat) -> None:  # type: ignore[no-untyped-def]
+    """The run file is found from the chat id and run number in the state dir, never from the
+    recorded path: a forged one shows nothing of the file it names, only the tail kept with the run."""
     state, procs, chat = forged_chat
     env = base_env(state, {"WGS_SUPERVISOR_ADDR": procs[2].address})
     done = subprocess.run([sys.executable, "-m", "wgs.cli.main", "chat", "logs", chat, "--state-dir", str(state)],
                           env=env, cwd=str(REPO), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "does not lie inside the state dir" in done.stderr and "not opening it" in done.stderr
+    assert "MARKER-OUTSIDE-THE-STATE-DIR" not in done.stdout + done.stderr
+    assert done.stdout == "TAIL-KEPT-WITH-THE-RUN\n"
+    assert done.stderr == "wgs: the file of run #1 is gone; showing the tail kept with the run\n"
 
 
 def test_the_supervisor_reads_no_recorded_path_outside_the_state_dir(forged_chat) -> None:  # type: ignore[no-untyped-def]
     _state, procs, chat = forged_chat
     with authed_channel(procs[2].address) as ch:
-        got = chat_pb2_grpc.ChatServiceStub(ch).GetChat(chat_pb2.GetChatRequest(chat_id=chat), timeout=10).chat
-    assert "MARKER-OUTSIDE-THE-STATE-DIR" not in got.stderr_tail + got.runtime.current_run.stderr_tail
+        stub = chat_pb2_grpc.ChatServiceStub(ch)
+        got = stub.GetChat(chat_pb2.GetChatRequest(chat_id=chat), timeout=10).chat
+        listed = stub.ListChats(chat_pb2.ListChatsRequest(), timeout=10).chats
+    assert got.runtime.current_run.stderr_tail == "TAIL-KEPT-WITH-THE-RUN\n"  # the record is shown as recorded
+    assert [c.id for c in listed] == [chat]
+    for view in (got, *listed):
+        assert "MARKER-OUTSIDE-THE-STATE-DIR" not in str(view)
 
 
+@pytest.fixture
+def fast_leases(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """graph, dispatch and a supervisor renewing its leases every second (WGS_LEASE_SECONDS=3)."""
+    state = tmp_path / "state"
+    procs: list[ServiceProcess] = []
+    try:
+        procs += [start_service("graph", state), start_service("dispatch", state)]
+        procs.append(start_service("supervisor", state, {"WGS_GRAPH_ADDR": procs[0].address,
+                                                          "WGS_DISPATCH_ADDR": procs[1].address,
+                                                          "WGS_SUPERVISOR_ID": "sup-lease", "WGS_LEASE_SECONDS": "3"}))
+        yield procs
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        kill_agents(state)
+
+
+def _renewals(graph: ServiceProcess, supervisor_id: str, count: int) -> None:
+    """Wait until the supervisor has renewed its leases `count` more times (its heartbeat advances)."""
+    with authed_channel(graph.address, auth.SUPERVISOR) as ch:
+        stub = runtime_grpc.RuntimeServiceStub(ch)
+
+        def heartbeat() -> int:
+            sups = stub.ListSupervisors(runtime_service_pb2.ListSupervisorsRequest(include_expired=True),
+                                        timeout=5).supervisors
+            return next(s.heartbeat_at.ToNanoseconds() for s in sups if s.supervisor_id == supervisor_id)
+
+        seen = [heartbeat()]
+        deadline = time.monotonic() + 30
+        while len(set(seen)) <= count:
+            assert time.monotonic() < deadline, f"no {count} lease renewals of {supervisor_id} within 30 s"
+            time.sleep(0.1)
+            seen.append(heartbeat())
+
+
+def test_commands_for_chats_a_supervisor_does_not_own_are_not_reported_as_takeovers(fast_leases) -> None:  # type: ignore[no-untyped-def]
+    """A client naming chats that do not exist, or that another live supervisor owns, gets NOT_FOUND
+    or FAILED_PRECONDITION, and the supervisor does not then count them among its own: it would log
+    each as "taken over by another supervisor" at its next lease renewal (an ERROR that explains no
+    death), and enough of them make its RenewLeases too large to be accepted."""
+    graph, _, sup = fast_leases
+    with authed_channel(graph.address, auth.SUPERVISOR) as ch:
+        foreign = runtime_grpc.RuntimeServiceStub(ch).CreateChatTask(runtime_service_pb2.CreateChatTaskRequest(
+            supervisor_id="another-live-sup", lease_seconds=600), timeout=10).task.id
+    with authed_channel(sup.address) as ch:
+        stub = chat_pb2_grpc.ChatServiceStub(ch)
+        for chat, want in ((".chat-41", grpc.StatusCode.NOT_FOUND), (".chat-42", grpc.StatusCode.NOT_FOUND),
+                           (foreign, grpc.StatusCode.FAILED_PRECONDITION)):
+            for verb, request in (("SendMessage", chat_pb2.SendMessageRequest(chat_id=chat, text="hi")),
+                                  ("StopChat", chat_pb2.StopChatRequest(chat_id=chat)),
+                                  ("RestartChat", chat_pb2.RestartChatRequest(chat_id=chat))):
+                with pytest.raises(grpc.RpcError) as err:
+                    getattr(stub, verb)(request, timeout=10)
+                assert err.value.code() == want, (verb, chat, err.value)
+    _renewals(graph, "sup-lease", 2)
+    log = sup.stderr()
+    assert "taken over by another supervisor" not in log, log
+    assert not [r for r in records(log) if r["level"] in ("ERROR", "CRITICAL")]
+
+
+def test_watchers_leaving_mid_snapshot_leave_no_error_in_the_supervisor_log(fast_leases) -> None:  # type: ignore[no-untyped-def]
+    """WatchChat ("" = every chat, or one chat) cancelled after its first answer, while nothing has
+    changed since: the supervisor closes the watch of the graph's records without an ERROR."""
+    _, _, sup = fast_leases
+    with authed_channel(sup.address) as ch:
+        stub = chat_pb2_grpc.ChatServiceStub(ch)
+        code = "import time; time.sleep(600)"
+        chats = [stub.CreateChat(chat_pb2.CreateChatRequest(command=[sys.executable, "-c", code]), timeout=20).chat.id
+                 for _ in range(2)]
+        try:
+            for i in range(20):
+                call = stub.WatchChat(chat_pb2.WatchChatRequest(chat_id="" if i % 2 else chats[0]), timeout=30)
+                assert next(iter(call)).chat.id == chats[0]
+                call.cancel()
+        finally:
+            for chat in chats:
+                stub.StopChat(chat_pb2.StopChatRequest(chat_id=chat), timeout=20)
+    with authed_channel(sup.address) as ch:  # the supervisor is still answering (and has finished closing)
+        chat_pb2_grpc.ChatServiceStub(ch).ListChats(chat_pb2.ListChatsRequest(), timeout=10)
+    log = sup.stderr()
+    assert "Traceback" not in log, log
+    assert not [r for r in records(log) if r["level"] in ("ERROR", "CRITICAL")]
+
+
+def test_a_forged_record_naming_an_unrelated_process_never_gets_it_signalled(fast_leases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """issue 12's attack, by a caller holding the supervisor role (a compromised or buggy replica, a
+    corrupted database): a run record naming a process no supervisor started — its pid and its true
+    start ticks as agent and as monitor, on this host — owned by a supervisor whose lease then
+    expires. The live supervisor takes the chat over, is asked to interrupt it, stop it and stop all
+    its agents: the process is never signalled (its identity as our run monitor is not proven)."""
+    graph, _, sup = fast_leases
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    try:
+        ticks = procfs.start_ticks(victim.pid)
+        assert ticks is not None
+        with authed_channel(graph.address, auth.SUPERVISOR) as ch:
+            runtime = runtime_grpc.RuntimeServiceStub(ch)
+            chat = runtime.CreateChatTask(runtime_service_pb2.CreateChatTaskRequest(
+                supervisor_id="gone-sup", lease_seconds=1), timeout=10).task.id
+            runtime.RecordRunStarted(runtime_service_pb2.RecordRunStartedRequest(
+                chat_id=chat, supervisor_id="gone-sup", run=runtime_pb2.Run(
+                    number=1, pid=victim.pid, process_start_ticks=ticks, monitor_pid=victim.pid,
+                    monitor_start_ticks=ticks, hostname=socket.gethostname(), argv=["agent"])), timeout=10)
+            deadline = time.monotonic() + 30
+            while runtime.GetChatRecord(runtime_service_pb2.GetChatRecordRequest(chat_id=chat),
+                                        timeout=5).runtime.supervisor_id != "sup-lease":
+                assert time.monotonic() < deadline, f"sup-lease did not take {chat} over:\n{sup.stderr()}"
+                time.sleep(0.1)
+        with authed_channel(sup.address) as ch:
+            chats = chat_pb2_grpc.ChatServiceStub(ch)
+            chats.InterruptChat(chat_pb2.InterruptChatRequest(chat_id=chat), timeout=20)
+            chats.StopChat(chat_pb2.StopChatRequest(chat_id=chat), timeout=20)
+            supervisor_pb2_grpc.SupervisorServiceStub(ch).StopAgents(supervisor_pb2.StopAgentsRequest(), timeout=30)
+        assert victim.poll() is None, f"the unrelated process was signalled (exit {victim.returncode}):\n{sup.stderr()}"
+    finally:
+        victim.kill()
+        victim.wait()

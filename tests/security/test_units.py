@@ -13,10 +13,10 @@ from wgs.common import auth, paths, validation
 from wgs.common.errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from wgs.common.settings import service_env
 from wgs.common.timeutil import check_timestamps, from_ts
-from wgs.v1 import chat_pb2, dispatch_pb2, graph_pb2, task_pb2
+from wgs.v1 import chat_pb2, dispatch_pb2, graph_pb2, runtime_service_pb2, supervisor_pb2, task_pb2
 
 SECRET = b"0123456789abcdef0123456789abcdef-test"
-SERVICE_FILES = (chat_pb2, graph_pb2, dispatch_pb2)
+SERVICE_FILES = (chat_pb2, supervisor_pb2, graph_pb2, runtime_service_pb2, dispatch_pb2)
 
 
 def all_methods() -> list[str]:
@@ -112,18 +112,22 @@ def test_every_method_of_every_service_has_an_entry_in_the_role_table() -> None:
     assert not missing, f"add these to wgs.common.auth.CALLS (a method not there is denied to all): {missing}"
 
 
-def test_the_role_table_names_only_known_roles_and_agent_rules_name_request_fields() -> None:
+def test_the_role_table_names_only_existing_methods_known_roles_and_request_fields() -> None:
+    """No stale entry (a renamed or moved method would leave its old name allowed for nobody, and
+    its new name denied to all), and every agent rule names fields its request really has."""
     pool = descriptor_pool.Default()
+    methods = set(all_methods())
     for method, rule in auth.CALLS.items():
+        assert method in methods, f"{method} is in the role table but no service has it"
         assert rule.roles <= {auth.CLIENT, auth.SUPERVISOR}, method
         if rule.agent is None:
             continue
         service, name = method.lstrip("/").split("/")
-        try:
-            request = pool.FindServiceByName(service).FindMethodByName(name).input_type
-        except KeyError:
-            continue  # an entry for a service still to come (RuntimeService)
+        request = pool.FindServiceByName(service).FindMethodByName(name).input_type
         assert rule.agent.chat_field in request.fields_by_name, method
+        if rule.agent.run_field:
+            assert request.fields_by_name[rule.agent.run_field].type == request.fields_by_name[
+                rule.agent.run_field].TYPE_INT32, method
 
 
 def test_a_method_not_in_the_table_is_denied_to_everyone() -> None:
@@ -135,8 +139,8 @@ def test_a_method_not_in_the_table_is_denied_to_everyone() -> None:
 
 def test_denials_name_the_role_and_the_call() -> None:
     with pytest.raises(PermissionDenied) as err:
-        auth.check_role("/wgs.v1.GraphService/RecordRunStarted", auth.Identity(auth.CLIENT))
-    assert err.value.message == "client may not call /wgs.v1.GraphService/RecordRunStarted (allowed: supervisor)"
+        auth.check_role("/wgs.v1.RuntimeService/RecordRunStarted", auth.Identity(auth.CLIENT))
+    assert err.value.message == "client may not call /wgs.v1.RuntimeService/RecordRunStarted (allowed: supervisor)"
     agent = auth.Identity(auth.AGENT, ".chat-3", 2)
     with pytest.raises(PermissionDenied) as err:
         auth.check_role("/wgs.v1.ChatService/CreateChat", agent)
@@ -156,6 +160,25 @@ def test_agents_only_for_their_own_chat_and_only_replies() -> None:
     with pytest.raises(PermissionDenied, match="only ASSISTANT or SYSTEM_ERROR"):
         auth.check_agent_request(method, agent, rule, graph_pb2.AppendMessageRequest(
             chat_id=".chat-3", role=task_pb2.MESSAGE_ROLE_USER))
+
+
+def test_agent_reports_only_for_their_own_run() -> None:
+    """ReportAgentStatus and PublishPartialMessage name a run: an agent may name only its own (the
+    graph then checks that run is live)."""
+    agent = auth.Identity(auth.AGENT, ".chat-3", 2)
+    for method, cls in (("/wgs.v1.GraphService/ReportAgentStatus", graph_pb2.ReportAgentStatusRequest),
+                        ("/wgs.v1.GraphService/PublishPartialMessage", graph_pb2.PublishPartialMessageRequest)):
+        rule = auth.check_role(method, agent)
+        assert rule is not None
+        auth.check_agent_request(method, agent, rule, cls(chat_id=".chat-3", run_number=2))
+        with pytest.raises(PermissionDenied) as err:
+            auth.check_agent_request(method, agent, rule, cls(chat_id=".chat-3", run_number=1))
+        assert err.value.message == (f"agent of .chat-3 run #2 may not call {method}: agents may call it only "
+                                     "for their own run, not run 1")
+        with pytest.raises(PermissionDenied, match="only for their own chat"):
+            auth.check_agent_request(method, agent, rule, cls(chat_id=".chat-4", run_number=2))
+        with pytest.raises(PermissionDenied, match=r"client may not call .* \(allowed: supervisor, agent"):
+            auth.check_role(method, auth.Identity(auth.CLIENT))
 
 
 # -- paths, ids, timestamps, environments -----------------------------------------------------------
@@ -187,16 +210,17 @@ def test_chat_ids_match_the_whole_string(value: str) -> None:
 
 
 def test_invalid_timestamps_are_invalid_arguments_naming_the_field() -> None:
-    req = graph_pb2.RecordRunExitedRequest(chat_id=".chat-1")
-    req.run.exited_at.seconds = 10**15
-    with pytest.raises(InvalidArgument, match=r"^run.exited_at: seconds 1000000000000000 is out of range"):
+    req = runtime_service_pb2.RecordRunExitedRequest(supervisor_id="s", exits=[
+        runtime_service_pb2.RunExit(chat_id=".chat-1"), runtime_service_pb2.RunExit(chat_id=".chat-2")])
+    req.exits[1].run.exited_at.seconds = 10**15
+    with pytest.raises(InvalidArgument, match=r"^exits\[1\]\.run\.exited_at: seconds 1000000000000000 is out of range"):
         check_timestamps(req)
-    req = graph_pb2.UpdateChatRuntimeRequest(chat_id=".chat-1")
-    req.next_restart_at.nanos = -5
+    move = runtime_service_pb2.TransitionChatRequest(chat_id=".chat-1")
+    move.next_restart_at.nanos = -5
     with pytest.raises(InvalidArgument, match=r"^next_restart_at: nanos -5"):
-        check_timestamps(req)
+        check_timestamps(move)
     with pytest.raises(InvalidArgument, match=r"^started_at:"):
-        from_ts(req.next_restart_at, "started_at")
+        from_ts(move.next_restart_at, "started_at")
 
 
 def test_graph_and_dispatch_get_no_api_keys_from_wgs_up() -> None:
@@ -214,15 +238,30 @@ def test_graph_and_dispatch_get_no_api_keys_from_wgs_up() -> None:
 
 def test_the_table_says_what_the_model_says() -> None:
     """docs/security.md, pinned: a change to the table that breaks the model fails here."""
-    chat = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].methods
-    assert all(auth.CALLS[f"/wgs.v1.ChatService/{m.name}"] == auth.CLIENTS for m in chat)
-    for name in ("CreateTask", "GetTask", "ListTasks", "UpdateTask", "AppendTaskLog", "Reconcile"):
+    def names(module: object, service: str) -> list[str]:
+        return [m.name for m in module.DESCRIPTOR.services_by_name[service].methods]  # type: ignore[attr-defined]
+
+    for m in names(chat_pb2, "ChatService"):
+        assert auth.CALLS[f"/wgs.v1.ChatService/{m}"] == auth.CLIENTS, m
+    for m in names(supervisor_pb2, "SupervisorService"):
+        assert auth.CALLS[f"/wgs.v1.SupervisorService/{m}"] == auth.CLIENTS, m
+    graph = set(names(graph_pb2, "GraphService"))
+    public = {"CreateTask", "GetTask", "ListTasks", "UpdateTask", "AppendTaskLog", "Reconcile"}
+    conversation = {"ListMessages", "WatchMessages", "AppendMessage"}
+    reports = {"ReportAgentStatus", "PublishPartialMessage"}
+    assert graph == public | conversation | reports, "a new GraphService method: put it in the model first"
+    for name in public:
         assert auth.CALLS[f"/wgs.v1.GraphService/{name}"] == auth.CLIENTS
-    for name in ("ListMessages", "WatchMessages", "AppendMessage"):
+    for name in conversation:
         rule = auth.CALLS[f"/wgs.v1.GraphService/{name}"]
-        assert rule.roles == {auth.CLIENT, auth.SUPERVISOR} and rule.agent is not None and rule.agent.chat_field == "chat_id"
-    for name in ("CreateChatTask", "GetChatRecord", "ListChatRecords", "RecordRunStarted", "RecordRunExited",
-                 "UpdateChatRuntime", "RenewLeases", "ClaimChat"):
-        for service in ("GraphService", "RuntimeService"):
-            assert auth.CALLS[f"/wgs.v1.{service}/{name}"] == auth.SUPERVISOR_ONLY
+        assert rule.roles == {auth.CLIENT, auth.SUPERVISOR} and rule.agent is not None
+        assert rule.agent.chat_field == "chat_id" and not rule.agent.run_field
+    assert auth.CALLS["/wgs.v1.GraphService/AppendMessage"].agent == auth.OWN_CHAT_REPLIES
+    for name in reports:  # the supervisor and the chat's own live run; never clients
+        rule = auth.CALLS[f"/wgs.v1.GraphService/{name}"]
+        assert rule.roles == {auth.SUPERVISOR} and rule.agent is not None
+        assert (rule.agent.chat_field, rule.agent.run_field) == ("chat_id", "run_number")
+    for m in names(runtime_service_pb2, "RuntimeService"):
+        assert auth.CALLS[f"/wgs.v1.RuntimeService/{m}"] == auth.SUPERVISOR_ONLY, m
+    assert not [m for m in auth.CALLS if m.startswith("/wgs.v1.GraphService/") and m.split("/")[-1] not in graph]
     assert auth.CALLS["/wgs.v1.DispatchService/PlanSpawn"] == auth.SUPERVISOR_ONLY

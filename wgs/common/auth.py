@@ -12,8 +12,9 @@ The model (docs/security.md):
 - Calls carry the token as metadata `authorization: Bearer <token>`. The server maps it to an
   `Identity` and checks `CALLS[<full method name>]`; a method not in the table is denied to all
   (fail closed). Health and reflection are open (probes).
-- An agent's token is valid only for its own chat (the request's `chat_id`) and, on the graph, only
-  while its run lives (the graph checks the chat's runtime record: services/graph/authz.py).
+- An agent's token is valid only for its own chat (the request's `chat_id`; for the reports that
+  name a run, its `run_number` too) and, on the graph, only while its run lives (the graph checks
+  the chat's runtime record: services/graph/authz.py).
 """
 
 from __future__ import annotations
@@ -364,12 +365,14 @@ AgentCheck = Callable[[Message], "str | None"]
 @dataclass(frozen=True)
 class AgentAccess:
     """An agent may make the call for its own chat: the request's `chat_field` must be the chat its
-    token was minted for, its run must be live (checked by the service), and `check` (if any)
-    returns a reason to refuse or None."""
+    token was minted for, its `run_field` (if any: requests that name a run) the run it was minted
+    for, its run must be live (checked by the service), and `check` (if any) returns a reason to
+    refuse or None."""
 
     chat_field: str = "chat_id"
     check: AgentCheck | None = None
     what: str = "its own chat"
+    run_field: str = ""
 
 
 @dataclass(frozen=True)
@@ -403,13 +406,14 @@ def _agent_reply_roles(request: Message) -> str | None:
 
 OWN_CHAT = AgentAccess()
 OWN_CHAT_REPLIES = AgentAccess(check=_agent_reply_roles, what="its own chat; ASSISTANT/SYSTEM_ERROR messages")
+OWN_RUN = AgentAccess(run_field="run_number", what="its own chat and run")
 
 CLIENTS = allow(CLIENT, SUPERVISOR)
 SUPERVISOR_ONLY = allow(SUPERVISOR)
 
 # Full gRPC method name → who may call it. ONE table for every service; a method missing here is
-# denied to everyone (tests/security/test_role_table.py checks that every method of every service
-# has an entry). The agent-reporting RPCs still to come take `allow(..., agent=OWN_CHAT)`.
+# denied to everyone (tests/security/test_units.py checks that every method of every service has an
+# entry, and that every entry names an existing method).
 CALLS: dict[str, Access] = {
     # ChatService (supervisor): clients; supervisors forward calls to each other.
     "/wgs.v1.ChatService/CreateChat": CLIENTS,
@@ -439,8 +443,8 @@ CALLS: dict[str, Access] = {
     "/wgs.v1.GraphService/WatchMessages": allow(CLIENT, SUPERVISOR, agent=OWN_CHAT),
     "/wgs.v1.GraphService/AppendMessage": allow(CLIENT, SUPERVISOR, agent=OWN_CHAT_REPLIES),
     # What a live agent reports about its own chat (its run only: checked again by the store).
-    "/wgs.v1.GraphService/ReportAgentStatus": allow(SUPERVISOR, agent=OWN_CHAT),
-    "/wgs.v1.GraphService/PublishPartialMessage": allow(SUPERVISOR, agent=OWN_CHAT),
+    "/wgs.v1.GraphService/ReportAgentStatus": allow(SUPERVISOR, agent=OWN_RUN),
+    "/wgs.v1.GraphService/PublishPartialMessage": allow(SUPERVISOR, agent=OWN_RUN),
     # RuntimeService (graph): the chat records only supervisors keep.
     "/wgs.v1.RuntimeService/CreateChatTask": SUPERVISOR_ONLY,
     "/wgs.v1.RuntimeService/GetChatRecord": SUPERVISOR_ONLY,
@@ -498,6 +502,11 @@ def check_agent_request(method: str, who: Identity, rule: Access, request: Messa
     if chat != who.chat_id:
         shown = v.show(chat) if isinstance(chat, str) else "?"
         raise PermissionDenied(deny_message(who, method, rule, f"agents may call it only for their own chat, not {shown}"))
+    if agent.run_field:
+        run = getattr(request, agent.run_field, 0)
+        if run != who.run:
+            raise PermissionDenied(deny_message(who, method, rule, f"agents may call it only for their own run, "
+                                                                   f"not run {run}"))
     if agent.check is not None:
         why = agent.check(request)
         if why:
