@@ -146,8 +146,9 @@ def test_bad_input_on_every_rpc_is_rejected_and_writes_nothing(graph: Graph) -> 
             chat_id=chat, supervisor_id="sup-a", to_state=R.RUNTIME_STATE_EXITED), timeout=T), FP),
         ("TransitionChat unknown", lambda: rt.TransitionChat(rs.TransitionChatRequest(
             chat_id=".chat-999", to_state=R.RUNTIME_STATE_STOPPED, supervisor_id="sup-a"), timeout=T), NF),
+        # run 2 was never started (run 1, being spawned while STARTING, counts as live)
         ("ReportAgentStatus no live run", lambda: s.ReportAgentStatus(g.ReportAgentStatusRequest(
-            chat_id=chat, run_number=1, input_tokens=3), timeout=T), FP),
+            chat_id=chat, run_number=2, input_tokens=3), timeout=T), FP),
         ("ReportAgentStatus no run", lambda: s.ReportAgentStatus(g.ReportAgentStatusRequest(chat_id=chat),
                                                                  timeout=T), INV),
         ("PublishPartialMessage no request", lambda: s.PublishPartialMessage(g.PublishPartialMessageRequest(
