@@ -22,7 +22,7 @@ def _table_rows() -> dict[str, str]:
 def test_every_env_var_is_in_the_readme_table_with_its_readers() -> None:
     rows = _table_rows()
     missing = [v.name for v in ENV_VARS if v.name not in rows]
-    assert not missing, f"deploy/README.md section 7 lacks {missing}"
+    assert not missing, f"deploy/README.md section 8 lacks {missing}"
     for var in ENV_VARS:
         documented = {s.strip() for s in rows[var.name].split(",")}
         assert documented == set(var.services), f"{var.name}: README says {documented}, ENV_VARS {var.services}"

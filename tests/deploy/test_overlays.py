@@ -119,6 +119,7 @@ def test_dev_traces_go_to_jaeger(rendered: dict[str, list[Obj]]) -> None:
 
 
 def test_prod_replicas_budgets_and_supervisor_identity(rendered: dict[str, list[Obj]]) -> None:
+    """Graph and dispatch here; the supervisor replicas, their budget and addresses in test_supervisors."""
     objs = rendered["prod"]
     for service in ("graph", "dispatch"):
         deployment = get(objs, "Deployment", f"wgs-{service}")
@@ -127,7 +128,6 @@ def test_prod_replicas_budgets_and_supervisor_identity(rendered: dict[str, list[
         assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
         assert 1 <= pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
     supervisor = get(objs, "StatefulSet", "wgs-supervisor")
-    assert supervisor["spec"]["replicas"] == 1, "one supervisor: chats are owned through leases"
     env = env_map(_container(objs, "supervisor"))
     assert env["WGS_SUPERVISOR_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     claim = supervisor["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
@@ -225,6 +225,14 @@ def test_prod_network_paths(rendered: dict[str, list[Obj]]) -> None:
     # Users and the CLI reach the supervisor's gRPC port, nothing else.
     assert _allowed(policies, user, supervisor, p["supervisor"])
     assert not _allowed(policies, user, supervisor, 8080)
+    # Replicas reach each other's gRPC port (calls forwarded to a chat's owner, placed creates), and
+    # only that: both the caller's egress and the callee's ingress allow it.
+    assert _allowed(policies, supervisor, supervisor, p["supervisor"])
+    assert _direction_allows(policies, "Egress", supervisor[1], supervisor, p["supervisor"], "TCP")
+    assert not _allowed(policies, supervisor, supervisor, 8080)
+    assert not _allowed(policies, supervisor, stranger_here, p["supervisor"])
+    assert not _allowed(policies, graph, supervisor, p["supervisor"]) and not _allowed(
+        policies, dispatch, supervisor, p["supervisor"]), "graph and dispatch never call the supervisor"
     assert not _allowed(policies, user, stranger_here, 80), "default deny ingress"
     # Graph: PostgreSQL only; supervisor: public LLM endpoints on 443, never private ranges/metadata.
     assert _allowed(policies, graph, database, 5432)

@@ -48,6 +48,16 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("WGS_SUPERVISOR_ID", "<hostname>:<state dir>", "Stable id of this supervisor (owner of its chats).",
            ("supervisor",)),
     EnvVar("WGS_LEASE_SECONDS", "30", "Length of the supervisor's lease on its chats.", ("supervisor",)),
+    EnvVar("WGS_SUPERVISOR_ADVERTISE_ADDR", "<bound listen address>",
+           "host:port other supervisor replicas reach this one at (recorded with its leases); in a cluster the "
+           "pod's stable DNS name.", ("supervisor",)),
+    EnvVar("WGS_CHAT_MEMORY_BYTES", "41943040", "Memory one live chat costs (agent + run monitor); CreateChat is "
+           "RESOURCE_EXHAUSTED when it would not fit under the container's memory limit (0: no check).",
+           ("supervisor",)),
+    EnvVar("WGS_MAX_CONCURRENT_CREATES", "8", "CreateChat calls spawning at once; more wait briefly or are "
+           "RESOURCE_EXHAUSTED.", ("supervisor",)),
+    EnvVar("WGS_CREATE_QUEUE_SECONDS", "2", "Longest a CreateChat waits for a spawn slot before RESOURCE_EXHAUSTED.",
+           ("supervisor",)),
     EnvVar("WGS_RESTART_START_SECONDS", "1", "An agent exiting sooner than this after its start is a failed start.",
            ("supervisor",)),
     EnvVar("WGS_RESTART_INITIAL_BACKOFF_SECONDS", "0.5", "First restart delay after a failure (doubles).",
