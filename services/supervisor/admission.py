@@ -10,7 +10,8 @@ deadlines expire.
   so the kernel never OOM-kills the pod and every chat in it.
 
 The memory figures come from cgroup files (v2 `memory.max`/`memory.current`, v1
-`memory.limit_in_bytes`/`memory.usage_in_bytes`) read through `MemoryProbe`, injectable for tests.
+`memory.limit_in_bytes`/`memory.usage_in_bytes`), less the inactive file cache of `memory.stat`
+(the kubelet's working set), read through `MemoryProbe`, injectable for tests.
 """
 
 from __future__ import annotations
@@ -30,8 +31,28 @@ RESERVE_FRACTION = 0.05  # headroom kept below the limit (page cache, bursts)
 
 @dataclass(frozen=True)
 class Memory:
-    used: int  # bytes in use by the container's cgroup (0: unknown)
+    used: int  # the container cgroup's working set in bytes (0: unknown)
     limit: int  # its limit (0: none)
+
+
+def _stat_value(path: Path, key: str) -> int:
+    """One counter of a cgroup memory.stat file (0 if absent)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _working_set(usage: int | None, stat: Path, inactive_key: str) -> int:
+    """usage - inactive file pages, as the kubelet counts a container's memory for eviction and as the
+    kernel can reclaim before it OOM-kills: the page cache of run logs does not count against chats."""
+    if not usage:
+        return 0
+    return max(0, usage - _stat_value(stat, inactive_key))
 
 
 def _read_int(path: Path) -> int | None:
@@ -63,13 +84,13 @@ def own_cgroup_memory(proc_self_cgroup: Path = Path("/proc/self/cgroup"),
             limit = _read_int(base / "memory.max")
             used = _read_int(base / "memory.current")
             if limit is not None or used is not None:
-                return Memory(used or 0, limit or 0)
+                return Memory(_working_set(used, base / "memory.stat", "inactive_file"), limit or 0)
         if "memory" in controllers.split(","):
             base = root / "memory" / rel
             limit = _read_int(base / "memory.limit_in_bytes")
             used = _read_int(base / "memory.usage_in_bytes")
             if limit is not None or used is not None:
-                return Memory(used or 0, limit or 0)
+                return Memory(_working_set(used, base / "memory.stat", "total_inactive_file"), limit or 0)
     return Memory(0, 0)
 
 

@@ -364,15 +364,16 @@ def _print_replicas(rows: list[dict[str, Any]], problem: str) -> None:
     if problem:
         print(f"  replicas: could not be listed ({problem})")
         return
-    print(f"  {'REPLICA':<24} {'ADDRESS':<28} {'STATE':<6} {'CHATS':<6} {'LIVE/MAX':<9} {'FREE':<5} "
-          f"{'MEMORY MiB':<12} HEARTBEAT")
+    table = [("REPLICA", "ADDRESS", "STATE", "CHATS", "LIVE/MAX", "FREE", "MEMORY MiB", "HEARTBEAT")]
     for r in rows:
-        mem = f"{_mib(r['memory_used_bytes'])}/{_mib(r['memory_limit_bytes'])}"
-        cap = f"{r['live_chats']}/{r['max_live_chats'] or '-'}"
         beat = "-" if r["heartbeat_seconds_ago"] is None else f"{r['heartbeat_seconds_ago']:g}s ago"
-        name = r["supervisor_id"] + (" *" if r["answered"] else "")
-        print(f"  {name:<24} {r['address'] or '-':<28} {'live' if r['live'] else 'LOST':<6} {r['owned_chats']:<6} "
-              f"{cap:<9} {r['free_capacity'] if r['live'] else '-':<5} {mem:<12} {beat}")
+        table.append((r["supervisor_id"] + (" *" if r["answered"] else ""), r["address"] or "-",
+                      "live" if r["live"] else "LOST", str(r["owned_chats"]),
+                      f"{r['live_chats']}/{r['max_live_chats'] or '-'}", str(r["free_capacity"]) if r["live"] else "-",
+                      f"{_mib(r['memory_used_bytes'])}/{_mib(r['memory_limit_bytes'])}", beat))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    for row in table:
+        print("  " + " ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + " " + row[-1])
 
 
 def cmd_status(ns: argparse.Namespace) -> int:

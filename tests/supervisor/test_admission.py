@@ -1,0 +1,55 @@
+"""Admission (services/supervisor/admission.py): memory read from the cgroup as the kubelet reads it,
+and refusals that say what is full — on a fake cgroup tree written to a temporary directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.supervisor.admission import Admission, Memory, own_cgroup_memory
+from wgs.common.errors import ResourceExhausted
+
+MIB = 1 << 20
+
+
+def cgroup_v2(tmp: Path, *, current: int, limit: int | str, inactive_file: int) -> tuple[Path, Path]:
+    base = tmp / "sys" / "kubepods" / "pod1"
+    base.mkdir(parents=True)
+    (base / "memory.current").write_text(f"{current}\n")
+    (base / "memory.max").write_text(f"{limit}\n")
+    (base / "memory.stat").write_text(f"anon 1234\nfile 999\nactive_file 5\ninactive_file {inactive_file}\n")
+    proc = tmp / "cgroup"
+    proc.write_text("0::/kubepods/pod1\n")
+    return proc, tmp / "sys"
+
+
+def test_the_page_cache_of_run_logs_does_not_count_as_used(tmp_path: Path) -> None:
+    proc, root = cgroup_v2(tmp_path, current=1500 * MIB, limit=2048 * MIB, inactive_file=600 * MIB)
+    assert own_cgroup_memory(proc, root) == Memory(used=900 * MIB, limit=2048 * MIB)
+
+
+def test_v1_memory_controller(tmp_path: Path) -> None:
+    base = tmp_path / "sys" / "memory" / "docker" / "abc"
+    base.mkdir(parents=True)
+    (base / "memory.usage_in_bytes").write_text(str(700 * MIB))
+    (base / "memory.limit_in_bytes").write_text(str(1024 * MIB))
+    (base / "memory.stat").write_text(f"cache 1\ntotal_inactive_file {200 * MIB}\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("12:memory:/docker/abc\n0::/\n")
+    assert own_cgroup_memory(proc, tmp_path / "sys") == Memory(used=500 * MIB, limit=1024 * MIB)
+
+
+def test_no_limit_and_no_cgroup_mean_unknown(tmp_path: Path) -> None:
+    proc, root = cgroup_v2(tmp_path, current=100 * MIB, limit="max", inactive_file=0)
+    assert own_cgroup_memory(proc, root).limit == 0
+    assert own_cgroup_memory(tmp_path / "missing", root) == Memory(0, 0)
+
+
+def test_a_chat_that_would_pass_the_limit_is_refused_naming_it() -> None:
+    full = Admission(max_concurrent=1, queue_seconds=0, chat_bytes=40 * MIB,
+                     memory=lambda: Memory(used=1920 * MIB, limit=2048 * MIB))
+    with pytest.raises(ResourceExhausted, match=r"uses 1920 MiB of its 2048 MiB limit .* about 40 MiB"):
+        full.check_memory()
+    Admission(max_concurrent=1, queue_seconds=0, chat_bytes=40 * MIB,
+              memory=lambda: Memory(used=1800 * MIB, limit=2048 * MIB)).check_memory()  # fits under 95 %
