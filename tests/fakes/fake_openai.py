@@ -18,6 +18,10 @@ SSE chunks ending with `data: [DONE]` when the request asks for stream, else a J
 OpenAI and vLLM send it). Scripted replies (consumed in order, one per chat request) can instead:
 return any status with headers and an OpenAI error body, delay, hang (until the server stops),
 close the connection in the middle of a streamed reply, or reply with given text.
+Every content chunk of a streamed reply is logged in `emitted` (`Emitted`: which stream, the
+`time.monotonic()` once it was written and flushed, how much of the reply was sent by then), so a
+benchmark can time each chunk from the server emitting it to a client showing it (CLOCK_MONOTONIC is
+one clock for every process of the machine).
 
 Tokens are counted by a fixed toy tokenizer (`fake_tokens`: runs of up to 4 word characters, each
 other non-space character, one token each), plus the chat template's cost per message
@@ -82,6 +86,15 @@ class Reply:
     chunk_delay: float = 0.0  # seconds between streamed chunks
 
 
+@dataclass(frozen=True)
+class Emitted:
+    """One content chunk of a streamed reply, as the server sent it."""
+
+    stream: int  # 1-based number of the streamed reply among this server's
+    at: float  # time.monotonic() once the chunk was written and flushed to the socket
+    end: int  # characters of the reply's content sent so far, this chunk included
+
+
 @dataclass
 class Recorded:
     method: str
@@ -142,6 +155,8 @@ class FakeOpenAI:
         self.n_ctx_train = n_ctx_train
         self.loading = False  # llama.cpp: 503 "Loading model" on every route
         self.requests: list[Recorded] = []
+        self.emitted: list[Emitted] = []  # content chunks of streamed replies, in the order sent
+        self.streams = 0  # streamed replies begun
         self.models_status: int | None = None  # force a status on GET /v1/models
         self.models_hang = False  # GET /v1/models never answers (until the server stops)
         self._script: deque[Reply] = deque()
@@ -491,12 +506,19 @@ class FakeOpenAI:
                 pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
                 if reply.close_mid:
                     pieces = pieces[: max(1, len(pieces) // 2)]
+                with fake._lock:
+                    fake.streams += 1
+                    stream_no = fake.streams
                 self._event({"model": model, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+                sent = 0
                 for piece in pieces:
                     if reply.chunk_delay:
                         fake._stop.wait(reply.chunk_delay)
                     self._event({"model": model, "choices": [{"index": 0, "delta": {"content": piece},
                                                               "finish_reason": None}]})
+                    sent += len(piece)
+                    with fake._lock:
+                        fake.emitted.append(Emitted(stream_no, time.monotonic(), sent))
                 if reply.close_mid:
                     self.wfile.flush()
                     self.connection.close()
