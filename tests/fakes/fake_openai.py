@@ -17,7 +17,8 @@ SSE chunks ending with `data: [DONE]` when the request asks for stream, else a J
 `stream_options: {"include_usage": true}` a last chunk carries `usage` and empty `choices` (as
 OpenAI and vLLM send it). Scripted replies (consumed in order, one per chat request) can instead:
 return any status with headers and an OpenAI error body, delay, hang (until the server stops),
-close the connection in the middle of a streamed reply, or reply with given text.
+close the connection in the middle of a streamed reply, stop in the middle of it until the test
+calls resume() (a slow model, deterministically), or reply with given text.
 Every content chunk of a streamed reply is logged in `emitted` (`Emitted`: which stream, the
 `time.monotonic()` once it was written and flushed, how much of the reply was sent by then), so a
 benchmark can time each chunk from the server emitting it to a client showing it (CLOCK_MONOTONIC is
@@ -84,6 +85,7 @@ class Reply:
     close_mid: bool = False  # send part of a streamed reply, then close the connection
     empty_stream: bool = False  # 200, an event stream, and no data at all
     chunk_delay: float = 0.0  # seconds between streamed chunks
+    pause_after: int = 0  # stop after this many content chunks until resume() (0: never), like a slow model
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,8 @@ class FakeOpenAI:
         self.requests: list[Recorded] = []
         self.emitted: list[Emitted] = []  # content chunks of streamed replies, in the order sent
         self.streams = 0  # streamed replies begun
+        self.paused = threading.Event()  # set while a reply waits at its pause_after chunk
+        self._resume = threading.Event()
         self.models_status: int | None = None  # force a status on GET /v1/models
         self.models_hang = False  # GET /v1/models never answers (until the server stops)
         self._script: deque[Reply] = deque()
@@ -213,6 +217,16 @@ class FakeOpenAI:
                 raise TimeoutError(f"fewer than {count} requests to {suffix} within {timeout}s")
             return found()[count - 1]
 
+    def wait_paused(self, timeout: float = 30.0) -> None:
+        """Block until a streamed reply stopped at its `pause_after` chunk."""
+        if not self.paused.wait(timeout):
+            raise TimeoutError(f"no streamed reply paused within {timeout}s")
+
+    def resume(self) -> None:
+        """Let a paused reply (and later ones) go on."""
+        self.paused.clear()
+        self._resume.set()
+
     def paths(self) -> list[str]:
         with self._lock:
             return [r.path for r in self.requests]
@@ -231,6 +245,7 @@ class FakeOpenAI:
         import socket
 
         self._stop.set()
+        self._resume.set()
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
@@ -511,7 +526,7 @@ class FakeOpenAI:
                     stream_no = fake.streams
                 self._event({"model": model, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
                 sent = 0
-                for piece in pieces:
+                for n, piece in enumerate(pieces, 1):
                     if reply.chunk_delay:
                         fake._stop.wait(reply.chunk_delay)
                     self._event({"model": model, "choices": [{"index": 0, "delta": {"content": piece},
@@ -519,6 +534,9 @@ class FakeOpenAI:
                     sent += len(piece)
                     with fake._lock:
                         fake.emitted.append(Emitted(stream_no, time.monotonic(), sent))
+                    if n == reply.pause_after:
+                        fake.paused.set()
+                        fake._resume.wait()
                 if reply.close_mid:
                     self.wfile.flush()
                     self.connection.close()
