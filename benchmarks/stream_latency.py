@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -101,6 +102,12 @@ def follow(responses: Any, seen: Seen, last_seq: int) -> None:
     finally:
         seen.started.set()
         seen.done.set()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (/proc/<pid>/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_message(chat: chat_pb2_grpc.ChatServiceStub, graph: graph_pb2_grpc.GraphServiceStub, fake: FakeOpenAI,
@@ -209,11 +216,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if resp.message.role in ANSWER_ROLES:
                         last_seq = resp.message.seq
                         break
+                pids = {"agent": created.runtime.current_run.pid, "graph": procs[0].proc.pid,
+                        "supervisor": procs[2].proc.pid}
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 results = []
                 for n in range(args.messages):
                     r = one_message(chat, graph, fake, created.id, last_seq, n, args)
                     results.append(r)
                     last_seq = r["seq"] + 1  # the user message, then its reply
+                cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         finally:
             for p in reversed(procs):
                 p.terminate()
@@ -230,6 +241,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "chunks_shown_before_the_stored_reply": sum(r["shown_as_partial"] for r in results),
         "chunks": len(total),
         "events_per_reply": statistics.median(r["supervisor_events"] for r in results),
+        # CPU the stack spent while streaming, per piece handed to the watchers (the replies' other work
+        # -- the message, the stored reply, status reports -- is in it too).
+        "cpu_ms_per_event": {name: round(sec * 1000 / sum(r["supervisor_events"] for r in results), 2)
+                             for name, sec in cpu.items()},
         "within_100ms": sum(1 for x in total if x <= 100) / len(total),
         "late_chunks": [{"reply": n, "chunk": i, "of": r["chunks"], "total_ms": round(x, 1),
                          "to_graph_ms": round(r["to_graph_ms"][i], 1)}
@@ -261,6 +276,7 @@ def main() -> int:
     print(f"within 100 ms: {out['within_100ms'] * 100:.1f} % of chunks; shown before the stored reply: "
           f"{out['chunks_shown_before_the_stored_reply']} of {out['chunks']}; "
           f"events per reply (median): {out['events_per_reply']:g}")
+    print("CPU per event: " + ", ".join(f"{k} {v:.2f} ms" for k, v in out["cpu_ms_per_event"].items()))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
