@@ -4,13 +4,8 @@ stack (`wgs up --detach`, tracing on) with a native chat on the fake OpenAI-comp
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
-import os
-import select
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +13,8 @@ import pytest
 from tests.cli.test_chat_cli import needs_stack
 from tests.cli.test_stack import cli_env, wgs
 from tests.fakes.fake_openai import FakeOpenAI, Reply
-from tests.telemetry.spanfiles import write_chat_day
+from tests.telemetry.spanfiles import wait_spans, write_chat_day
 from wgs.common import traceview
-
-_IN_MODIFY, _IN_CLOSE_WRITE, _IN_CREATE = 0x2, 0x8, 0x100
 
 
 def trace_cli(state: Path, *args: str) -> tuple[int, list[str], str]:
@@ -120,31 +113,6 @@ def test_unknown_chat_empty_store_and_bad_target_are_one_line(tmp_path: Path,
 
 
 # ---- end to end ------------------------------------------------------------------------------
-
-
-def wait_spans(traces: Path, done: Callable[[list[traceview.Span]], bool], what: str,
-               timeout: float = 60) -> list[traceview.Span]:
-    """Block until the span files satisfy `done` (inotify on the directory: exporters append)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-    assert fd >= 0, os.strerror(ctypes.get_errno())
-    try:
-        traces.mkdir(parents=True, exist_ok=True, mode=0o700)
-        assert libc.inotify_add_watch(fd, str(traces).encode(), _IN_MODIFY | _IN_CLOSE_WRITE | _IN_CREATE) >= 0
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        deadline = time.monotonic() + timeout
-        while True:
-            spans = traceview.load_spans(traces)
-            if done(spans):
-                return spans
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"the span files never showed {what}"
-            if poller.poll(remaining * 1000):
-                with contextlib.suppress(BlockingIOError):
-                    os.read(fd, 65536)
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture

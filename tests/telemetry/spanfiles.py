@@ -3,7 +3,12 @@ our OtlpJsonFileExporter into <dir>/<service>.jsonl, at chosen times (for `wgs t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import ctypes
+import os
+import select
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,7 +19,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from wgs.common import traceview
 from wgs.common.telemetry import OtlpJsonFileExporter
+
+_IN_MODIFY, _IN_CLOSE_WRITE, _IN_CREATE = 0x2, 0x8, 0x100
 
 T0 = 1_790_000_000_000_000_000  # ns
 MS = 1_000_000
@@ -112,3 +120,28 @@ def write_chat_day(traces: Path) -> dict[str, str]:
         pass
     ids["db"] = tid(db)
     return ids
+
+
+def wait_spans(traces: Path, done: Callable[[list[traceview.Span]], bool], what: str,
+               timeout: float = 60) -> list[traceview.Span]:
+    """Block until the span files satisfy `done` (inotify on the directory: exporters append)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        traces.mkdir(parents=True, exist_ok=True, mode=0o700)
+        assert libc.inotify_add_watch(fd, str(traces).encode(), _IN_MODIFY | _IN_CLOSE_WRITE | _IN_CREATE) >= 0
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while True:
+            spans = traceview.load_spans(traces)
+            if done(spans):
+                return spans
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"the span files never showed {what}"
+            if poller.poll(remaining * 1000):
+                with contextlib.suppress(BlockingIOError):
+                    os.read(fd, 65536)
+    finally:
+        os.close(fd)
