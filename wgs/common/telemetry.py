@@ -7,8 +7,8 @@
   OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME as the SDK defines them.
 
 Health checks and reflection are never traced, nor are the calls that carry a reply's pieces
-(UNTRACED_CALLS: a trace of their own for every piece, twenty a second while a reply streams, grew
-the embedded trace store by ~200 KB per second of streaming and cost the graph ~2 ms of CPU per
+(UNTRACED_CALLS: a trace of their own for every piece, dozens a second while a reply streams, grew
+the embedded trace store by 200-300 KB per second of streaming and cost the graph 1-3 ms of CPU per
 piece; see docs/performance.md, "Streaming replies"). Our own attributes live under `wgs.*`.
 """
 
