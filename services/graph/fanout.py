@@ -38,6 +38,10 @@ class Watcher:
     chat_id: str
     include_partial: bool
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # A message was stored since the watcher last read the database. A wake-up for reply pieces
+    # alone leaves it unset: pieces are handed over without a query (one per piece and watcher
+    # otherwise, which made the database the bottleneck of streaming).
+    stored: bool = True
     partials: deque[task_pb2.PartialMessage] = field(default_factory=lambda: deque(maxlen=MAX_QUEUED))
 
 
@@ -141,6 +145,7 @@ class Fanout:
 
     def _wake(self, chat_id: str) -> None:
         for w in self._watchers.get(chat_id, ()):
+            w.stored = True
             w.wake.set()
 
     def _partial(self, piece: task_pb2.PartialMessage) -> int:

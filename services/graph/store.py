@@ -179,6 +179,22 @@ def _retryable(exc: sa.exc.DBAPIError) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+_LATEST_RUN = (sa.select(RunRow.number, RunRow.exited_at).where(RunRow.chat_id == sa.bindparam("chat_id"))
+               .order_by(RunRow.number.desc()).limit(1).subquery())
+# The chat's runtime state and its latest run (number, exited_at; NULLs when it has none).
+_LIVE_RUN = (sa.select(ChatRuntimeRow.state, _LATEST_RUN.c.number, _LATEST_RUN.c.exited_at)
+             .select_from(ChatRuntimeRow).outerjoin(_LATEST_RUN, sa.true())
+             .where(ChatRuntimeRow.chat_id == sa.bindparam("chat_id")))
+
+
+def run_is_live(state: int, latest: int, exited: bool, number: int) -> bool:
+    """The live-run rule (see _live_run): `latest` is the chat's latest recorded run (0: none),
+    `exited` whether it has exited (True when there is none)."""
+    recorded = number == latest and not exited and state in chat_states.LIVE_STATES
+    spawning = number == latest + 1 and exited and state == chat_states.STARTING
+    return recorded or spawning
+
+
 class GraphStore:
     """All graph operations. Async methods run the sync transaction on a worker thread."""
 
@@ -588,12 +604,15 @@ class GraphStore:
                         f"the graph service is shutting down; reconnect and watch {req.chat_id} "
                         f"again with after_seq={last}"
                     )
-                batch = await self.run(self._messages, req.chat_id, last, WATCH_BATCH)
-                for msg in batch:
-                    last = msg.seq
-                    yield graph_pb2.WatchMessagesResponse(message=msg)
-                if len(batch) == WATCH_BATCH:
-                    continue
+                if watcher.stored:  # else only reply pieces woke us: no query
+                    watcher.stored = False
+                    batch = await self.run(self._messages, req.chat_id, last, WATCH_BATCH)
+                    for msg in batch:
+                        last = msg.seq
+                        yield graph_pb2.WatchMessagesResponse(message=msg)
+                    if len(batch) == WATCH_BATCH:
+                        watcher.stored = True
+                        continue
                 while watcher.partials:
                     yield graph_pb2.WatchMessagesResponse(partial=watcher.partials.popleft())
                 if watcher.wake.is_set():
@@ -614,23 +633,26 @@ class GraphStore:
         run = session.scalars(sa.select(RunRow).where(RunRow.chat_id == chat_id)
                               .order_by(RunRow.number.desc()).limit(1)).one_or_none()
         latest, exited = (run.number, run.exited_at is not None) if run is not None else (0, True)
-        recorded = number == latest and not exited and rt.state in chat_states.LIVE_STATES
-        spawning = number == latest + 1 and exited and rt.state == chat_states.STARTING
-        if not (recorded or spawning):
+        if not run_is_live(rt.state, latest, exited, number):
             current = f"run {latest}{' (ended)' if exited else ''}" if run is not None else "no run"
             raise FailedPrecondition(f"run {number} of chat {chat_id} is not its live run ({current}, state "
                                      f"{chat_states.name(rt.state)}): only a live run reports")
         return rt
 
     async def is_live_run(self, chat_id: str, number: int) -> bool:
-        """Whether run `number` of the chat is its live run (per-run agent credentials, reports)."""
+        """Whether run `number` of the chat is its live run (per-run agent credentials, reports).
+
+        Asked for every call an agent makes (authorization) and for every piece of a reply, so it is
+        one prepared statement on a plain connection that locks nothing; writers check again under
+        their lock (_live_run). Through the ORM this read was most of the graph's CPU while a reply
+        streamed (docs/performance.md, "Streaming replies")."""
         def op() -> bool:
-            with self.read() as session:
-                try:
-                    self._live_run(session, chat_id, number)
-                except (FailedPrecondition, NotFound):
-                    return False
-                return True
+            with self.engine.connect() as conn:
+                row = conn.execute(_LIVE_RUN, {"chat_id": chat_id}).one_or_none()
+            if row is None:
+                return False  # no such chat, or no runtime record
+            latest, exited = (row.number, row.exited_at is not None) if row.number is not None else (0, True)
+            return run_is_live(row.state, latest, exited, number)
 
         return await self.run(op)
 

@@ -303,7 +303,11 @@ def test_trace_shows_the_create_chat_trace_across_services(tmp_path: Path) -> No
     assert created.returncode == 0, created.stderr
     assert down.returncode == 0, down.stderr
     doc = json.loads(created.stdout)
-    shown = wgs(state, "trace", doc["id"], "--state-dir", str(state), env=env)
+    listed = wgs(state, "trace", doc["id"], "--state-dir", str(state), env=env)
+    assert listed.returncode == 0, listed.stderr
+    create_line = next(line for line in listed.stdout.splitlines() if doc["trace_id"] in line)
+    assert "ChatService/CreateChat [supervisor]" in create_line and create_line.endswith(" ok")
+    shown = wgs(state, "trace", doc["id"], "--tree", "--state-dir", str(state), env=env)
     assert shown.returncode == 0, shown.stderr
     assert f"trace {doc['trace_id']}" in shown.stdout
     for service in ("wgs-supervisor", "wgs-graph", "wgs-dispatch"):

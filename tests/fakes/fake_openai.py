@@ -17,7 +17,12 @@ SSE chunks ending with `data: [DONE]` when the request asks for stream, else a J
 `stream_options: {"include_usage": true}` a last chunk carries `usage` and empty `choices` (as
 OpenAI and vLLM send it). Scripted replies (consumed in order, one per chat request) can instead:
 return any status with headers and an OpenAI error body, delay, hang (until the server stops),
-close the connection in the middle of a streamed reply, or reply with given text.
+close the connection in the middle of a streamed reply, stop in the middle of it until the test
+calls resume() (a slow model, deterministically), or reply with given text.
+Every content chunk of a streamed reply is logged in `emitted` (`Emitted`: which stream, the
+`time.monotonic()` once it was written and flushed, how much of the reply was sent by then), so a
+benchmark can time each chunk from the server emitting it to a client showing it (CLOCK_MONOTONIC is
+one clock for every process of the machine).
 
 Tokens are counted by a fixed toy tokenizer (`fake_tokens`: runs of up to 4 word characters, each
 other non-space character, one token each), plus the chat template's cost per message
@@ -80,6 +85,16 @@ class Reply:
     close_mid: bool = False  # send part of a streamed reply, then close the connection
     empty_stream: bool = False  # 200, an event stream, and no data at all
     chunk_delay: float = 0.0  # seconds between streamed chunks
+    pause_after: int = 0  # stop after this many content chunks until resume() (0: never), like a slow model
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """One content chunk of a streamed reply, as the server sent it."""
+
+    stream: int  # 1-based number of the streamed reply among this server's
+    at: float  # time.monotonic() once the chunk was written and flushed to the socket
+    end: int  # characters of the reply's content sent so far, this chunk included
 
 
 @dataclass
@@ -142,6 +157,10 @@ class FakeOpenAI:
         self.n_ctx_train = n_ctx_train
         self.loading = False  # llama.cpp: 503 "Loading model" on every route
         self.requests: list[Recorded] = []
+        self.emitted: list[Emitted] = []  # content chunks of streamed replies, in the order sent
+        self.streams = 0  # streamed replies begun
+        self.paused = threading.Event()  # set while a reply waits at its pause_after chunk
+        self._resume = threading.Event()
         self.models_status: int | None = None  # force a status on GET /v1/models
         self.models_hang = False  # GET /v1/models never answers (until the server stops)
         self._script: deque[Reply] = deque()
@@ -198,6 +217,16 @@ class FakeOpenAI:
                 raise TimeoutError(f"fewer than {count} requests to {suffix} within {timeout}s")
             return found()[count - 1]
 
+    def wait_paused(self, timeout: float = 30.0) -> None:
+        """Block until a streamed reply stopped at its `pause_after` chunk."""
+        if not self.paused.wait(timeout):
+            raise TimeoutError(f"no streamed reply paused within {timeout}s")
+
+    def resume(self) -> None:
+        """Let a paused reply (and later ones) go on."""
+        self.paused.clear()
+        self._resume.set()
+
     def paths(self) -> list[str]:
         with self._lock:
             return [r.path for r in self.requests]
@@ -216,6 +245,7 @@ class FakeOpenAI:
         import socket
 
         self._stop.set()
+        self._resume.set()
         self._server.shutdown()
         self._server.server_close()
         with self._lock:
@@ -491,12 +521,22 @@ class FakeOpenAI:
                 pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
                 if reply.close_mid:
                     pieces = pieces[: max(1, len(pieces) // 2)]
+                with fake._lock:
+                    fake.streams += 1
+                    stream_no = fake.streams
                 self._event({"model": model, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
-                for piece in pieces:
+                sent = 0
+                for n, piece in enumerate(pieces, 1):
                     if reply.chunk_delay:
                         fake._stop.wait(reply.chunk_delay)
                     self._event({"model": model, "choices": [{"index": 0, "delta": {"content": piece},
                                                               "finish_reason": None}]})
+                    sent += len(piece)
+                    with fake._lock:
+                        fake.emitted.append(Emitted(stream_no, time.monotonic(), sent))
+                    if n == reply.pause_after:
+                        fake.paused.set()
+                        fake._resume.wait()
                 if reply.close_mid:
                     self.wfile.flush()
                     self.connection.close()

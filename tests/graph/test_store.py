@@ -253,6 +253,41 @@ async def test_agent_status_reports_are_chat_state_until_a_later_answer_succeeds
     assert rt.agent.input_tokens == 15 and not rt.agent.HasField("waiting")  # totals kept, waiting ended
 
 
+async def test_the_unlocked_live_run_read_agrees_with_the_locked_rule_through_a_chats_life(
+        store: GraphStore, records: ChatRecords) -> None:
+    """is_live_run (every agent call, every reply piece) is a plain read; the writers' _live_run
+    checks under a lock. Both must say the same for every run number at every step."""
+    async def agree(chat: str, live: set[int]) -> None:
+        def locked(number: int) -> bool:
+            with store.read() as session:
+                try:
+                    store._live_run(session, chat, number)
+                except (FailedPrecondition, NotFound):
+                    return False
+                return True
+
+        for number in range(0, 5):
+            fast, slow = await store.is_live_run(chat, number), await store.run(locked, number)
+            assert fast == slow == (number in live), (number, fast, slow, live)
+
+    assert not await store.is_live_run(".chat-999", 1)
+    chat = (await records.create_chat_task(chat_req())).task.id
+    await agree(chat, {1})  # STARTING, no run yet: run 1 is being spawned
+    await records.record_run_started(rs.RecordRunStartedRequest(chat_id=chat, run=run(1), supervisor_id="sup-a"))
+    await agree(chat, {1})
+    await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[rs.RunExit(
+        chat_id=chat, run=runtime_pb2.Run(number=1, exit_code=1), state=R.RUNTIME_STATE_BACKOFF, restart_count=1)]))
+    await agree(chat, set())  # exited, waiting to restart
+    await records.transition_chat(rs.TransitionChatRequest(chat_id=chat, supervisor_id="sup-a",
+                                                           to_state=R.RUNTIME_STATE_STARTING))
+    await agree(chat, {2})
+    await records.record_run_started(rs.RecordRunStartedRequest(chat_id=chat, run=run(2), supervisor_id="sup-a"))
+    await agree(chat, {2})
+    await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[rs.RunExit(
+        chat_id=chat, run=runtime_pb2.Run(number=2, exit_code=0), state=R.RUNTIME_STATE_EXITED)]))
+    await agree(chat, set())
+
+
 async def test_partial_replies_reach_watchers_that_ask_and_late_joiners_get_the_text_so_far(
         store: GraphStore, records: ChatRecords) -> None:
     chat = await live_chat(records)

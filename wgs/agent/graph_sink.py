@@ -4,8 +4,11 @@
   become the chat's AgentStatus (GraphService.ReportAgentStatus), so `wgs chat show`/`list` and
   GetChat say why a live agent does not answer;
 - pieces of a reply being generated go to the chat's message watchers
-  (GraphService.PublishPartialMessage), coalesced: the first piece at once (time to first token),
-  then at most one call per FLUSH_SECONDS, so a fast stream does not become one RPC per token.
+  (GraphService.PublishPartialMessage), throttled: a piece goes out at once when the last call
+  was FLUSH_SECONDS ago or more (so the first piece of a reply never waits), else when that
+  interval is up; a fast stream does not become one RPC per token, and no piece waits longer than
+  FLUSH_SECONDS for its call. Each call carries the text as it is when the call is made, so pieces
+  that arrive while a call is in flight (or queued behind a report) ride on the next one.
 
 Reports are sent in order by one background task and never hold up an answer; a report the graph
 refuses (the run is no longer the chat's live run) or cannot take (graph down) is logged and
@@ -35,7 +38,11 @@ from wgs.v1 import graph_pb2, graph_pb2_grpc, plan_pb2, runtime_pb2
 
 log = logging.getLogger("wgs.agent.graph_sink")
 
-FLUSH_SECONDS = 0.05
+# A piece waits at most this long for its call; the rest of the way (graph, supervisor, client) takes
+# a few ms more. 25 ms keeps p99 within the 100 ms goal on a busy 2-core machine where 50 ms did not,
+# for ~40 calls a second per streaming reply instead of ~20 (benchmarks/stream_latency.py;
+# docs/performance.md, "Streaming replies").
+FLUSH_SECONDS = 0.025
 MAX_PIECE = 60_000  # characters per PublishPartialMessage (the graph takes up to 64 KiB)
 QUEUE_LIMIT = 1000
 
@@ -62,7 +69,9 @@ class GraphStatusSink:
         self._worker: asyncio.Task[None] | None = None
         self._sent: dict[str, str] = {}  # request id -> reply text the watchers have
         self._latest: dict[str, str] = {}  # request id -> reply text so far
-        self._flush: asyncio.TimerHandle | None = None
+        self._flush: asyncio.TimerHandle | None = None  # the next publish, when the interval is up
+        self._publish_queued = False  # a publish waits in the queue: it will take the latest text
+        self._last_publish = float("-inf")  # loop time of the last publish
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -91,7 +100,11 @@ class GraphStatusSink:
 
     async def close(self, grace: float = 2.0) -> None:
         """Send what is queued (for at most `grace` seconds), then stop the worker."""
-        self._publish_pending()
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if any(text != self._sent.get(rid, "") for rid, text in self._latest.items()):
+            self._queue_publish()
         if self._worker is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), grace)
@@ -128,30 +141,41 @@ class GraphStatusSink:
         self._report(context_window=max(0, event.tokens), context_window_source=source)
 
     async def partial_reply(self, event: PartialReplyEvent) -> None:
-        first = event.request_id not in self._latest
         self._latest[event.request_id] = event.text
-        if first:
-            self._publish_pending()  # time to first token: no waiting for the first piece
-        elif self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._publish_pending)
+        if self._publish_queued or self._flush is not None:
+            return  # the publish on its way takes this text too
+        loop = asyncio.get_running_loop()
+        wait = self._last_publish + FLUSH_SECONDS - loop.time()
+        if wait <= 0:
+            self._queue_publish()  # e.g. the first piece of a reply: time to first token
+        else:
+            self._flush = loop.call_later(wait, self._queue_publish)
 
     # -- partial replies ---------------------------------------------------------------------
 
-    def _publish_pending(self) -> None:
+    def _queue_publish(self) -> None:
         self._flush = None
+        if not self._publish_queued:
+            self._publish_queued = True
+            self._enqueue(self._publish_latest)
+
+    async def _publish_latest(self) -> None:
+        """Send each reply's text that the watchers do not have yet (run by the worker, in order)."""
+        self._publish_queued = False
+        self._last_publish = asyncio.get_running_loop().time()
         for request_id, text in list(self._latest.items()):
             sent = self._sent.get(request_id, "")
             if text == sent:
                 continue
             offset = len(sent) if text.startswith(sent) else 0  # a retried reply starts again
-            piece = text[offset:]
-            self._sent[request_id] = text
-            while piece:
-                chunk, piece = piece[:MAX_PIECE], piece[MAX_PIECE:]
-                req = graph_pb2.PublishPartialMessageRequest(chat_id=self.chat_id, run_number=self.run,
-                                                             request_id=request_id, offset=offset, text=chunk)
+            while offset < len(text):
+                chunk = text[offset:offset + MAX_PIECE]
+                await self._stub.PublishPartialMessage(graph_pb2.PublishPartialMessageRequest(
+                    chat_id=self.chat_id, run_number=self.run, request_id=request_id, offset=offset, text=chunk),
+                    timeout=deadline())
                 offset += len(chunk)
-                self._enqueue(lambda req=req: self._stub.PublishPartialMessage(req, timeout=deadline()))  # type: ignore[misc]
+                if request_id in self._latest:  # not finished meanwhile
+                    self._sent[request_id] = text[:offset]
 
     def _finish(self, request_id: str) -> None:
         self._latest.pop(request_id, None)

@@ -246,12 +246,18 @@ def cmd_logs(ns: argparse.Namespace) -> int:
 
 
 class _Printer:
-    """Prints a reply as its text streams in (partial pieces), then whatever the stored reply adds."""
+    """Prints a reply as its text streams in (partial pieces), then whatever the stored reply adds:
+    each reply once, ending with a newline."""
+
+    FINISHED_KEPT = 1000  # replies remembered as done, so a piece arriving after its reply is ignored
 
     def __init__(self) -> None:
         self.shown: dict[str, str] = {}
+        self.finished: dict[str, None] = {}  # ordered set of request ids
 
     def partial(self, piece: task_pb2.PartialMessage) -> None:
+        if piece.request_id in self.finished:
+            return  # the stored reply was printed already (a piece may trail it)
         so_far = self.shown.get(piece.request_id, "")
         if piece.offset > len(so_far):
             return  # a gap (joined mid-reply): wait for the stored reply
@@ -265,13 +271,19 @@ class _Printer:
 
     def final(self, m: task_pb2.ChatMessage, prefix: str = "") -> None:
         so_far = self.shown.pop(m.request_id, "")
-        content = m.content.rstrip("\n")
-        if so_far and content.startswith(so_far) and not prefix:
-            print(content[len(so_far):], flush=True)
-        else:
-            if so_far:
-                sys.stdout.write("\n")
-            print(prefix + content, flush=True)
+        self.finished[m.request_id] = None
+        while len(self.finished) > self.FINISHED_KEPT:
+            del self.finished[next(iter(self.finished))]
+        if so_far and not prefix and m.content.startswith(so_far):
+            rest = m.content[len(so_far):]  # the stream showed the beginning: print the rest only
+            if rest.strip("\n"):
+                print(rest.rstrip("\n"), flush=True)
+            elif not so_far.endswith("\n"):
+                print(flush=True)
+            return
+        if so_far:
+            sys.stdout.write("\n")  # what streamed is not what was stored: the stored text follows whole
+        print(prefix + m.content.rstrip("\n"), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,10 @@
 - OTEL_SDK_DISABLED=true turns tracing off. Sampler, resource attributes and service name come from
   OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME as the SDK defines them.
 
-Health checks and reflection are never traced. Our own attributes live under `wgs.*`.
+Health checks and reflection are never traced, nor are the calls that carry a reply's pieces
+(UNTRACED_CALLS: a trace of their own for every piece, dozens a second while a reply streams, grew
+the embedded trace store by 200-300 KB per second of streaming and cost the graph 1-3 ms of CPU per
+piece; see docs/performance.md, "Streaming replies"). Our own attributes live under `wgs.*`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.util.types import Attributes
 
 _provider: TracerProvider | None = None
 _instrumented: set[str] = set()
@@ -75,6 +81,28 @@ class OtlpJsonFileExporter(SpanExporter):
         return None
 
 
+# Server spans of these methods are not recorded; under parent-based sampling (the default) neither
+# is anything inside them (their database calls).
+UNTRACED_CALLS = frozenset({"/wgs.v1.GraphService/PublishPartialMessage"})
+
+
+class UntracedCalls(Sampler):
+    """The configured sampler, except that calls in UNTRACED_CALLS are dropped."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+
+    def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: SpanKind | None = None,
+                      attributes: Attributes = None, links: Sequence[Link] | None = None,
+                      trace_state: Any = None) -> SamplingResult:
+        if kind == SpanKind.SERVER and name in UNTRACED_CALLS:
+            return SamplingResult(Decision.DROP)
+        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"UntracedCalls{{{self.inner.get_description()}}}"
+
+
 def _otlp_configured() -> bool:
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
@@ -89,7 +117,8 @@ def setup_tracing(service: str, state_dir: Path | None, *, instrument_grpc_serve
         default_name = f"wgs-{service}"
         attrs = {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME") or default_name}
         resource = Resource.create(attrs)
-        provider = TracerProvider(resource=resource)
+        provider = TracerProvider(resource=resource)  # its sampler: OTEL_TRACES_SAMPLER, as the SDK reads it
+        provider.sampler = UntracedCalls(provider.sampler)  # before any tracer exists: they copy it
         exporter: SpanExporter
         if _otlp_configured():
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
