@@ -308,6 +308,7 @@ def test_a_frozen_replica_stops_its_agents_before_a_survivor_starts_theirs(clust
     owners = cluster.owners("sup-1")
     frozen = [c for c, o in owners.items() if o == "sup-3"]
     assert frozen, owners
+    one_each("the frozen replica's chats", frozen)
     before = {c: Sampler.agents()[c] for c in frozen}
     sampler = Sampler()
     sampler.start()

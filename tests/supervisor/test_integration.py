@@ -457,10 +457,11 @@ def test_another_supervisor_takes_over_only_after_the_lease_and_never_beside_the
     stack.supervisor = __import__("tests.harness", fromlist=["x"]).start_service(
         "supervisor", stack.state_dir, stack.sup_env)
     stub = stack.chat()
-    # The first owner's lease is still valid: no takeover, and the message is refused with the reason.
+    # The first owner's lease is still valid: no takeover, and the message is refused as retryable
+    # (UNAVAILABLE: its owner cannot be reached), with when to retry.
     with pytest.raises(grpc.RpcError) as err:
         stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hi", request_id="r1"), timeout=10)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "lease is valid until" in (err.value.details() or "")
     # The survivor takes the chat over by itself (failover), once the lease expired.
     taken, _ = wait_chat(stub, chat.id, lambda c: c.runtime.supervisor_id == "sup-other"

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,11 +177,14 @@ async def test_stop_kills_whole_group_including_grandchild(tmp_path: Path, warm:
     run = _spawn(tmp_path, code, warm=warm)
     fut: asyncio.Future[procs.ExitInfo] = asyncio.get_running_loop().create_future()
     assert procs.watch(run, lambda r, info: fut.set_result(info))
-    for _ in range(500):
-        if "grandchild" in procs.tail_text(run.log_path):
+    line = None
+    for _ in range(2000):  # the whole line: a read can catch the word before the pid is written
+        line = re.search(r"^grandchild (\d+)$", procs.tail_text(run.log_path), re.M)
+        if line:
             break
         await asyncio.sleep(0.01)
-    grandchild = int(procs.tail_text(run.log_path).split()[-1])
+    assert line, procs.tail_text(run.log_path)
+    grandchild = int(line.group(1))
     members = procs.group_members(run.monitor_pid)
     assert {run.monitor_pid, run.pid, grandchild} <= set(members)
     left = await procs.stop_group(run, grace=0.3)
