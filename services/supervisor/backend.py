@@ -112,6 +112,11 @@ class Leftover:
     outcome: str  # "ended", "killed after the grace", "still alive"
 
 
+def describe_leftovers(leftovers: list[Leftover]) -> str:
+    """E.g. "agent of run 1 pid 4242 ended; descendant of run 1 pid 4243 killed after the grace"."""
+    return "; ".join(f"{lo.what} pid {lo.pid} {lo.outcome}" for lo in leftovers)
+
+
 ExitCallback = Callable[[RunHandle, ExitInfo], None]
 
 

@@ -125,11 +125,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 if not _unreachable(exc):
                     await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
                 # A read needs no owner: answer from the record (the tail kept with it).
-        return chat_pb2.GetChatResponse(chat=await self.m.get_chat(request.chat_id))
+        return chat_pb2.GetChatResponse(chat=await self.m.views.get_chat(request.chat_id))
 
     async def ListChats(self, request: chat_pb2.ListChatsRequest,
                         context: grpc.aio.ServicerContext) -> chat_pb2.ListChatsResponse:
-        return await self.m.list_chats(request)
+        return await self.m.views.list_chats(request)
 
     async def SendMessage(self, request: chat_pb2.SendMessageRequest,
                           context: grpc.aio.ServicerContext) -> chat_pb2.SendMessageResponse:
@@ -140,12 +140,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     async def ListChatMessages(self, request: chat_pb2.ListChatMessagesRequest,
                                context: grpc.aio.ServicerContext) -> chat_pb2.ListChatMessagesResponse:
-        return await self.m.list_messages(request)
+        return await self.m.views.list_messages(request)
 
     async def WatchChatMessages(self, request: chat_pb2.WatchChatMessagesRequest,
                                 context: grpc.aio.ServicerContext
                                 ) -> AsyncIterator[chat_pb2.WatchChatMessagesResponse]:
-        async for item in self.m.watch_messages(request):
+        async for item in self.m.views.watch_messages(request):
             yield item
 
     async def StopChat(self, request: chat_pb2.StopChatRequest,
@@ -185,7 +185,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     async def WatchChat(self, request: chat_pb2.WatchChatRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[chat_pb2.WatchChatResponse]:
-        async for chat in self.m.watch_chat(request.chat_id):
+        async for chat in self.m.views.watch_chat(request.chat_id):
             yield chat_pb2.WatchChatResponse(chat=chat)
 
     async def StreamChatLog(self, request: chat_pb2.StreamChatLogRequest,
@@ -194,7 +194,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             async for forwarded in self._forward_stream(route, "StreamChatLog", request, context):
                 yield forwarded
             return
-        async for item in self.m.stream_log(request):
+        async for item in self.m.views.stream_log(request):
             yield item
 
 

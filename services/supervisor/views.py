@@ -1,5 +1,6 @@
-"""What clients see of a chat: the Chat message built from the graph record, and the event bus
-that streams changes to WatchChat.
+"""What clients see of a chat: the Chat message built from the graph record (`to_chat`, pure), and
+the read paths of ChatService (`ChatViews`: GetChat, ListChats, WatchChat, the chat's messages and
+its run log), which change nothing.
 
 Truthful now vs history: `Chat.pid` is set only while a run of the chat lives (the runs keep their
 pids as history) — not once its supervisor's lease lapsed, as the run fenced itself by then
@@ -12,12 +13,21 @@ so what it shows is what is recorded.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
+from services.supervisor import agentenv
+from services.supervisor.backend import RunBackend
+from services.supervisor.clients import GraphClient
+from services.supervisor.clock import Clock
+from services.supervisor.live import ChatLive
 from services.supervisor.redact import Redactor
-from wgs.common import chat_states, validation
+from wgs.common import chat_states, errors, validation
 from wgs.common.timeutil import from_ts
 from wgs.v1 import chat_pb2, runtime_pb2, task_pb2
+
+LOG_CHUNK = 64 * 1024
 
 
 def chat_name(task: task_pb2.Task) -> str:
@@ -69,3 +79,145 @@ def to_chat(task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, *, redactor: 
     tail = live_tail if live_tail else runtime.current_run.stderr_tail
     chat.stderr_tail = redactor.text(tail)
     return chat
+
+
+class ChatViews:
+    """The read paths of ChatService. `held(chat_id)`: what this supervisor holds of the chat (its
+    live run, for the live tail and to follow its log; its redactor, which knows the run's own
+    credentials), None for a chat it does not own."""
+
+    def __init__(self, graph: GraphClient, backend: RunBackend, clock: Clock,
+                 held: Callable[[str], ChatLive | None]) -> None:
+        self.graph = graph
+        self.backend = backend
+        self.clock = clock
+        self._held = held
+
+    def redactor(self, chat_id: str, runtime: runtime_pb2.ChatRuntime) -> Redactor:
+        live = self._held(chat_id)
+        if live is not None and live.redactor:
+            return live.redactor
+        return agentenv.redactor_for(runtime.plan)
+
+    def view(self, task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, live_tail: str | None = None
+             ) -> chat_pb2.Chat:
+        return to_chat(task, runtime, redactor=self.redactor(task.id, runtime), live_tail=live_tail,
+                       now=self.clock.now())
+
+    async def get_chat(self, chat_id: str) -> chat_pb2.Chat:
+        validation.chat_id(chat_id)
+        rec = await self.graph.record(chat_id)
+        live = self._held(chat_id)
+        tail = None
+        if live is not None and live.run is not None and run_is_live(rec.runtime):
+            tail = await asyncio.to_thread(self.backend.tail, live.run)
+        return self.view(rec.task, rec.runtime, live_tail=tail)
+
+    async def list_chats(self, req: chat_pb2.ListChatsRequest) -> chat_pb2.ListChatsResponse:
+        size = validation.page_size(req.page_size)
+        resp = await self.graph.list_records(include_ended=req.include_ended, page_size=size,
+                                             page_token=req.page_token)
+        return chat_pb2.ListChatsResponse(chats=[self.view(c.task, c.runtime) for c in resp.chats],
+                                          next_page_token=resp.next_page_token)
+
+    async def watch_chat(self, chat_id: str) -> AsyncIterator[chat_pb2.Chat]:
+        """The chat now, then each change of it as the graph records it (whoever made it: this
+        supervisor, the agent's own reports, a Reconcile, another replica). "" watches every chat."""
+        if chat_id:
+            validation.chat_id(chat_id)
+        changes = self.graph.watch_records(chat_id)
+        first = asyncio.ensure_future(anext(changes))  # subscribed before the snapshot: nothing is missed
+        try:
+            if chat_id:
+                yield await self.get_chat(chat_id)
+            else:
+                async for rec in self.graph.all_records():
+                    yield self.view(rec.task, rec.runtime)
+            rec = await first
+            while True:
+                yield self.view(rec.task, rec.runtime)
+                rec = await anext(changes)
+        finally:
+            # `first` runs `changes` in a task of its own: let it end before closing the generator
+            # (closing it while it runs raises "aclose(): asynchronous generator is already running").
+            first.cancel()
+            await asyncio.wait({first})
+            if not first.cancelled():
+                first.exception()  # retrieved: a graph error after the watcher left concerns nobody
+            await changes.aclose()
+
+    async def list_messages(self, req: chat_pb2.ListChatMessagesRequest) -> chat_pb2.ListChatMessagesResponse:
+        validation.chat_id(req.chat_id)
+        if req.after_seq < 0:
+            raise errors.InvalidArgument(f"after_seq must not be negative, got {req.after_seq}", "after_seq")
+        size = validation.page_size(req.page_size)
+        resp = await self.graph.list_messages(req.chat_id, req.after_seq, size, req.page_token)
+        return chat_pb2.ListChatMessagesResponse(messages=list(resp.messages), next_page_token=resp.next_page_token)
+
+    async def watch_messages(self, req: chat_pb2.WatchChatMessagesRequest
+                             ) -> AsyncIterator[chat_pb2.WatchChatMessagesResponse]:
+        validation.chat_id(req.chat_id)
+        if req.after_seq < 0:
+            raise errors.InvalidArgument(f"after_seq must not be negative, got {req.after_seq}", "after_seq")
+        async for item in self.graph.watch_messages(req.chat_id, req.after_seq, req.include_partial):
+            if item.HasField("partial"):
+                yield chat_pb2.WatchChatMessagesResponse(partial=item.partial)
+            else:
+                yield chat_pb2.WatchChatMessagesResponse(message=item.message)
+
+    async def stream_log(self, req: chat_pb2.StreamChatLogRequest) -> AsyncIterator[chat_pb2.StreamChatLogResponse]:
+        """The run file of a chat, redacted; with follow, until the run ends."""
+        validation.chat_id(req.chat_id)
+        rec = await self.graph.record(req.chat_id)
+        rt = rec.runtime
+        runs = [r for r in (rt.current_run, *rt.previous_runs) if r.number]
+        if req.run == 0:
+            run = runs[0] if runs else None
+        elif req.run == -1:
+            run = runs[1] if len(runs) > 1 else None
+        else:
+            run = next((r for r in runs if r.number == req.run), None)
+        if run is None:
+            what = {0: "no run yet", -1: "no previous run"}.get(req.run, f"no run {req.run} (kept: "
+                                                                          f"{', '.join(str(r.number) for r in runs)})")
+            raise errors.NotFound(f"chat {req.chat_id} has {what}")
+        redactor = self.redactor(req.chat_id, rt)
+        path = self.backend.log_path(req.chat_id, run.number)
+        live = self._held(req.chat_id)
+        handle = live.run if live is not None and live.run is not None and live.run.number == run.number else None
+        try:
+            fh = await asyncio.to_thread(open, path, "rb")
+        except OSError:
+            yield chat_pb2.StreamChatLogResponse(data=redactor.text(run.stderr_tail).encode(), run_number=run.number,
+                                                 ended=True, from_record=True)
+            return
+        try:
+            pending = b""
+            while True:
+                data = await asyncio.to_thread(fh.read, LOG_CHUNK)
+                if data:
+                    pending += data
+                    cut = pending.rfind(b"\n") + 1  # redact whole lines only (a secret never spans a cut)
+                    if cut:
+                        text = redactor.text(pending[:cut].decode("utf-8", "replace"))
+                        pending = pending[cut:]
+                        yield chat_pb2.StreamChatLogResponse(data=text.encode(), run_number=run.number)
+                    continue
+                if not req.follow or handle is None or handle.ended.is_set():
+                    if pending:
+                        yield chat_pb2.StreamChatLogResponse(
+                            data=redactor.text(pending.decode("utf-8", "replace")).encode(), run_number=run.number)
+                    if handle is not None and req.follow:
+                        # The follower asks how it ended next: answer once the end is recorded.
+                        try:
+                            await asyncio.wait_for(handle.recorded_event.wait(), 10.0)
+                        except TimeoutError:
+                            pass
+                    yield chat_pb2.StreamChatLogResponse(run_number=run.number, ended=bool(req.follow))
+                    return
+                try:
+                    await asyncio.wait_for(handle.ended.wait(), 0.25)
+                except TimeoutError:
+                    pass
+        finally:
+            fh.close()

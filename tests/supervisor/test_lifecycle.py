@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from services.supervisor.backend import Leftover, SpawnFailed
-from services.supervisor.lifecycle import Lifecycle, Transition
+from services.supervisor.lifecycle import Lifecycle
+from services.supervisor.live import Transition
 from tests.supervisor.inprocess import World, make_world
 from wgs.common import chat_states
 from wgs.common.errors import FailedPrecondition, InvalidArgument
@@ -297,7 +298,7 @@ async def test_lost_chats_are_dropped_and_never_resumed(world: World, sup: Lifec
     await world.records.claim_chat(rs.ClaimChatRequest(chat_id=chat.id, supervisor_id="sup-b", lease_seconds=30))
     await world.clock.advance(10)  # the next renewal learns it
     assert world.backend.live(chat.id) == []  # its run was ended, not left beside the new owner's
-    assert chat.id not in sup._held()
+    assert chat.id not in sup.held_chats()
     rt = (await record(world, chat.id)).runtime
     assert rt.supervisor_id == "sup-b"
 
@@ -324,20 +325,20 @@ async def test_what_is_shown_is_redacted_and_true_now(world: World, sup: Lifecyc
     chat = await create(sup, command=[], executor="native", endpoint="lab")
     token = world.backend.spawned[0].env["WGS_TOKEN"]
     world.backend.tails[chat.id] = f"using key {SECRET}\ntoken {token}\nboom\n"
-    shown = await sup.get_chat(chat.id)
+    shown = await sup.views.get_chat(chat.id)
     assert SECRET not in shown.stderr_tail and token not in shown.stderr_tail and "boom" in shown.stderr_tail
     world.backend.exit(chat.id, 1, sig=11)
     await world.settle()
     rt = (await record(world, chat.id)).runtime
     tail = runs(rt)[1].stderr_tail  # the tail kept with the run, shown in previous_runs later
     assert "boom" in tail and SECRET not in tail and token not in tail
-    listed = await sup.list_chats(chat_pb2.ListChatsRequest())
+    listed = await sup.views.list_chats(chat_pb2.ListChatsRequest())
     assert listed.chats[0].pid == 0 and listed.chats[0].runtime.state == R.RUNTIME_STATE_BACKOFF
 
 
 async def test_watch_chat_of_every_chat_keeps_streaming_after_the_snapshot(world: World, sup: Lifecycle) -> None:
     old = await create(sup)
-    stream = sup.watch_chat("")
+    stream = sup.views.watch_chat("")
     first = await anext(stream)
     assert first.id == old.id
     new = await create(sup)
@@ -365,10 +366,10 @@ async def test_a_chat_whose_supervisor_lapsed_says_so_and_shows_no_live_pid(worl
     await b.close()  # frozen or lost: it renews no more
     reader = world.supervisor("sup-a")  # any replica answering reads (not started: no takeover here)
     await world.clock.advance(29)
-    assert (await reader.get_chat(chat.id)).pid == chat.pid  # the lease still holds: the agent may run
+    assert (await reader.views.get_chat(chat.id)).pid == chat.pid  # the lease still holds: the agent may run
     await world.clock.advance(2)
-    shown = await reader.get_chat(chat.id)
+    shown = await reader.views.get_chat(chat.id)
     assert shown.runtime.state == R.RUNTIME_STATE_RUNNING  # the record's last word ...
     assert shown.pid == 0 and "supervisor 'sup-b' has not renewed its lease" in shown.owner_notice  # ... and now
-    listed = (await reader.list_chats(chat_pb2.ListChatsRequest())).chats[0]
+    listed = (await reader.views.list_chats(chat_pb2.ListChatsRequest())).chats[0]
     assert listed.pid == 0 and listed.owner_notice == shown.owner_notice
