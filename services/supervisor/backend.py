@@ -90,6 +90,7 @@ class RunHandle:
     stop_reason: str = ""  # set when wgs stops it ("StopChat", "shutdown", ...): a stop, not a crash
     exit: ExitInfo | None = None  # once the end is known
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    leftovers_checked: bool = False  # after an unknown end: what lived of the run was proven and ended
     recorded: bool = False  # the end is recorded in the graph
     recorded_event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -108,8 +109,12 @@ class Leftover:
     """A process of an earlier run of a chat that was still alive before a restart, and its fate."""
 
     pid: int
-    what: str  # "agent", "descendant of the agent", ...
+    what: str  # "agent of run 2 (sh)", "descendant of run 2 (sleep)", "monitor of run 2", ...
     outcome: str  # "ended", "killed after the grace", "still alive"
+
+    @property
+    def is_agent(self) -> bool:
+        return self.what.startswith("agent")
 
 
 def describe_leftovers(leftovers: list[Leftover]) -> str:

@@ -352,6 +352,8 @@ class Lifecycle:
             if live.run is handle:
                 live.run = None
             assert handle.exit is not None
+            if handle.exit.unknown and not handle.stop_reason and not handle.leftovers_checked:
+                handle.exit = await self._end_orphaned(live, handle, handle.exit)
             try:
                 await self.record_end(live, handle, handle.exit)
             except errors.Unavailable as exc:
@@ -362,9 +364,28 @@ class Lifecycle:
                 log.error("the end of %s run %d was not recorded: %s", handle.chat_id, handle.number, exc.message,
                           extra=fields(chat_id=handle.chat_id))
 
+    async def _end_orphaned(self, live: ChatLive, handle: RunHandle, info: ExitInfo) -> ExitInfo:
+        """The run's monitor ended without recording how the run ended (it was killed): the agent and
+        its descendants may live on, unsupervised. Prove what lives of the run (the agent's pid and
+        start ticks, its descendants, the run's cgroup or marker) and end it (SIGTERM, the stop grace,
+        SIGKILL) before the end is recorded and before any restart; the words go on the run (lock held)."""
+        record = handle.record()
+        record.supervisor_id = self.me
+        leftovers = await self.backend.end_leftovers(live.chat_id, [record], self.s.stop_grace)
+        handle.leftovers_checked = True
+        if leftovers:
+            note = f"{describe_leftovers(leftovers)} before restart"
+            log.warning("%s run %d: %s; %s", live.chat_id, handle.number, info.error or info.describe(), note,
+                        extra=fields(chat_id=live.chat_id, run=handle.number, pids=[lo.pid for lo in leftovers]))
+        else:
+            note = f"no process of run {handle.number} was left"
+        descendants = sum(1 for lo in leftovers if not lo.is_agent)
+        return dataclasses.replace(info, error=f"{info.error or info.describe()}; {note}",
+                                   leftovers=info.leftovers + descendants)
+
     async def record_end(self, live: ChatLive, handle: RunHandle, info: ExitInfo, *,
-                          task_status: int | None = None, add_tags: tuple[str, ...] = (), resume: bool = False,
-                          lost_detail: str = "", stay_stopped: bool = False) -> runtime_pb2.ChatRuntime:
+                         task_status: int | None = None, add_tags: tuple[str, ...] = (), resume: bool = False,
+                         lost_detail: str = "", stay_stopped: bool = False) -> runtime_pb2.ChatRuntime:
         """Decide what follows a run's end, then trace, log and record it (lock held).
 
         `stay_stopped`: the chat was stopped while this supervisor was away (Reconcile): the run's

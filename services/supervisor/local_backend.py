@@ -30,7 +30,7 @@ def _signal_name(number: int | None) -> str:
 def _exit_info(info: procs.ExitInfo) -> ExitInfo:
     unknown = info.exit_code is None and info.signal is None
     error = info.error
-    if unknown and info.monitor_signal is not None and "monitor" not in error:
+    if unknown and info.monitor_signal is not None:
         error = f"run monitor died ({_signal_name(info.monitor_signal)}) without an exit record"
     return ExitInfo(
         exit_code=info.exit_code, signal=info.signal, exited_at=info.exited_at, error=error,

@@ -123,7 +123,8 @@ class DirectStub:
 class FakeRun:
     handle: RunHandle
     callback: ExitCallback | None = None
-    alive: bool = True
+    alive: bool = True  # the agent (and so the run) lives
+    monitor: bool = True  # its run monitor lives (False: killed, the agent unsupervised if alive)
     exit: ExitInfo | None = None
     stops: int = 0
 
@@ -195,6 +196,17 @@ class FakeBackend:
             callback, run.callback = run.callback, None
             callback(run.handle, run.exit)
 
+    def kill_monitor(self, chat_id: str, number: int) -> None:
+        """`kill -9` of the run's monitor: the supervisor learns the monitor ended without an exit
+        record (as LocalProcessBackend reports it); the agent lives on until someone ends it."""
+        run = self.runs[(chat_id, number)]
+        run.monitor = False
+        run.exit = ExitInfo(None, None, self.now(), error="run monitor died (SIGKILL) without an exit record",
+                            unknown=True)
+        if run.callback is not None:
+            callback, run.callback = run.callback, None
+            callback(run.handle, run.exit)
+
     def live(self, chat_id: str) -> list[int]:
         return [n for (c, n), r in self.runs.items() if c == chat_id and r.alive]
 
@@ -211,14 +223,19 @@ class FakeBackend:
 
     def adopt(self, chat_id: str, run: runtime_pb2.Run) -> RunHandle | None:
         fake = self.runs.get((chat_id, run.number))
-        if fake is None or not fake.alive or fake.handle.pid != run.pid:
+        if fake is None or not fake.alive or not fake.monitor or fake.handle.pid != run.pid:
             return None
         return fake.handle
 
     async def end_leftovers(self, chat_id: str, runs: list[runtime_pb2.Run], grace: float) -> list[Leftover]:
         self.end_leftovers_calls.append((chat_id, [r.number for r in runs]))
         found = self.leftovers.pop(chat_id, [])
-        for lo in found:  # an agent whose monitor died: ending it ends its run
+        for r in runs:  # an agent whose monitor was killed, named by its record (pid and start ticks)
+            fake = self.runs.get((chat_id, r.number))
+            if (fake is not None and fake.alive and not fake.monitor and fake.handle.pid == r.pid
+                    and fake.handle.start_ticks == r.process_start_ticks):
+                found.append(Leftover(pid=r.pid, what=f"agent of run {r.number}", outcome="ended"))
+        for lo in found:  # ending an agent whose monitor died ends its run
             for (c, _n), fake in self.runs.items():
                 if c == chat_id and fake.handle.pid == lo.pid:
                     fake.alive = False

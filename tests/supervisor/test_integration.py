@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
 
+from services.supervisor import procs
 from tests.supervisor.conftest import Stack, pid_alive, wait_chat, wait_gone, wait_output
+from wgs.common import procfs
 from wgs.v1 import chat_pb2, graph_pb2, plan_pb2, runtime_pb2, task_pb2
 
 PY = sys.executable
@@ -205,6 +209,49 @@ def test_exit_while_supervisor_down_is_explained(stack: Stack, tmp_path: Path) -
     got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
     first = next(r for r in [got.runtime.current_run, *got.runtime.previous_runs] if r.number == 1)
     assert first.exit_code == 4
+
+
+def _marked(state_dir: Path, chat_id: str) -> dict[int, int]:
+    """Live processes carrying a run marker (WGS_RUN_ID) of the chat: pid -> run number."""
+    markers = {procs.run_marker(state_dir, chat_id, n).encode(): n for n in range(1, 10)}
+    found: dict[int, int] = {}
+    for pid in procfs.pids():
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for entry in env:
+            key, _, value = entry.partition(b"=")
+            if key == procs.RUN_ID_VAR.encode() and value in markers and pid_alive(pid):
+                found[pid] = markers[value]
+    return found
+
+
+def test_killed_run_monitor_its_agent_is_ended_before_the_restart(stack: Stack) -> None:
+    """kill -9 of a run's monitor while the supervisor runs: the agent (and the child it forked) is
+    proven and ended before the end is recorded and before the restart; one agent afterwards."""
+    forking = [PY, "-c", "import subprocess, time\nsubprocess.Popen(['sleep', '600'])\n"
+                         "print('agent up', flush=True)\ntime.sleep(600)"]
+    chat = create(stack, forking).chat
+    run = chat.runtime.current_run
+    wait_output(run.stderr_path, "agent up")  # the agent and its child run
+    assert sorted(_marked(stack.state_dir, chat.id).values()) == [1, 1]
+    os.kill(run.monitor_pid, signal.SIGKILL)  # the test's own run monitor (pid from the record)
+    stub = stack.chat()
+    done, _ = wait_chat(stub, chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_RUNNING
+                        and c.runtime.current_run.number == 2)
+    first = next(r for r in done.runtime.previous_runs if r.number == 1)
+    assert first.end == RS.RUN_END_UNKNOWN
+    assert first.error.startswith("run monitor died (SIGKILL) without an exit record; ")
+    assert "agent of run 1 (" in first.error and f") pid {run.pid} ended" in first.error
+    assert "descendant of run 1 (sleep) pid " in first.error and first.error.endswith(" before restart")
+    assert first.leftovers_ended == 1  # the child it forked
+    assert done.runtime.restart_count == 0  # not the agent's fault
+    assert not procfs.is_alive(run.pid, run.process_start_ticks)
+    wait_output(done.runtime.current_run.stderr_path, "agent up")
+    marked = _marked(stack.state_dir, chat.id)
+    assert set(marked.values()) == {2} and len(marked) == 2  # run 2's agent and its child, nothing of run 1
+    assert done.runtime.current_run.pid in marked
 
 
 def test_concurrent_create_and_idempotent_request_id(stack: Stack) -> None:

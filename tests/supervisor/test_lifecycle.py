@@ -270,6 +270,30 @@ async def test_a_restarted_supervisor_adopts_a_live_run_and_records_a_dead_ones_
     assert (starting.id, [1]) in world.backend.end_leftovers_calls  # proved before spawning
 
 
+async def test_a_killed_run_monitor_its_agent_is_ended_before_the_end_is_recorded_and_the_restart(
+        world: World, sup: Lifecycle) -> None:
+    chat, gone = await create(sup), await create(sup)
+    world.backend.kill_monitor(chat.id, 1)  # kill -9 of the monitor: the agent lives on, unsupervised
+    world.backend.runs[(gone.id, 1)].alive = False  # ... here the agent had died with it
+    world.backend.kill_monitor(gone.id, 1)
+    await world.settle()
+    rt = (await record(world, chat.id)).runtime
+    first = runs(rt)[1]
+    # Proven and ended before the end was recorded, and said on the run and in last_error:
+    expected = f"run monitor died (SIGKILL) without an exit record; agent of run 1 pid {chat.pid} ended before restart"
+    assert first.end == R.RUN_END_UNKNOWN and first.error == expected
+    assert rt.state == R.RUNTIME_STATE_BACKOFF and rt.last_error == f"{expected}; restarting now"
+    assert world.backend.live(chat.id) == [] and len(world.backend.spawned) == 2  # ended before any restart
+    assert world.backend.end_leftovers_calls[0] == (chat.id, [1])
+    gone_run = runs((await record(world, gone.id)).runtime)[1]
+    assert gone_run.error == "run monitor died (SIGKILL) without an exit record; no process of run 1 was left"
+    await world.clock.advance(0)  # not the agent's fault: restarted at once, not counted
+    for c in (chat, gone):
+        rt = (await record(world, c.id)).runtime
+        assert rt.state == R.RUNTIME_STATE_RUNNING and rt.current_run.number == 2 and rt.restart_count == 0
+        assert world.backend.live(c.id) == [2]  # one agent
+
+
 async def test_a_live_chat_keeps_its_lease_and_survives_reconcile(world: World, sup: Lifecycle) -> None:
     chat = await create(sup)
     for _ in range(9):  # 90 s: far past one lease (30 s)
