@@ -508,7 +508,7 @@ class Lifecycle:
                 log.info("respawning %s for a message (state %s)", task.id, chat_states.name(runtime.state),
                          extra=fields(chat_id=task.id))
                 task, runtime = await self.respawn(live, task, runtime, reason="agent started for a new message")
-                respawned = True
+                respawned = runtime.state == chat_states.RUNNING  # not when its plan was refused or its spawn failed
         return chat_pb2.SendMessageResponse(message=msg.message, respawned=respawned, runtime=runtime)
 
     async def _stop_run(self, live: ChatLive, reason: str, *, task_status: int | None = None,

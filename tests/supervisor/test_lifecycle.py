@@ -101,6 +101,39 @@ async def test_the_pre_spawn_log_line_comes_before_the_spawn(world: World, sup: 
     assert pre and "stderr=" in pre[0] and str(world.backend.log_path(chat.id, 1)) in pre[0]
 
 
+async def test_a_plan_refused_later_fails_the_existing_chat_with_dispatchs_words(world: World,
+                                                                                sup: Lifecycle) -> None:
+    """The config changed after the chat was created: its next spawn cannot be planned. Retrying
+    cannot help until a person fixes the config: FAILED with dispatch's words, nothing spawned."""
+    idle, crashed, restarted = [await create(sup, command=[], executor="native", endpoint="lab") for _ in range(3)]
+    world.backend.exit(idle.id, 1, code=0)  # EXITED: respawned on the next message
+    world.backend.exit(crashed.id, 1, code=1)  # BACKOFF: respawned by the timer
+    await world.settle()
+    config = world.tmp / "config.toml"
+    good = config.read_text()
+    replacement = world.tmp / "config.toml.new"
+    replacement.write_text('[defaults]\nmodel = "qwen3-coder"\n')  # the endpoint 'lab' was removed
+    replacement.replace(config)
+    spawned = len(world.backend.spawned)
+
+    resp = await sup.send_message(chat_pb2.SendMessageRequest(chat_id=idle.id, text="still there?"))
+    assert resp.message.content == "still there?"  # the message is kept ...
+    assert not resp.respawned and resp.runtime.state == R.RUNTIME_STATE_FAILED  # ... but no agent started
+    await world.clock.advance(world.restart_delay(crashed.id) or 0)
+    await sup.restart_chat(restarted.id)
+    for chat in (idle, crashed, restarted):
+        rt = (await record(world, chat.id)).runtime
+        assert rt.state == R.RUNTIME_STATE_FAILED, chat.id
+        assert rt.last_error.startswith("cannot plan the agent: endpoint 'lab' is not configured (known: none) in ")
+        assert rt.last_error.endswith(f"fix the chat or config.toml, then `wgs chat restart {chat.id}`")
+        assert world.restart_delay(chat.id) is None  # no retry: it cannot help
+    assert len(world.backend.spawned) == spawned and world.backend.live(restarted.id) == []
+
+    config.write_text(good)  # fixed: RestartChat starts it again
+    again = await sup.restart_chat(idle.id)
+    assert again.runtime.state == R.RUNTIME_STATE_RUNNING and again.runtime.last_error == ""
+
+
 # -- failure classes and the restart policy ----------------------------------------------------------
 
 
