@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from services.graph import db
 from services.graph.records import ChatRecords
 from services.graph.store import GraphStore
+from wgs.common import procfs
 from wgs.common.errors import (
     Aborted,
     AlreadyExists,
@@ -35,8 +37,8 @@ def chat_req(**kw: object) -> rs.CreateChatTaskRequest:
 
 
 def run(number: int, pid: int = 1000, **kw: object) -> runtime_pb2.Run:
-    return runtime_pb2.Run(number=number, pid=pid, argv=["wgs-agent", "native"], hostname="test-host",
-                           **kw)  # type: ignore[arg-type]
+    kw.setdefault("hostname", "test-host")
+    return runtime_pb2.Run(number=number, pid=pid, argv=["wgs-agent", "native"], **kw)  # type: ignore[arg-type]
 
 
 async def count_rows(store: GraphStore, table: str) -> int:
@@ -368,6 +370,24 @@ async def test_reconcile_needs_proof(store: GraphStore, records: ChatRecords) ->
     for untouched in (valid, no_lease, "unassigned", "assigned"):
         assert (await store.get_task(g.GetTaskRequest(id=untouched))).task.status == S.TASK_STATUS_IN_PROGRESS
     assert (await store.reconcile(g.ReconcileRequest())).actions == []
+
+
+async def test_reconcile_judges_leases_only_a_valid_lease_keeps_a_chat_whose_recorded_pid_is_dead(
+        store: GraphStore, records: ChatRecords) -> None:
+    """The graph may run on another host than the agent (another pod), so a pid means nothing to it:
+    while the owner's lease is valid the owner is alive and acting on the chat, whatever the pid."""
+    no_such_pid = 1 << 22  # PID_MAX_LIMIT of 64-bit Linux: no process has this pid
+    assert procfs.start_ticks(no_such_pid) is None
+    chat = (await records.create_chat_task(chat_req(lease_seconds=600))).task.id
+    await records.record_run_started(rs.RecordRunStartedRequest(
+        chat_id=chat, supervisor_id="sup-a",
+        run=run(1, pid=no_such_pid, process_start_ticks=12345, hostname=socket.gethostname())))
+    resp = await store.reconcile(g.ReconcileRequest())
+    assert resp.actions == [] and [k.task_id for k in resp.kept] == [chat]
+    assert "lease of supervisor 'sup-a' valid until" in resp.kept[0].reason
+    rec = await records.get_chat_record(rs.GetChatRecordRequest(chat_id=chat))
+    assert rec.task.status == S.TASK_STATUS_IN_PROGRESS and rec.runtime.state == R.RUNTIME_STATE_RUNNING
+    assert rec.runtime.current_run.pid == no_such_pid and not rec.runtime.current_run.HasField("exited_at")
 
 
 async def test_reconcile_keeps_a_chat_parked_by_its_supervisors_shutdown(store: GraphStore,

@@ -34,6 +34,9 @@ from services.supervisor.settings import SupervisorSettings
 from wgs.v1 import runtime_pb2
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+# Fake runs get pids from here up: PID_MAX_LIMIT of 64-bit Linux (pid_max can be at most 2**22), so no
+# process on the host has one, and a check of a fake pid against /proc can only say "not running".
+NO_SUCH_PID = 1 << 22
 
 
 class _Timer:
@@ -144,7 +147,7 @@ class FakeBackend:
     end_leftovers_calls: list[tuple[str, list[int]]] = field(default_factory=list)
     on_spawn: Callable[[RunSpec], None] | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)  # the world's clock: uptimes are in its time
-    _pids: itertools.count[int] = field(default_factory=lambda: itertools.count(4000))
+    _pids: itertools.count[int] = field(default_factory=lambda: itertools.count(NO_SUCH_PID, 2))
 
     def prime(self) -> None:
         pass
@@ -160,7 +163,7 @@ class FakeBackend:
             raise self.fail_next.pop(0)
         pid = next(self._pids)
         handle = RunHandle(chat_id=spec.chat_id, number=spec.number, pid=pid, start_ticks=pid * 10,
-                           monitor_pid=pid + 10_000, monitor_start_ticks=pid * 10 - 1,
+                           monitor_pid=pid + 1, monitor_start_ticks=pid * 10 - 1,
                            log_path=self.log_path(spec.chat_id, spec.number), argv=list(spec.display_argv),
                            started_at=self.now(), hostname=self.hostname)
         self.runs[(spec.chat_id, spec.number)] = FakeRun(handle)

@@ -150,6 +150,24 @@ async def test_a_missing_executable_fails_at_once_with_the_fix_and_keeps_its_std
     assert world.restart_delay(chat.id) is None  # no retry scheduled
 
 
+async def test_a_retryable_spawn_failure_backs_off_and_keeps_its_stderr_path(world: World, sup: Lifecycle) -> None:
+    world.backend.fail_next.append(SpawnFailed("could not start the run monitor: [Errno 11] Resource temporarily "
+                                               "unavailable"))
+    world.backend.tails[".chat-1"] = "wgs: fork failed\n"
+    chat = await create(sup)
+    rt = chat.runtime
+    assert rt.state == R.RUNTIME_STATE_BACKOFF and "could not start the run monitor" in rt.last_error
+    run = rt.current_run
+    assert run.pid == 0 and run.end == R.RUN_END_SPAWN_FAILED and "Resource temporarily unavailable" in run.error
+    assert run.stderr_path == str(world.backend.log_path(chat.id, 1)) and run.stderr_tail == "wgs: fork failed\n"
+    delay = world.restart_delay(chat.id)
+    assert delay == 0.5
+    await world.clock.advance(delay)
+    again = (await record(world, chat.id)).runtime
+    assert again.state == R.RUNTIME_STATE_RUNNING and again.current_run.number == 2
+    assert runs(again)[1].stderr_path == run.stderr_path  # kept in the history
+
+
 async def test_an_agent_reporting_a_configuration_problem_fails_at_once(world: World, sup: Lifecycle) -> None:
     chat = await create(sup, command=[], executor="native", endpoint="lab")
     world.backend.tails[chat.id] = "starting\nwgs-agent: endpoint lab refused authentication: HTTP 401\n"
