@@ -349,15 +349,16 @@ def test_tls_verified_with_the_endpoints_ca_file_or_ca_bundle(agents: AgentRunne
     assert missing.wait() == 2 and "is not a readable file" in missing.error_lines()[0]
 
 
-def test_sigterm_during_the_start_check_exits_0_promptly(agents: AgentRunner, chat: Chat) -> None:
+def test_sigterm_during_the_start_check_exits_0_without_waiting_for_the_request(agents: AgentRunner,
+                                                                                  chat: Chat) -> None:
+    """SIGTERM interrupts a hanging start check: the agent exits 0 long before the request's read
+    timeout (600 s here) would have ended it."""
     with FakeOpenAI(models=["m"]) as fake:
         fake.models_hang = True
-        agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_AGENT_READ_TIMEOUT_SECONDS": "60"})
+        agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_AGENT_READ_TIMEOUT_SECONDS": "600"})
         fake.wait_path("/v1/models")
-        started = time.monotonic()
         agent.signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
-        assert time.monotonic() - started < 5
+        assert agent.wait(60) == 0
         assert chat.messages() == []
 
 

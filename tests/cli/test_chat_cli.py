@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_stack import SERVICES, cli_env, recorded, service_processes, wgs
+from tests.cli.test_stack import cli_env, recorded, service_processes, wgs
 from tests.harness import REPO, authed_channel
 from wgs.cli.procs import is_alive
 
@@ -29,12 +29,6 @@ def test_bad_chat_id_is_refused_before_any_call(tmp_path: Path) -> None:
     res = wgs(tmp_path, "chat", "show", "nope", env=cli_env(tmp_path, {"WGS_SUPERVISOR_ADDR": "127.0.0.1:1"}))
     assert res.returncode == 2
     assert res.stderr == "wgs: invalid chat id 'nope': use .chat-N, chat-N or N (for example .chat-3)\n"
-
-
-needs_stack = pytest.mark.skipif(
-    not all((REPO / "services" / s / "server.py").exists() for s in SERVICES),
-    reason="needs services/{graph,dispatch,supervisor}/server.py, not all present in this tree yet",
-)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +51,6 @@ def chat_cli(state: Path, *args: str, timeout: float = 90) -> subprocess.Complet
     return wgs(state, "chat", args[0], "--state-dir", str(state), *args[1:], timeout=timeout)
 
 
-@needs_stack
 def test_not_found_is_one_line_and_non_zero(stack: Path) -> None:
     res = chat_cli(stack, "show", "999")
     assert res.returncode == 1
@@ -66,7 +59,6 @@ def test_not_found_is_one_line_and_non_zero(stack: Path) -> None:
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
 
-@needs_stack
 def test_invalid_argument_is_one_line_and_non_zero(stack: Path) -> None:
     res = chat_cli(stack, "create", "--executor", "no-such-executor")
     assert res.returncode == 1
@@ -75,7 +67,6 @@ def test_invalid_argument_is_one_line_and_non_zero(stack: Path) -> None:
     assert res.stderr.count("\n") == 1
 
 
-@needs_stack
 def test_command_chat_lifecycle_through_the_cli(stack: Path, tmp_path: Path) -> None:
     script = "echo agent-started >&2; exec sleep 300"
     res = chat_cli(stack, "create", "--name", "sleeper", "--settle", "0.5", "--json", "--", "sh", "-c", script)
@@ -101,7 +92,6 @@ def test_command_chat_lifecycle_through_the_cli(stack: Path, tmp_path: Path) -> 
     assert not is_alive(doc["pid"], None)
 
 
-@needs_stack
 def test_an_agent_that_dies_at_once_fails_create_with_its_stderr(stack: Path) -> None:
     res = chat_cli(stack, "create", "--settle", "3", "--", "sh", "-c", "echo cannot-reach-endpoint >&2; exit 3")
     assert res.returncode == 1
@@ -109,7 +99,6 @@ def test_an_agent_that_dies_at_once_fails_create_with_its_stderr(stack: Path) ->
     assert "wgs chat show" in res.stderr
 
 
-@needs_stack
 def test_send_wait_times_out_loudly_when_nobody_answers(stack: Path) -> None:
     created = chat_cli(stack, "create", "--settle", "0", "--json", "--", "sleep", "300")
     assert created.returncode == 0, created.stderr
@@ -124,7 +113,6 @@ def test_send_wait_times_out_loudly_when_nobody_answers(stack: Path) -> None:
         chat_cli(stack, "delete", chat_id)
 
 
-@needs_stack
 def test_sweep_dry_run_keeps_live_chats(stack: Path) -> None:
     created = chat_cli(stack, "create", "--settle", "0", "--json", "--", "sleep", "300")
     chat_id = json.loads(created.stdout)["id"]
@@ -140,7 +128,6 @@ def test_sweep_dry_run_keeps_live_chats(stack: Path) -> None:
 
 
 
-@needs_stack
 def test_send_wait_ends_at_once_when_the_chat_is_stopped(stack: Path) -> None:
 
     from wgs.v1 import chat_pb2, chat_pb2_grpc
@@ -172,7 +159,6 @@ def test_send_wait_ends_at_once_when_the_chat_is_stopped(stack: Path) -> None:
         chat_cli(stack, "delete", chat_id)
 
 
-@needs_stack
 def test_native_chat_conversation_through_send_and_attach(stack: Path) -> None:
     from tests.fakes.fake_openai import FakeOpenAI
 
@@ -203,7 +189,6 @@ def test_native_chat_conversation_through_send_and_attach(stack: Path) -> None:
             chat_cli(stack, "delete", chat_id)
 
 
-@needs_stack
 def test_incident_unreachable_endpoint_fails_create_with_the_reason(stack: Path) -> None:
     res = chat_cli(stack, "create", "--executor", "native", "--model", "qwen3-coder",
                    "--endpoint", "http://127.0.0.1:1", "--settle", "5", "--json")
@@ -218,7 +203,6 @@ def test_incident_unreachable_endpoint_fails_create_with_the_reason(stack: Path)
     chat_cli(stack, "delete", doc["id"])
 
 
-@needs_stack
 def test_logs_follow_prints_until_the_run_ends(stack: Path) -> None:
     created = chat_cli(stack, "create", "--settle", "0", "--json", "--",
                        "sh", "-c", "echo first >&2; sleep 1.5; echo second >&2")

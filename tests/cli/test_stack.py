@@ -21,17 +21,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from tests.harness import REPO, base_env
 from tests.procscan import processes_of
 from wgs.cli.procs import is_alive
 
 SERVICES = ("graph", "dispatch", "supervisor")
-pytestmark = pytest.mark.skipif(
-    not all((REPO / "services" / s / "server.py").exists() for s in SERVICES),
-    reason="needs services/{graph,dispatch,supervisor}/server.py, not all present in this tree yet",
-)
 
 
 def cli_env(state: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

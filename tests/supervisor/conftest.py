@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from tests.harness import (
     start_service,
     test_database_urls,
 )
+from wgs.common import procfs
 from wgs.common.auth import SUPERVISOR
 from wgs.v1 import chat_pb2, chat_pb2_grpc, graph_pb2_grpc, runtime_pb2
 
@@ -120,21 +120,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    fd = None
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return not pid_alive(pid)
-    import select
-
-    try:
-        select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    end = time.monotonic() + 2
-    while pid_alive(pid) and time.monotonic() < end:  # a zombie awaiting its reaper counts as gone
-        time.sleep(0.01)
-    return not pid_alive(pid)
+    """Wait (poll on a pidfd) until `pid` has exited; a zombie awaiting its reaper counts as gone."""
+    return procfs.wait_exited(pid, None, timeout)
 
 
 def wait_output(path: str | Path, text: str, timeout: float = 20.0) -> None:

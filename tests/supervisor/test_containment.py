@@ -380,9 +380,17 @@ async def test_killed_monitor_its_live_agent_is_found_and_ended_before_a_restart
     _assert_cgroup_removed(run)
 
 
-async def test_ensure_runs_ended_covers_several_earlier_runs(tmp_path: Path, containment: str) -> None:
+async def test_ensure_runs_ended_covers_several_earlier_runs(tmp_path: Path, containment: str,
+                                                             fifos: tuple[Fifo, Path]) -> None:
     """Two earlier runs whose monitors were killed, and one that ended cleanly: all proven, all ended."""
-    runs = [_spawn(tmp_path, ["/bin/sleep", "1000"], number=n) for n in (1, 2)]
+    ready, _go_path = fifos
+    # Each agent says it runs (it has joined its cgroup and exec'd) before its monitor is killed. A
+    # monitor killed earlier leaves a child that has not joined yet: spawning run 3 then removes run
+    # 2's still-empty cgroup, and the child dies reporting its failed join to the dead monitor
+    # (SIGPIPE) — one earlier agent fewer to end, which made this test flaky.
+    runs = [_spawn(tmp_path, _sh('echo up > "$READY"; exec /bin/sleep 1000'), number=n) for n in (1, 2)]
+    for _ in runs:
+        assert await ready.line() == "up"
     for run in runs:
         exited = _watch(run, [])
         os.kill(run.monitor_pid, signal.SIGKILL)

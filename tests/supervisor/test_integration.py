@@ -107,18 +107,27 @@ def test_crash_loop_reaches_failed_with_growing_delays(stack: Stack) -> None:
     assert again.runtime.current_run.number == 5
 
 
-def test_idle_exit_then_lazy_respawn_on_message(stack: Stack) -> None:
-    chat = create(stack, [PY, "-c", "import time\ntime.sleep(1.1)"]).chat
+def test_idle_exit_then_lazy_respawn_on_message(stack: Stack, tmp_path: Path) -> None:
+    # Each run exits 0 (idle) when the test creates its flag file, and not before.
+    idle = [PY, "-c", "import os, time\n"
+                      f"flag = os.path.join({str(tmp_path)!r}, 'exit-' + os.environ['WGS_RUN_NUMBER'])\n"
+                      "while not os.path.exists(flag): time.sleep(0.02)\n"]
+    chat = create(stack, idle).chat
     stub = stack.chat()
+    (tmp_path / "exit-1").touch()
     exited, _ = wait_chat(stub, chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_EXITED)
     assert exited.runtime.current_run.exit_code == 0 and exited.runtime.last_error == ""
     resp = stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hello", request_id="m1"),
                             timeout=20)
     assert resp.respawned and resp.message.seq >= 1 and resp.message.request_id == "m1"
     assert resp.runtime.state == RS.RUNTIME_STATE_RUNNING and resp.runtime.current_run.number == 2
-    # A message to the running agent does not respawn it (the agent sleeps 1.1 s: still running now).
+    # A message to the running agent does not respawn it (run 2 runs until its flag exists).
     again = stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="more"), timeout=20)
     assert not again.respawned and again.runtime.current_run.number == 2
+    assert again.runtime.state == RS.RUNTIME_STATE_RUNNING
+    (tmp_path / "exit-2").touch()
+    done, _ = wait_chat(stub, chat.id, lambda c: c.runtime.state == RS.RUNTIME_STATE_EXITED)
+    assert done.runtime.current_run.number == 2 and done.runtime.current_run.exit_code == 0
 
 
 def _group_left(pgid: int) -> list[int]:

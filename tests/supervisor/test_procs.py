@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from services.supervisor import procs
+from wgs.common import procfs
 
 PY = sys.executable
 
@@ -95,14 +96,10 @@ def test_exit_file_written_after_parent_death(tmp_path: Path) -> None:
     _agent_pid, monitor_pid = map(int, out.stdout.split())
     exit_file = tmp_path / "chats" / ".chat-1" / "run-1.exit"
     assert not exit_file.exists()
+    ticks = procfs.start_ticks(monitor_pid)
+    assert ticks is not None
     marker.write_text("x")
-    fd = os.pidfd_open(monitor_pid)
-    try:
-        import select
-
-        assert select.select([fd], [], [], 10)[0], "monitor did not exit"
-    finally:
-        os.close(fd)
+    assert procfs.wait_exited(monitor_pid, ticks, 10), "monitor did not exit"
     info = procs.read_exit_file(exit_file)
     assert info is not None and info.exit_code == 7
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from services.supervisor import procs
+from wgs.common import procfs
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[2]
@@ -42,15 +42,8 @@ def _idle(w: procs.WarmMonitor) -> int:
 
 
 def _wait_gone(pid: int, limit: float = 10.0) -> None:
-    """Wait (pidfd) until `pid` has exited; a zombie awaiting a reaper other than us counts."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        assert select.select([fd], [], [], limit)[0], f"process {pid} did not exit within {limit}s"
-    finally:
-        os.close(fd)
+    """Wait (poll on a pidfd) until `pid` has exited; a zombie awaiting a reaper other than us counts."""
+    assert procfs.wait_exited(pid, None, limit), f"process {pid} did not exit within {limit}s"
 
 
 async def _wait_exit(run: procs.Run, limit: float = 10.0) -> procs.ExitInfo:
@@ -271,13 +264,11 @@ def test_idle_monitor_exits_when_the_supervisor_dies(tmp_path: Path) -> None:
     sup = subprocess.Popen([PY, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert sup.stdout is not None and sup.stdin is not None
     idle = int(sup.stdout.readline())
-    fd = os.pidfd_open(idle)
-    try:
-        sup.stdin.close()
-        assert sup.wait(timeout=10) == -signal.SIGKILL
-        assert select.select([fd], [], [], 10)[0], "the idle monitor outlived the supervisor"
-    finally:
-        os.close(fd)
+    ticks = procfs.start_ticks(idle)  # identity taken while the "supervisor" still holds it
+    assert ticks is not None
+    sup.stdin.close()
+    assert sup.wait(timeout=10) == -signal.SIGKILL
+    assert procfs.wait_exited(idle, ticks, 10), "the idle monitor outlived the supervisor"
     stat = Path(f"/proc/{idle}/stat")
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     assert not (tmp_path / "chats").exists()
