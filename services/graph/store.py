@@ -92,36 +92,36 @@ class _Conflict(Exception):
 
 def status_value(value: int, field: str) -> int:
     if value == S.TASK_STATUS_UNSPECIFIED or value not in S.TaskStatus.values():
-        raise InvalidArgument(f"{field} must be a task status such as TASK_STATUS_OPEN, got {value}")
+        raise InvalidArgument(f"{field} must be a task status such as TASK_STATUS_OPEN, got {value}", field)
     return value
 
 
 def _role(value: int) -> int:
     if value == S.MESSAGE_ROLE_UNSPECIFIED or value not in S.MessageRole.values():
-        raise InvalidArgument(f"role must be a message role such as MESSAGE_ROLE_USER, got {value}")
+        raise InvalidArgument(f"role must be a message role such as MESSAGE_ROLE_USER, got {value}", "role")
     return value
 
 
 def label(value: str, field: str, *, required: bool, max_len: int) -> str:
     """A one-line identifier-like string (supervisor id, actor, hostname): no control characters."""
     if required and not value:
-        raise InvalidArgument(f"{field} is required")
+        raise InvalidArgument(f"{field} is required", field)
     if len(value) > max_len:
-        raise InvalidArgument(f"{field} is too long: {len(value)} characters, at most {max_len}")
+        raise InvalidArgument(f"{field} is too long: {len(value)} characters, at most {max_len}", field)
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise InvalidArgument(f"{field} must not contain control characters (newlines, tabs, NUL)")
+        raise InvalidArgument(f"{field} must not contain control characters (newlines, tabs, NUL)", field)
     return value
 
 
 def tags_value(values: Sequence[str], field: str) -> list[str]:
     if len(values) > MAX_TAGS:
-        raise InvalidArgument(f"{field} has {len(values)} tags, at most {MAX_TAGS}")
+        raise InvalidArgument(f"{field} has {len(values)} tags, at most {MAX_TAGS}", field)
     return sorted({v.tag(t, f"{field} entry") for t in values})
 
 
 def non_negative(value: int, field: str) -> int:
     if value < 0:
-        raise InvalidArgument(f"{field} must not be negative, got {value}")
+        raise InvalidArgument(f"{field} must not be negative, got {value}", field)
     return value
 
 
@@ -130,7 +130,8 @@ def encode_token(value: str) -> str:
 
 
 def decode_token(token: str, check: Callable[[str], bool]) -> str:
-    bad = InvalidArgument("page_token is not valid: pass next_page_token from the previous response unchanged")
+    bad = InvalidArgument("page_token is not valid: pass next_page_token from the previous response unchanged",
+                          "page_token")
     if len(token) > 400:
         raise bad
     try:
@@ -338,14 +339,14 @@ class GraphStore:
     async def create_task(self, req: graph_pb2.CreateTaskRequest) -> graph_pb2.CreateTaskResponse:
         if req.id:
             if req.id.startswith("."):
-                raise InvalidArgument(f"id {req.id[:40]!r}: ids starting with '.' are reserved for chats")
+                raise InvalidArgument(f"id {req.id[:40]!r}: ids starting with '.' are reserved for chats", "id")
             v.task_id(req.id)
         v.text(req.title, "title", required=True, max_len=v.MAX_TITLE)
         v.text(req.description, "description", required=False, max_len=v.MAX_DESCRIPTION)
         status = S.TASK_STATUS_OPEN if req.status == S.TASK_STATUS_UNSPECIFIED else status_value(req.status, "status")
         tags = tags_value(req.tags, "tags")
         if v.CHAT_LOOP_TAG in tags:
-            raise InvalidArgument(f"tag {v.CHAT_LOOP_TAG!r} is reserved for chats (use CreateChatTask)")
+            raise InvalidArgument(f"tag {v.CHAT_LOOP_TAG!r} is reserved for chats (use CreateChatTask)", "tags")
         v.text(req.model, "model", required=False, max_len=v.MAX_MODEL)
         label(req.executor, "executor", required=False, max_len=MAX_EXECUTOR)
         v.text(req.endpoint, "endpoint", required=False, max_len=v.MAX_ENDPOINT)
@@ -446,14 +447,15 @@ class GraphStore:
         add_tags = tags_value(u.add_tags, "update.add_tags")
         remove_tags = tags_value(u.remove_tags, "update.remove_tags")
         if set(add_tags) & set(remove_tags):
-            raise InvalidArgument("update.add_tags and update.remove_tags must not name the same tag")
+            raise InvalidArgument("update.add_tags and update.remove_tags must not name the same tag",
+                                  "update.remove_tags")
         v.text(req.log_message, "log_message", required=False, max_len=v.MAX_LOG_MESSAGE)
         actor = label(req.actor, "actor", required=False, max_len=MAX_ACTOR) or "api"
         is_chat = v.is_chat_id(req.id)
         if v.CHAT_LOOP_TAG in add_tags and not is_chat:
-            raise InvalidArgument(f"tag {v.CHAT_LOOP_TAG!r} is reserved for chats")
+            raise InvalidArgument(f"tag {v.CHAT_LOOP_TAG!r} is reserved for chats", "update.add_tags")
         if v.CHAT_LOOP_TAG in remove_tags and is_chat:
-            raise InvalidArgument(f"tag {v.CHAT_LOOP_TAG!r} cannot be removed from a chat")
+            raise InvalidArgument(f"tag {v.CHAT_LOOP_TAG!r} cannot be removed from a chat", "update.remove_tags")
 
         def op(session: Session) -> graph_pb2.UpdateTaskResponse:
             row = self.task_row(session, req.id)

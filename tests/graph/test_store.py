@@ -332,8 +332,9 @@ async def test_message_pages(store: GraphStore, records: ChatRecords) -> None:
                                                                page_token=page.next_page_token))
         seen += [m.seq for m in page.messages]
     assert seen == [1, 2, 3, 4, 5]
-    with pytest.raises(InvalidArgument, match="page_token"):
+    with pytest.raises(InvalidArgument, match="page_token") as err:
         await store.list_messages(g.ListMessagesRequest(chat_id=chat, page_token="!!"))
+    assert err.value.field == "page_token"  # the google.rpc.BadRequest field violation
 
 
 # -- reconcile -----------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from services.supervisor import procs
 from tests.supervisor.conftest import Stack, pid_alive, wait_chat, wait_gone, wait_output
@@ -323,6 +325,57 @@ def test_bad_input_on_every_rpc(stack: Stack) -> None:
     assert code(stub.WatchChat, chat_pb2.WatchChatRequest(chat_id=bad)) == inv
     # Nothing was written by any of these.
     assert list(stub.ListChats(chat_pb2.ListChatsRequest(include_ended=True), timeout=10).chats) == []
+
+
+def _field_violations(err: grpc.RpcError) -> list[tuple[str, str]]:
+    """The google.rpc.BadRequest field violations in a status's details (grpc examples/python/errors)."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "no google.rpc.Status in the trailers"
+    out = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out
+
+
+def test_dispatchs_field_violation_reaches_the_client_through_the_supervisor(stack: Stack) -> None:
+    """dispatch refuses the generation setting; the supervisor passes on its status, words and field."""
+    stub = stack.chat()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateChat(chat_pb2.CreateChatRequest(executor="native", model="m", endpoint="local",
+                                                   generation=plan_pb2.GenerationOverrides(temperature=9)),
+                        timeout=20)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith("generation.temperature ")
+    violations = _field_violations(err.value)
+    assert [f for f, _ in violations] == ["generation.temperature"] and "0 to 2" in violations[0][1]
+    assert list(stub.ListChats(chat_pb2.ListChatsRequest(include_ended=True), timeout=10).chats) == []
+
+
+def test_list_chat_messages_pages_through_the_supervisor(stack: Stack) -> None:
+    chat = create(stack, SLEEPER).chat
+    stub = stack.chat()
+    for i in range(5):
+        stub.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text=f"m{i}"), timeout=10)
+
+    def pages(**kw: int) -> list[list[str]]:
+        out: list[list[str]] = []
+        token = ""
+        while True:
+            page = stub.ListChatMessages(chat_pb2.ListChatMessagesRequest(chat_id=chat.id, page_size=2,
+                                                                          page_token=token, **kw), timeout=10)
+            out.append([m.content for m in page.messages])
+            token = page.next_page_token
+            if not token:
+                return out
+
+    assert pages() == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+    assert pages(after_seq=2) == [["m2", "m3"], ["m4"]]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ListChatMessages(chat_pb2.ListChatMessagesRequest(chat_id=chat.id, page_token="!!"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in _field_violations(err.value)] == ["page_token"]
 
 
 def test_interrupt_is_truthful(stack: Stack) -> None:

@@ -49,11 +49,11 @@ def from_ts(ts: Timestamp | None, field: str = "timestamp") -> datetime | None:
         return None
     problem = timestamp_problem(ts)
     if problem is not None:
-        raise InvalidArgument(f"{field}: {problem}")
+        raise InvalidArgument(f"{field}: {problem}", field)
     try:
         return ts.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):  # a year below 1 after the UTC shift
-        raise InvalidArgument(f"{field}: {ts.seconds}s is not a representable time") from None
+        raise InvalidArgument(f"{field}: {ts.seconds}s is not a representable time", field) from None
 
 
 def check_timestamps(message: Message, prefix: str = "") -> None:
@@ -80,6 +80,6 @@ def _check_one(value: Message, name: str) -> None:
     if value.DESCRIPTOR.full_name == _TIMESTAMP:
         problem = timestamp_problem(value)  # type: ignore[arg-type]
         if problem is not None:
-            raise InvalidArgument(f"{name}: {problem}")
+            raise InvalidArgument(f"{name}: {problem}", name)
         return
     check_timestamps(value, name + ".")

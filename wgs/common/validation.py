@@ -54,9 +54,9 @@ show = _show
 def chat_id(value: str, field: str = "chat_id") -> str:
     """Validate a chat id (".chat-N"); the id is also a path component, so this guards the state dir."""
     if not value:
-        raise InvalidArgument(f"{field} is required (a chat id like '.chat-3')")
+        raise InvalidArgument(f"{field} is required (a chat id like '.chat-3')", field)
     if not CHAT_ID_RE.fullmatch(value):
-        raise InvalidArgument(f"{field} {_show(value)} is not a chat id; expected '.chat-N' with N a number")
+        raise InvalidArgument(f"{field} {_show(value)} is not a chat id; expected '.chat-N' with N a number", field)
     return value
 
 
@@ -64,7 +64,7 @@ def chat_name(value: str, field: str = "name") -> str:
     """A chat's display name: at most MAX_NAME bytes, one line (the title becomes "Chat: <name>")."""
     text(value, field, required=False, max_len=MAX_NAME)
     if "\n" in value or "\r" in value:
-        raise InvalidArgument(f"{field} must be a single line")
+        raise InvalidArgument(f"{field} must be a single line", field)
     return value
 
 
@@ -74,13 +74,13 @@ def chat_number(chat: str) -> int:
 
 def task_id(value: str, field: str = "id") -> str:
     if not value:
-        raise InvalidArgument(f"{field} is required")
+        raise InvalidArgument(f"{field} is required", field)
     if CHAT_ID_RE.fullmatch(value):
         return value
     if not TASK_ID_RE.fullmatch(value):
         raise InvalidArgument(
             f"{field} {_show(value)} is not a valid task id: use 1-128 characters of "
-            "letters, digits, '.', '_' or '-', not starting with '.'"
+            "letters, digits, '.', '_' or '-', not starting with '.'", field
         )
     return value
 
@@ -88,46 +88,47 @@ def task_id(value: str, field: str = "id") -> str:
 def request_id(value: str, field: str = "request_id") -> str:
     if value and not REQUEST_ID_RE.fullmatch(value):
         raise InvalidArgument(
-            f"{field} {_show(value)} is not valid: use 1-128 characters of letters, digits, '.', '_', ':' or '-'"
-        )
+            f"{field} {_show(value)} is not valid: use 1-128 characters of letters, digits, '.', '_', ':' or '-'",
+            field)
     return value
 
 
 def tag(value: str, field: str = "tag") -> str:
     if not TAG_RE.fullmatch(value):
         raise InvalidArgument(
-            f"{field} {_show(value)} is not valid: use 1-64 characters of letters, digits, '.', '_', ':' or '-'"
-        )
+            f"{field} {_show(value)} is not valid: use 1-64 characters of letters, digits, '.', '_', ':' or '-'",
+            field.removesuffix(" entry"))
     return value
 
 
 def text(value: str, field: str, *, required: bool, max_len: int) -> str:
     if required and not value.strip():
-        raise InvalidArgument(f"{field} must not be empty")
+        raise InvalidArgument(f"{field} must not be empty", field)
     if len(value.encode("utf-8", "surrogatepass")) > max_len:
-        raise InvalidArgument(f"{field} is too long: {len(value.encode())} bytes, at most {max_len}")
+        raise InvalidArgument(f"{field} is too long: {len(value.encode())} bytes, at most {max_len}", field)
     if "\x00" in value:
-        raise InvalidArgument(f"{field} must not contain NUL characters")
+        raise InvalidArgument(f"{field} must not contain NUL characters", field)
     return value
 
 
 def argv(values: list[str], field: str) -> list[str]:
     items = list(values)
     if len(items) > MAX_ARGV_ITEMS:
-        raise InvalidArgument(f"{field} has {len(items)} arguments, at most {MAX_ARGV_ITEMS}")
+        raise InvalidArgument(f"{field} has {len(items)} arguments, at most {MAX_ARGV_ITEMS}", field)
     for i, item in enumerate(items):
         if "\x00" in item:
-            raise InvalidArgument(f"{field}[{i}] must not contain NUL characters")
+            raise InvalidArgument(f"{field}[{i}] must not contain NUL characters", f"{field}[{i}]")
         if len(item) > MAX_ARG_LEN:
-            raise InvalidArgument(f"{field}[{i}] is too long: {len(item)} characters, at most {MAX_ARG_LEN}")
+            raise InvalidArgument(f"{field}[{i}] is too long: {len(item)} characters, at most {MAX_ARG_LEN}",
+                                  f"{field}[{i}]")
     if items and not items[0].strip():
-        raise InvalidArgument(f"{field}[0] (the program) must not be empty")
+        raise InvalidArgument(f"{field}[0] (the program) must not be empty", f"{field}[0]")
     return items
 
 
 def page_size(value: int, *, default: int = 100, maximum: int = 1000, field: str = "page_size") -> int:
     if value < 0 or value > maximum:
-        raise InvalidArgument(f"{field} must be between 0 and {maximum}, got {value}")
+        raise InvalidArgument(f"{field} must be between 0 and {maximum}, got {value}", field)
     return value or default
 
 
