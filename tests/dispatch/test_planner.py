@@ -8,6 +8,7 @@ import pytest
 
 from services.dispatch.config import Config, parse_config
 from services.dispatch.planner import EnvVar, PlanRequest, Source, SpawnPlan, plan_spawn
+from services.dispatch.values import Generation
 from wgs.common.errors import FailedPrecondition, InvalidArgument
 from wgs.v1 import plan_pb2
 
@@ -338,8 +339,6 @@ GEN = FULL.replace('context_window = 32768', 'context_window = 32768\nmax_tokens
 
 
 def test_generation_settings_come_from_the_chat_then_the_endpoint_then_the_builtin_default() -> None:
-    from services.dispatch.values import Generation
-
     p = plan(cfg(GEN), executor="native", model="m")
     g = p.generation
     assert g is not None
@@ -368,16 +367,12 @@ def test_generation_settings_come_from_the_chat_then_the_endpoint_then_the_built
     ({"stop": ("a", "b", "c", "d", "e")}, "generation.stop"),
 ])
 def test_bad_generation_settings_are_invalid_argument_naming_the_field(kw: dict[str, object], field: str) -> None:
-    from services.dispatch.values import Generation
-
     with pytest.raises(InvalidArgument) as err:
         plan(cfg(), executor="native", model="m", generation=Generation(**kw))  # type: ignore[arg-type]
     assert err.value.field == field and field in err.value.message
 
 
 def test_generation_settings_are_refused_where_they_cannot_apply() -> None:
-    from services.dispatch.values import Generation
-
     with pytest.raises(InvalidArgument, match="native executor only") as err:
         plan(cfg(), executor="claude", generation=Generation(max_tokens=10))
     assert err.value.field == "generation"
@@ -390,3 +385,140 @@ def test_an_endpoints_ca_file_reaches_the_agent() -> None:
              executor="native", model="m", endpoint="lambda02")
     assert p.endpoint is not None and p.endpoint.ca_file == "/etc/ssl/lab-ca.pem"
     assert value_after(p.argv, "--ca-file") == "/etc/ssl/lab-ca.pem"
+
+
+# --- every refusal names its field; every choice says where it came from ------------------------------
+# (found by the mutation check: see benchmarks/README.md)
+
+@pytest.mark.parametrize("kw, field, fragment", [
+    ({"origin": "cli", "executor": "native", "model": "m", "endpoint": INCIDENT_URL}, "origin",
+     "origin 'cli' must be one of request, chat"),
+    ({"command": ("bash",), "working_dir": "relative/dir"}, "working_dir",
+     "working_dir 'relative/dir' must be an absolute path"),
+    ({"command": ("bash",), "working_dir": "/tmp/a\x00b"}, "working_dir", "working_dir must not contain NUL"),
+    ({"command": ("bash",), "working_dir": "   "}, "working_dir", "working_dir must not be empty"),
+    ({"executor": "x" * 65}, "executor", "executor is too long (65 characters); valid: "),
+    ({"executor": "x" * 64}, "executor", f"unknown executor {'x' * 64!r}; valid: "),
+    ({"executor": "gpt"}, "executor", "unknown executor 'gpt'; valid: "),
+    ({"executor": "native", "command": ("bash",)}, "executor", "executor 'native' cannot run a custom command"),
+    ({"executor": "command"}, "command", "executor 'command' needs the command to run (the command argv is empty)"),
+    ({"command": ("bash",), "model": "m"}, "model", "takes no model; drop model 'm'"),
+    ({"command": ("bash",), "endpoint": "https://u:pw@h.example:1/v1?key=s"}, "endpoint",
+     "takes no endpoint; drop endpoint 'https://h.example:1/v1'"),
+    ({"command": ("bash",), "context_window": 4096}, "generation",
+     "a command chat runs the given argv and takes no generation settings"),
+    ({"executor": "claude", "generation": Generation(temperature=0.5)}, "generation", "native executor only"),
+    ({"executor": "claude", "generation": Generation(top_p=0.5)}, "generation", "native executor only"),
+    ({"executor": "claude", "generation": Generation(stop=("x",))}, "generation", "native executor only"),
+    ({"command": ("", "x")}, "command[0]", "command[0] (the program) must not be empty"),
+    ({"executor": "native", "model": "bad model!", "endpoint": INCIDENT_URL}, "model",
+     "model 'bad model!' is not a valid model name"),
+    ({"executor": "claude", "model": "codex:gpt-5"}, "model", "has provider prefix 'codex'"),
+    ({"executor": "native", "model": "m", "endpoint": "https://h.example:99999"}, "endpoint",
+     "endpoint URL '<unparsable URL>' "),
+    ({"executor": "native", "model": "m", "endpoint": "bad name!"}, "endpoint",
+     "endpoint 'bad name!' is neither an http(s):// URL nor a valid endpoint name"),
+    ({"executor": "native", "model": "m", "endpoint": INCIDENT_URL, "context_window": 5},
+     "generation.context_window", "generation.context_window must be an integer number of tokens"),
+    ({"executor": "claude", "endpoint": "https://u:pw@h.example/v1"}, "endpoint",
+     "drop endpoint 'https://h.example/v1', or use executor 'native' (or 'codex') to talk to an OpenAI-compatible "
+     "endpoint"),
+])
+def test_each_refusal_names_its_field_and_says_why(kw: dict[str, object], field: str, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), **kw)
+    assert err.value.field == field and fragment in err.value.message
+    assert "pw@" not in err.value.message and "key=s" not in err.value.message
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"executor": "command"}, "executor 'command' needs the command to run (the command argv is empty)"),
+    ({"command": ("bash",), "context_window": 4096}, "a command chat runs the given argv and takes no generation "
+                                                     "settings"),
+])
+def test_refusals_in_whole_words(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(cfg(), **kw)
+    assert err.value.message == message
+
+
+def test_an_unknown_endpoint_name_or_no_default_is_explained_with_the_fix() -> None:
+    with pytest.raises(FailedPrecondition) as err:
+        plan(EMPTY, executor="native", model="m", endpoint="lab")
+    assert err.value.message == (f"endpoint 'lab' is not configured (known: none) in {CFG_PATH}; pass a URL "
+                                 "(https://host:port) or add an [[endpoints]] entry with that name")
+    with pytest.raises(FailedPrecondition) as err:
+        plan(EMPTY, executor="native", model="m")
+    assert err.value.message == (f"no endpoint configured: pass --endpoint URL|NAME or add [[endpoints]] with "
+                                 f"default = true to {CFG_PATH}")
+    with pytest.raises(FailedPrecondition) as err:
+        plan(cfg(FULL.replace("default = true\n", "")), executor="native", model="m")
+    assert err.value.message.endswith(f"{CFG_PATH} (configured, none marked default: default-ep, lambda02)")
+
+
+def test_defaults_say_where_they_came_from() -> None:
+    p = plan(cfg())
+    assert (p.executor, k(p.executor_source), p.executor_source.detail) == (
+        "native", "config_default", f"config default ({CFG_PATH})")
+    assert (p.model, k(p.model_source), p.model_source.detail) == (
+        "qwen3-coder", "config_default", f"config default ({CFG_PATH})")
+    assert p.endpoint is not None and p.endpoint.source.detail == "config default (endpoint 'default-ep')"
+    builtin = plan(EMPTY, model="m", endpoint=INCIDENT_URL)
+    assert (builtin.executor, k(builtin.executor_source), builtin.executor_source.detail) == (
+        "native", "builtin", "built-in default")
+    claude = plan(EMPTY, executor="claude")
+    assert (claude.model, k(claude.model_source), claude.model_source.detail) == (
+        "claude:opus", "builtin", "built-in default")
+    chat = plan(cfg(), executor="native", model="m", endpoint=INCIDENT_URL, origin="chat")
+    assert chat.executor_source.detail == "chat" and chat.model_source.detail == "chat"
+
+
+def test_a_command_plan_runs_the_argv_as_given_and_says_so() -> None:
+    p = plan(cfg(), command=("bash", "-c", "echo hi"), working_dir="/srv/work")
+    assert p.argv == ["bash", "-c", "echo hi"] and p.env == [] and p.endpoint is None and p.generation is None
+    assert p.working_dir == "/srv/work"
+    assert (k(p.model_source), p.model_source.detail) == ("none", "none (executor=command)")
+    assert p.summary == "executor=command (from request), command='bash' with 2 argument(s)"
+
+
+def test_each_generation_setting_is_the_chats_else_the_endpoints() -> None:
+    config = cfg(GEN.replace("temperature = 0.2", "temperature = 0.2\ntop_p = 0.8"))
+    p = plan(config, executor="native", model="m", generation=Generation(temperature=0.7, stop=("X",)))
+    g = p.generation
+    assert g is not None
+    assert (g.temperature, k(g.temperature_source)) == (0.7, "request")
+    assert (g.stop, k(g.stop_source)) == (("X",), "request")
+    assert (g.top_p, k(g.top_p_source)) == (0.8, "config_endpoint")
+    assert g.top_p_source is not None and g.top_p_source.detail == "endpoint 'default-ep' in config"
+    assert p.argv == ["wgs-agent", "native", "--model", "m", "--endpoint", "https://default.example:8000/v1",
+                      "--max-tokens", "512", "--temperature", "0.7", "--top-p", "0.8", "--stop", "X",
+                      "--context-window", "32768"]
+
+
+def test_the_agent_learns_where_its_context_window_came_from() -> None:
+    def window_source(p: SpawnPlan) -> list[str]:
+        return [e.value for e in p.env if e.name == "WGS_CONTEXT_WINDOW_SOURCE"]
+
+    assert window_source(plan(cfg(), executor="native", model="m")) == ["config_endpoint"]
+    assert window_source(plan(cfg(), executor="native", model="m", context_window=4096)) == ["request"]
+    assert window_source(plan(cfg(), executor="native", model="m", endpoint="lambda02")) == []  # none known
+
+
+def test_an_endpoints_ca_file_is_added_to_the_agents_argv() -> None:
+    p = plan(cfg(FULL.replace('provider = "vllm"', 'provider = "vllm"\nca_file = "/etc/ssl/lab-ca.pem"')),
+             executor="native", model="m", endpoint="lambda02")
+    assert p.argv == ["wgs-agent", "native", "--model", "m", "--endpoint", "http://lambda02.example:30000",
+                      "--max-tokens", "1024", "--ca-file", "/etc/ssl/lab-ca.pem"]
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://user:secret@host.example:8443/v1?key=sk-1#frag", "https://host.example:8443/v1"),
+    ("http://[::1]:8000/v1", "http://[::1]:8000/v1"),
+    ("https://host.example/v1", "https://host.example/v1"),
+    ("https://host.example:99999/v1", "<unparsable URL>"),
+    ("https://user:pw@/v1", "https:///v1"),
+])
+def test_urls_are_shown_without_credentials_query_or_fragment(url: str, shown: str) -> None:
+    from services.dispatch.planner import redact_url
+
+    assert redact_url(url) == shown
