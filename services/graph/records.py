@@ -657,6 +657,19 @@ async def watch_chat_records(records: ChatRecords, req: RS.WatchChatRecordsReque
         while True:
             if g.closing:
                 raise Unavailable("the graph service is shutting down; watch the chat records again")
+            if watcher.resync:  # another replica's changes may have been missed: every record again
+                watcher.resync = False
+                token = ""
+                while True:
+                    page = await records.list_chat_records(RS.ListChatRecordsRequest(
+                        include_ended=True, page_size=1000, page_token=token))
+                    for record in page.chats:
+                        watcher.changed.pop(record.task.id, None)
+                        yield RS.WatchChatRecordsResponse(chat=record)
+                    token = page.next_page_token
+                    if not token:
+                        break
+                continue
             if not watcher.changed:
                 watcher.wake.clear()
                 if not watcher.changed:

@@ -554,10 +554,11 @@ class GraphStore:
             return graph_pb2.AppendMessageResponse(message=convert.message(row), created=True)
 
         resp = await self.run(self.write, op)
-        if resp.created:
-            if role != S.MESSAGE_ROLE_USER and req.request_id:
-                self.fanout.finish_partial(req.chat_id, req.request_id)
-            self.fanout.message_stored(req.chat_id)
+        if resp.created and role != S.MESSAGE_ROLE_USER and req.request_id:
+            self.fanout.finish_partial(req.chat_id, req.request_id)
+        # Also for a repeated request: the first may have been stored by a replica that died before
+        # it woke the watchers (they re-read, and find nothing new if it did wake them).
+        self.fanout.message_stored(req.chat_id)
         return resp
 
     def _messages(self, chat_id: str, after_seq: int, limit: int) -> list[task_pb2.ChatMessage]:
@@ -590,7 +591,7 @@ class GraphStore:
         replies being generated); ends with Unavailable on shutdown.
 
         Woken by appends in this process and, on PostgreSQL, by the other graph replicas' NOTIFYs
-        (Fanout); no polling.
+        (Fanout, pgnotify); no polling.
         """
         v.chat_id(req.chat_id)
         last = non_negative(req.after_seq, "after_seq")
