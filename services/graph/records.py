@@ -196,7 +196,7 @@ class ChatRecords:
         """Change a chat task's status/tags in the transaction; returns a log note ("" if nothing)."""
         notes: list[str] = []
         if status is not None and status != task.status:
-            notes.append(f"status {S.TaskStatus.Name(task.status)} -> {S.TaskStatus.Name(status)}")  # type: ignore[arg-type]
+            notes.append(f"status {S.TaskStatus.Name(task.status)} -> {S.TaskStatus.Name(status)}")
             task.status = status
             if status == S.TASK_STATUS_IN_PROGRESS:
                 task.started_at = now

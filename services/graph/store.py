@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf import timestamp_pb2
@@ -62,6 +62,7 @@ from wgs.v1 import graph_pb2, runtime_pb2, task_pb2
 log = logging.getLogger("wgs.graph.store")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 S = task_pb2  # statuses and roles
 R = runtime_pb2  # runtime states
@@ -208,12 +209,12 @@ class GraphStore:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         # Carry the caller's context (the current span) into the worker thread, so the database
         # spans are children of the RPC that caused them.
         ctx = contextvars.copy_context()
-        return await loop.run_in_executor(self._executor, partial(ctx.run, fn, *args))
+        return await loop.run_in_executor(self._executor, partial(ctx.run, fn, *args, **kwargs))
 
     @contextmanager
     def read(self) -> Iterator[Session]:

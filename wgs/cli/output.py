@@ -37,7 +37,8 @@ def parse_chat_id(value: str) -> str:
 
 def status_words(code: grpc.StatusCode) -> str:
     """`grpc.StatusCode.NOT_FOUND` -> "not found"."""
-    return code.name.lower().replace("_", " ")
+    name: str = code.name
+    return name.lower().replace("_", " ")
 
 
 def one_line(text: str) -> str:
@@ -98,7 +99,7 @@ def ago(ts: Timestamp, now: datetime | None = None) -> str:
 
 
 def _opt_int(run: runtime_pb2.Run, field: str) -> int | None:
-    return int(getattr(run, field)) if run.HasField(field) else None  # type: ignore[arg-type]
+    return int(getattr(run, field)) if run.HasField(field) else None
 
 
 def run_to_dict(run: runtime_pb2.Run) -> dict[str, Any]:
@@ -129,14 +130,14 @@ def run_end_name(end: int) -> str | None:
     """"stopped" for RUN_END_STOPPED; None while the run lives."""
     if end == runtime_pb2.RUN_END_UNSPECIFIED:
         return None
-    return runtime_pb2.RunEnd.Name(end).removeprefix("RUN_END_").lower()  # type: ignore[arg-type]
+    return runtime_pb2.RunEnd.Name(end).removeprefix("RUN_END_").lower()
 
 
 def source_name(source: int) -> str | None:
     """"request" for CHOICE_SOURCE_REQUEST; None when not set."""
     if source == plan_pb2.CHOICE_SOURCE_UNSPECIFIED:
         return None
-    return plan_pb2.ChoiceSource.Name(source).removeprefix("CHOICE_SOURCE_").lower()  # type: ignore[arg-type]
+    return plan_pb2.ChoiceSource.Name(source).removeprefix("CHOICE_SOURCE_").lower()
 
 
 def endpoint_to_dict(ep: plan_pb2.PlannedEndpoint) -> dict[str, Any]:

@@ -199,7 +199,7 @@ def stop_agents_via_supervisor(address: str, timeout: float, out: TextIO) -> boo
             resp = supervisor_pb2_grpc.SupervisorServiceStub(ch).StopAgents(
                 supervisor_pb2.StopAgentsRequest(reason="shutdown (wgs down)"), timeout=timeout)
         except grpc.RpcError as exc:
-            code = exc.code().name if hasattr(exc, "code") else "error"  # type: ignore[attr-defined]
+            code = exc.code().name if hasattr(exc, "code") else "error"
             print(f"wgs: the supervisor could not stop its agents ({code}); stopping them here", file=sys.stderr)
             return False
     for agent in resp.stopped:
@@ -337,8 +337,8 @@ def replica_rows(address: str, state: Path) -> tuple[list[dict[str, Any]], str]:
             resp = supervisor_pb2_grpc.SupervisorServiceStub(ch).ListReplicas(
                 supervisor_pb2.ListReplicasRequest(include_expired=True), timeout=rpc_timeout())
         except grpc.RpcError as exc:
-            code = exc.code().name if hasattr(exc, "code") else "error"  # type: ignore[attr-defined]
-            details = exc.details() if hasattr(exc, "details") else ""  # type: ignore[attr-defined]
+            code = exc.code().name if hasattr(exc, "code") else "error"
+            details = exc.details() if hasattr(exc, "details") else ""
             return [], f"{code}: {details}"
     now = datetime.now(UTC)
     rows = []
