@@ -300,6 +300,27 @@ def test_a_forwarded_call_keeps_the_callers_trace_and_deadline(tmp_path: Path) -
         hop = next(s for s in entry if s.name.endswith("SendMessage") and s.kind == 3)  # sup-3's client span
         assert any(s.parent_span_id == hop.span_id for s in owner_spans())
 
+        # `wgs chat logs --follow` through a replica that does not own the chat: the run file is streamed
+        # from the owner's disk as it grows, until the run ends.
+        env = base_env(cluster.tmp / "cli", {"WGS_SUPERVISOR_ADDR": cluster.supervisors["sup-3"].address,
+                                             "WGS_TOKEN": token(CLIENT)})
+        env.pop("WGS_AUTH_SECRET_FILE")
+        (cluster.tmp / "cli").mkdir()
+        follow_proc = subprocess.Popen([PY, "-m", "wgs.cli.main", "chat", "logs", "--follow", chat_id], env=env,
+                                       cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert follow_proc.stdout is not None
+            first = follow_proc.stdout.readline()  # blocks until the stream delivers the agent's line
+            assert "agent up" in first
+            cluster.chat("sup-1").StopChat(chat_pb2.StopChatRequest(chat_id=chat_id), timeout=20)
+            _, err_text = follow_proc.communicate(timeout=30)  # the follow ends with the run
+            assert follow_proc.returncode == 0, err_text
+        finally:
+            if follow_proc.poll() is None:
+                follow_proc.kill()
+        restarted = via.RestartChat(chat_pb2.RestartChatRequest(chat_id=chat_id), timeout=20).chat
+        assert restarted.runtime.supervisor_id == "sup-2"
+
         # The caller's deadline travels too: with the owner frozen, the caller hears why (UNAVAILABLE, the
         # owner named) before its own deadline, instead of a bare DEADLINE_EXCEEDED.
         os.kill(cluster.supervisors["sup-2"].proc.pid, signal.SIGSTOP)
