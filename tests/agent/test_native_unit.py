@@ -172,7 +172,11 @@ async def test_an_outage_mid_answer_is_waited_out_and_the_request_answered() -> 
     assert reply == "echo: are you there?"
     assert sleeps.calls == [0.25, 0.5, 1.0]  # capped exponential backoff
     waiting = sink.of(EndpointWaitingEvent)
-    assert len(waiting) == 1 and "connection refused" in waiting[0].reason  # one event per outage
+    # One outage: the first event opens it, each further attempt repeats it with its own next try.
+    assert [w.repeat for w in waiting] == [False, True, True]
+    assert all("connection refused" in w.reason and w.since == waiting[0].since for w in waiting)
+    assert [w.next_attempt_at - w.at for w in waiting if w.next_attempt_at] == [
+        timedelta(seconds=d) for d in sleeps.calls]
     assert len(sink.of(EndpointBackEvent)) == 1 and revived[0].chat_requests()
 
 
@@ -189,7 +193,7 @@ async def test_loading_model_at_start_is_waited_for() -> None:
         await b.start(Status(sink))
         await b.close()
     waiting = sink.of(EndpointWaitingEvent)
-    assert len(waiting) == 1 and "loading" in waiting[0].reason
+    assert [w.repeat for w in waiting] == [False, True] and all("loading" in w.reason for w in waiting)
     assert sink.of(EndpointBackEvent) and sink.of(ContextWindowEvent)[0].tokens == 2048
 
 
@@ -199,14 +203,18 @@ async def test_status_reports_one_wait_per_outage_and_the_time_waited() -> None:
     status = Status(sink, clock=lambda: now[0])
     await status.endpoint_waiting("connection refused")
     now[0] += timedelta(seconds=5)
-    await status.endpoint_waiting("connection refused")
+    await status.endpoint_waiting("connection refused")  # nothing new: not sent
+    await status.endpoint_waiting("connection refused", retry_in=2.0)  # the next try is news
     await status.endpoint_waiting("the model is loading")
     now[0] += timedelta(seconds=5)
     await status.endpoint_back()
     await status.endpoint_back()
     waits = sink.of(EndpointWaitingEvent)
-    assert [w.reason for w in waits] == ["connection refused", "the model is loading"]
-    assert waits[0].since == waits[1].since == datetime(2026, 1, 1, tzinfo=UTC)
+    assert [(w.reason, w.repeat) for w in waits] == [
+        ("connection refused", False), ("connection refused", True), ("the model is loading", False)]
+    assert waits[1].next_attempt_at == datetime(2026, 1, 1, 0, 0, 7, tzinfo=UTC)
+    assert waits[0].next_attempt_at is None
+    assert waits[0].since == waits[1].since == waits[2].since == datetime(2026, 1, 1, tzinfo=UTC)
     backs = sink.of(EndpointBackEvent)
     assert len(backs) == 1 and backs[0].waited_seconds == 10.0
 

@@ -80,8 +80,8 @@ class NativeBackend:
                 if self.give_up_after > 0 and waited >= self.give_up_after:
                     raise AgentFatal(EXIT_UNREACHABLE, f"{exc.reason} (gave up after waiting {waited:.0f}s; "
                                      "WGS_AGENT_ENDPOINT_WAIT_SECONDS)") from None
-                await status.endpoint_waiting(exc.reason)
                 delay = backoff_delay(attempt, self.client.s.backoff_base, self.client.s.backoff_cap, exc.retry_after)
+                await status.endpoint_waiting(exc.reason, delay)
                 log.info("endpoint unavailable (%s); next try in %.1fs", exc.reason, delay)
                 await self._sleep(delay)
                 attempt += 1
