@@ -677,6 +677,7 @@ class GraphStore:
             raise InvalidArgument("endpoint_ok and waiting exclude each other", "endpoint_ok")
         for name in ("input_tokens", "output_tokens", "context_window"):
             non_negative(getattr(req, name), name)
+        label(req.context_window_detail, "context_window_detail", required=False, max_len=200)
         if req.input_tokens > 10**9 or req.output_tokens > 10**9:
             raise InvalidArgument("token counts of one report must be at most 10^9", "input_tokens")
 
@@ -701,6 +702,7 @@ class GraphStore:
             if req.context_window:
                 status.context_window = req.context_window
                 status.context_window_source = req.context_window_source
+                status.context_window_detail = req.context_window_detail
             rt.agent_status_json = convert.message_to_json(status)
             rt.version += 1
             return graph_pb2.ReportAgentStatusResponse(status=status)

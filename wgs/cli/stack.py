@@ -88,7 +88,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
         return _run_detached_keeper(ns, state, ns.keeper_ready_fd)
     _secure(state)
     auth.ensure_stack_secret(state)  # the stack credential (0600), unless given through the environment
-    set_process_token(auth.operator_token(state))  # the keeper asks the supervisor to stop agents
+    set_process_token(auth.operator_token(state, auth.SUPERVISOR))  # the keeper asks the supervisor to stop agents
     if ns.detach:
         return _up_detached(ns, state)
     out = sys.stdout
@@ -111,7 +111,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 def _run_detached_keeper(ns: argparse.Namespace, state: Path, ready_fd: int) -> int:
     """This process is the detached keeper; it tells the `wgs up --detach` that started it on `ready_fd`."""
-    set_process_token(auth.operator_token(state))  # to ask the supervisor to stop its agents
+    set_process_token(auth.operator_token(state, auth.SUPERVISOR))  # to ask the supervisor to stop its agents (StopAgents)
     report = Reporter(stack_log_path(state))
 
     def tell(text: str) -> None:
@@ -280,7 +280,7 @@ def cmd_down(ns: argparse.Namespace) -> int:
     if record is None:
         print(f"wgs: no stack recorded in {state} (nothing to stop)")
         return 0
-    set_process_token(auth.operator_token(state))  # to ask the supervisor to stop its agents
+    set_process_token(auth.operator_token(state, auth.SUPERVISOR))  # to ask the supervisor to stop its agents (StopAgents)
     if record.keeper is not None and record.keeper.alive():
         # First the keeper, so that nothing is restarted while the services stop.
         result = release_keeper(record.keeper, grace_seconds() * 3 + 10)
