@@ -28,11 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import grpc  # noqa: E402
 
 from tests.fakes.fake_openai import FakeOpenAI  # noqa: E402
-from tests.harness import base_env, start_service  # noqa: E402
-from wgs.v1 import graph_pb2, graph_pb2_grpc, task_pb2  # noqa: E402
+from tests.harness import authed_channel, base_env, start_service, token  # noqa: E402
+from wgs.common.auth import AGENT, SUPERVISOR  # noqa: E402
+from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_service_pb2, runtime_service_pb2_grpc, task_pb2  # noqa: E402
 
 SDK_PRELUDE = """
 import sys, openai, truststore
@@ -58,17 +58,23 @@ def smaps_rollup(pid: int) -> dict[str, int]:
 
 
 def measure(variant: str, graph_addr: str, state: Path, fake: FakeOpenAI, idle: float) -> dict[str, float]:
-    with grpc.insecure_channel(graph_addr) as ch:
+    # The chat is recorded as a supervisor records it (STARTING: run 1 is being spawned, so run 1's
+    # agent token is valid), and the agent presents that token, as under a supervisor.
+    with authed_channel(graph_addr, SUPERVISOR) as ch:
+        chat = runtime_service_pb2_grpc.RuntimeServiceStub(ch).CreateChatTask(
+            runtime_service_pb2.CreateChatTaskRequest(name="mem", supervisor_id="bench", lease_seconds=600),
+            timeout=10).task.id
+    with authed_channel(graph_addr, SUPERVISOR) as ch:
         stub = graph_pb2_grpc.GraphServiceStub(ch)
-        chat = stub.CreateChatTask(graph_pb2.CreateChatTaskRequest(
-            name="mem", supervisor_id="bench", lease_seconds=600), timeout=10).task.id
         args = ["native", "--chat", chat, "--model", "m", "--endpoint", fake.base_url]
         if variant == "agent":
             argv = [str(Path(sys.executable).parent / "wgs-agent"), *args]
         else:
             argv = [sys.executable, "-c", SDK_PRELUDE, *args, fake.base_url]
-        env = base_env(state, {"WGS_GRAPH_ADDR": graph_addr, "WGS_CHAT_ID": chat})
+        env = base_env(state, {"WGS_GRAPH_ADDR": graph_addr, "WGS_CHAT_ID": chat, "WGS_RUN_NUMBER": "1",
+                               "WGS_TOKEN": token(AGENT, chat, 1)})
         env.pop("OTEL_SDK_DISABLED", None)
+        env.pop("WGS_AUTH_SECRET_FILE", None)  # an agent has its token, never the stack secret
         with open(state / f"{variant}.stderr", "ab") as err:
             proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:

@@ -15,8 +15,10 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from tests.harness import (
     test_database_urls,
     token,
 )
+from wgs.common import traceview
 from wgs.common.auth import CLIENT
 from wgs.v1 import chat_pb2, chat_pb2_grpc, runtime_pb2, supervisor_pb2, supervisor_pb2_grpc
 
@@ -112,7 +115,7 @@ class Cluster:
         return {c.id: c.runtime.supervisor_id for c in chats}
 
 
-def _start_cluster(tmp: Path, db_url: str, graphs: int) -> Cluster:
+def _start_cluster(tmp: Path, db_url: str, graphs: int, extra_env: dict[str, str] | None = None) -> Cluster:
     graph_procs = [start_service("graph", tmp / f"graph-{i}", env={"WGS_DATABASE_URL": db_url})
                    for i in range(graphs)]
     dispatch = start_service("dispatch", tmp / "dispatch")
@@ -121,16 +124,16 @@ def _start_cluster(tmp: Path, db_url: str, graphs: int) -> Cluster:
         sid = f"sup-{i + 1}"
         env = {"WGS_GRAPH_ADDR": graph_procs[i % graphs].address, "WGS_DISPATCH_ADDR": dispatch.address,
                "WGS_SUPERVISOR_ID": sid, "WGS_LEASE_SECONDS": str(LEASE), "WGS_STOP_GRACE_SECONDS": "1",
-               "WGS_RESTART_INITIAL_BACKOFF_SECONDS": "0.2", "WGS_MAX_LIVE_CHATS": "20"}
+               "WGS_RESTART_INITIAL_BACKOFF_SECONDS": "0.2", "WGS_MAX_LIVE_CHATS": "20", **(extra_env or {})}
         sups[sid] = start_service("supervisor", tmp / sid, env)
     return Cluster(tmp, graph_procs, dispatch, sups)
 
 
-@pytest.fixture(params=test_database_urls())
-def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    graphs = 2 if request.param == "postgresql" else 1  # several graph replicas need a shared server
-    with fresh_database(request.param, tmp_path) as db_url:
-        c = _start_cluster(tmp_path, db_url, graphs)
+@contextmanager
+def running_cluster(kind: str, tmp_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    graphs = 2 if kind == "postgresql" else 1  # several graph replicas need a shared server
+    with fresh_database(kind, tmp_path) as db_url:
+        c = _start_cluster(tmp_path, db_url, graphs, extra_env)
         try:
             yield c
         finally:
@@ -144,6 +147,12 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
             c.dispatch.terminate()
             for g in c.graphs:
                 g.terminate()
+
+
+@pytest.fixture(params=test_database_urls())
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    with running_cluster(request.param, tmp_path) as c:
+        yield c
 
 
 def one_each(what: str, chat_ids: list[str]) -> None:
@@ -267,6 +276,61 @@ def test_new_chats_spread_and_every_call_works_through_any_replica(cluster: Clus
     replicas = cluster.admin("sup-1").ListReplicas(supervisor_pb2.ListReplicasRequest(), timeout=10)
     assert {r.supervisor_id for r in replicas.replicas} == {"sup-1", "sup-2", "sup-3"}
     assert all(r.advertise_address and r.max_live_chats == 20 for r in replicas.replicas)
+
+
+def test_a_forwarded_call_keeps_the_callers_trace_and_deadline(tmp_path: Path) -> None:
+    tracing = {"OTEL_SDK_DISABLED": "false", "OTEL_BSP_SCHEDULE_DELAY": "50"}  # spans to <state>/traces/
+    with running_cluster("sqlite", tmp_path, tracing) as cluster:
+        create(cluster.chat("sup-1"), 6)
+        chat_id = next(c for c, o in cluster.owners("sup-1").items() if o == "sup-2")
+        via = cluster.chat("sup-3")
+        trace_id = uuid.uuid4().hex
+        traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+        via.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat_id, text="traced"), timeout=10,
+                        metadata=(("traceparent", traceparent),))
+
+        def owner_spans() -> list[traceview.Span]:
+            return [s for s in traceview.load_spans(cluster.state_dir("sup-2") / "traces")
+                    if s.trace_id == trace_id]
+
+        # The owner's server span of the forwarded call is in the caller's trace.
+        wait_for("the owner's span in the caller's trace",
+                 lambda: any(s.name.endswith("SendMessage") and s.kind == 2 for s in owner_spans()), 20)
+        entry = [s for s in traceview.load_spans(cluster.state_dir("sup-3") / "traces") if s.trace_id == trace_id]
+        hop = next(s for s in entry if s.name.endswith("SendMessage") and s.kind == 3)  # sup-3's client span
+        assert any(s.parent_span_id == hop.span_id for s in owner_spans())
+
+        # `wgs chat logs --follow` through a replica that does not own the chat: the run file is streamed
+        # from the owner's disk as it grows, until the run ends.
+        env = base_env(cluster.tmp / "cli", {"WGS_SUPERVISOR_ADDR": cluster.supervisors["sup-3"].address,
+                                             "WGS_TOKEN": token(CLIENT)})
+        env.pop("WGS_AUTH_SECRET_FILE")
+        (cluster.tmp / "cli").mkdir()
+        follow_proc = subprocess.Popen([PY, "-m", "wgs.cli.main", "chat", "logs", "--follow", chat_id], env=env,
+                                       cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert follow_proc.stdout is not None
+            first = follow_proc.stdout.readline()  # blocks until the stream delivers the agent's line
+            assert "agent up" in first
+            cluster.chat("sup-1").StopChat(chat_pb2.StopChatRequest(chat_id=chat_id), timeout=20)
+            _, err_text = follow_proc.communicate(timeout=30)  # the follow ends with the run
+            assert follow_proc.returncode == 0, err_text
+        finally:
+            if follow_proc.poll() is None:
+                follow_proc.kill()
+        restarted = via.RestartChat(chat_pb2.RestartChatRequest(chat_id=chat_id), timeout=20).chat
+        assert restarted.runtime.supervisor_id == "sup-2"
+
+        # The caller's deadline travels too: with the owner frozen, the caller hears why (UNAVAILABLE, the
+        # owner named) before its own deadline, instead of a bare DEADLINE_EXCEEDED.
+        os.kill(cluster.supervisors["sup-2"].proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                via.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat_id, text="frozen owner"), timeout=5)
+        finally:
+            os.kill(cluster.supervisors["sup-2"].proc.pid, signal.SIGCONT)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert "'sup-2'" in (err.value.details() or "") and "cannot be reached" in (err.value.details() or "")
 
 
 # -- failover and fencing ----------------------------------------------------------------------

@@ -392,7 +392,7 @@ def _generation(req: PlanRequest, given: Source, endpoint: PlannedEndpoint) -> G
 
 
 def _source_name(source: Source) -> str:
-    return plan_pb2.ChoiceSource.Name(source.kind).removeprefix("CHOICE_SOURCE_").lower()  # type: ignore[arg-type]
+    return plan_pb2.ChoiceSource.Name(source.kind).removeprefix("CHOICE_SOURCE_").lower()
 
 
 def _generation_argv(g: Generation) -> list[str]:

@@ -199,4 +199,4 @@ def generation_problems(g: Generation) -> Iterator[tuple[str, str]]:
             return
 
 
-__all__ = ["CLAUDE", "CODEX", "COMMAND", "EXECUTORS", "NATIVE", "executor_choices", "normalize_executor"]
+__all__ = ["CLAUDE", "CODEX", "COMMAND", "EXECUTORS", "NATIVE", "executor_choices", "normalize_executor", "split_model"]

@@ -8,7 +8,8 @@ piece map is bounded (MAX_INFLIGHT replies) and a reply's text is dropped once i
 stored or its run ended.
 
 Other graph replicas' events arrive through `deliver_remote` (PostgreSQL LISTEN/NOTIFY, see
-pgnotify.py); events of this process are passed to `broadcast` so the other replicas see them.
+pgnotify.py); events of this process are passed to `broadcast` so the other replicas see them, and
+`resync` wakes every watcher to re-read when some of those events may have been missed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class RecordWatcher:
     chat_id: str  # "" for every chat
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     changed: dict[str, None] = field(default_factory=dict)  # ordered set
+    # Changes may have been missed (another replica's events were lost): for a watcher of every
+    # chat, the stream re-sends the record of each chat.
+    resync: bool = False
 
 
 @dataclass(eq=False)
@@ -120,6 +124,20 @@ class Fanout:
             for w in self._record_watchers.get(key, ()):
                 w.changed[chat_id] = None
                 w.wake.set()
+
+    def resync(self) -> None:
+        """Events of other replicas may have been missed: every watcher re-reads the database."""
+        for watchers in self._watchers.values():
+            for w in watchers:
+                w.stored = True
+                w.wake.set()
+        for record_watchers in self._record_watchers.values():
+            for rw in record_watchers:
+                if rw.chat_id:
+                    rw.changed[rw.chat_id] = None
+                else:
+                    rw.resync = True
+                rw.wake.set()
 
     def wake_all(self) -> None:
         for watchers in self._watchers.values():

@@ -196,7 +196,7 @@ class ChatRecords:
         """Change a chat task's status/tags in the transaction; returns a log note ("" if nothing)."""
         notes: list[str] = []
         if status is not None and status != task.status:
-            notes.append(f"status {S.TaskStatus.Name(task.status)} -> {S.TaskStatus.Name(status)}")  # type: ignore[arg-type]
+            notes.append(f"status {S.TaskStatus.Name(task.status)} -> {S.TaskStatus.Name(status)}")
             task.status = status
             if status == S.TASK_STATUS_IN_PROGRESS:
                 task.started_at = now
@@ -657,6 +657,19 @@ async def watch_chat_records(records: ChatRecords, req: RS.WatchChatRecordsReque
         while True:
             if g.closing:
                 raise Unavailable("the graph service is shutting down; watch the chat records again")
+            if watcher.resync:  # another replica's changes may have been missed: every record again
+                watcher.resync = False
+                token = ""
+                while True:
+                    page = await records.list_chat_records(RS.ListChatRecordsRequest(
+                        include_ended=True, page_size=1000, page_token=token))
+                    for record in page.chats:
+                        watcher.changed.pop(record.task.id, None)
+                        yield RS.WatchChatRecordsResponse(chat=record)
+                    token = page.next_page_token
+                    if not token:
+                        break
+                continue
             if not watcher.changed:
                 watcher.wake.clear()
                 if not watcher.changed:

@@ -7,7 +7,7 @@ import logging
 
 import grpc
 
-from services.graph import db, migrate
+from services.graph import db, migrate, pgnotify
 from services.graph.authz import GraphAuthz
 from services.graph.records import ChatRecords
 from services.graph.servicer import GraphServicer, RuntimeServicer
@@ -27,6 +27,7 @@ async def build(settings: CommonSettings) -> Service:
     engine = db.create_engine(url)
     store = GraphStore(engine)
     records = ChatRecords(store)
+    notifier: pgnotify.PgNotifier | None = None
 
     def register(server: grpc.aio.Server) -> None:
         graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphServicer(store), server)
@@ -37,6 +38,9 @@ async def build(settings: CommonSettings) -> Service:
         await asyncio.to_thread(migrate.upgrade, engine)
         log.info("graph database ready (%s, revision %s)", url.render_as_string(hide_password=True),
                  migrate.head_revision())
+        # Other graph replicas on the same PostgreSQL database wake this one's watchers (and back).
+        nonlocal notifier
+        notifier = await pgnotify.start_for(url, store.fanout)
 
     async def drain() -> None:
         # WatchMessages streams never end by themselves: end them at once with UNAVAILABLE
@@ -44,6 +48,8 @@ async def build(settings: CommonSettings) -> Service:
         store.begin_shutdown()
 
     async def stop() -> None:
+        if notifier is not None:
+            await notifier.close()
         await store.close()
 
     return Service(name="graph", service_names=[SERVICE_NAME, RUNTIME_SERVICE_NAME], register=register, start=start,

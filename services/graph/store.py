@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf import timestamp_pb2
@@ -62,6 +62,7 @@ from wgs.v1 import graph_pb2, runtime_pb2, task_pb2
 log = logging.getLogger("wgs.graph.store")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 S = task_pb2  # statuses and roles
 R = runtime_pb2  # runtime states
@@ -209,12 +210,12 @@ class GraphStore:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         # Carry the caller's context (the current span) into the worker thread, so the database
         # spans are children of the RPC that caused them.
         ctx = contextvars.copy_context()
-        return await loop.run_in_executor(self._executor, partial(ctx.run, fn, *args))
+        return await loop.run_in_executor(self._executor, partial(ctx.run, fn, *args, **kwargs))
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -556,10 +557,11 @@ class GraphStore:
             return graph_pb2.AppendMessageResponse(message=convert.message(row), created=True)
 
         resp = await self.run(self.write, op)
-        if resp.created:
-            if role != S.MESSAGE_ROLE_USER and req.request_id:
-                self.fanout.finish_partial(req.chat_id, req.request_id)
-            self.fanout.message_stored(req.chat_id)
+        if resp.created and role != S.MESSAGE_ROLE_USER and req.request_id:
+            self.fanout.finish_partial(req.chat_id, req.request_id)
+        # Also for a repeated request: the first may have been stored by a replica that died before
+        # it woke the watchers (they re-read, and find nothing new if it did wake them).
+        self.fanout.message_stored(req.chat_id)
         return resp
 
     def _messages(self, chat_id: str, after_seq: int, limit: int) -> list[task_pb2.ChatMessage]:
@@ -592,7 +594,7 @@ class GraphStore:
         replies being generated); ends with Unavailable on shutdown.
 
         Woken by appends in this process and, on PostgreSQL, by the other graph replicas' NOTIFYs
-        (Fanout); no polling.
+        (Fanout, pgnotify); no polling.
         """
         v.chat_id(req.chat_id)
         last = non_negative(req.after_seq, "after_seq")
@@ -677,6 +679,7 @@ class GraphStore:
             raise InvalidArgument("endpoint_ok and waiting exclude each other", "endpoint_ok")
         for name in ("input_tokens", "output_tokens", "context_window"):
             non_negative(getattr(req, name), name)
+        label(req.context_window_detail, "context_window_detail", required=False, max_len=200)
         if req.input_tokens > 10**9 or req.output_tokens > 10**9:
             raise InvalidArgument("token counts of one report must be at most 10^9", "input_tokens")
 
@@ -701,6 +704,7 @@ class GraphStore:
             if req.context_window:
                 status.context_window = req.context_window
                 status.context_window_source = req.context_window_source
+                status.context_window_detail = req.context_window_detail
             rt.agent_status_json = convert.message_to_json(status)
             rt.version += 1
             return graph_pb2.ReportAgentStatusResponse(status=status)

@@ -45,7 +45,7 @@ def wgs_error(exc: grpc.aio.AioRpcError, what: str) -> errors.WgsError:
     code = exc.code()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field = ""
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        status = rpc_status.from_call(exc)
         if status is not None:
             field = errors.field_of(list(status.details))
         return errors.InvalidArgument(exc.details() or what, field)
@@ -113,11 +113,11 @@ class GraphClient:
                                          expected_state=expected_state)  # type: ignore[arg-type]
         if plan is not None:
             req.plan.CopyFrom(plan)
-        resp = await call("graph RecordRunStarted", self._runtime.RecordRunStarted(req, timeout=deadline()))
+        resp: RS.RecordRunStartedResponse = await call("graph RecordRunStarted", self._runtime.RecordRunStarted(req, timeout=deadline()))
         return resp.runtime
 
     async def runs_exited(self, exits: list[RS.RunExit]) -> list[RS.RunExitResult]:
-        resp = await call("graph RecordRunExited", self._runtime.RecordRunExited(
+        resp: RS.RecordRunExitedResponse = await call("graph RecordRunExited", self._runtime.RecordRunExited(
             RS.RecordRunExitedRequest(exits=exits, supervisor_id=self.me), timeout=deadline()))
         return list(resp.results)
 
@@ -134,7 +134,7 @@ class GraphClient:
         return await call("graph RenewLeases", self._runtime.RenewLeases(req, timeout=deadline()))
 
     async def supervisors(self, include_expired: bool = False) -> list[RS.SupervisorInfo]:
-        resp = await call("graph ListSupervisors", self._runtime.ListSupervisors(
+        resp: RS.ListSupervisorsResponse = await call("graph ListSupervisors", self._runtime.ListSupervisors(
             RS.ListSupervisorsRequest(include_expired=include_expired), timeout=deadline()))
         return list(resp.supervisors)
 
@@ -185,7 +185,7 @@ class DispatchClient:
                                             working_dir=working_dir, origin=origin)  # type: ignore[arg-type]
         if generation is not None:
             req.generation.CopyFrom(generation)
-        resp = await call("dispatch PlanSpawn", self._stub.PlanSpawn(req, timeout=deadline()))
+        resp: dispatch_pb2.PlanSpawnResponse = await call("dispatch PlanSpawn", self._stub.PlanSpawn(req, timeout=deadline()))
         return resp.plan
 
     async def plan_for(self, task: task_pb2.Task, origin: int) -> plan_pb2.SpawnPlan:

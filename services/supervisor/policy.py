@@ -77,7 +77,7 @@ class Decision:
 def backoff_delay(consecutive: int, cfg: PolicyConfig) -> float:
     """Delay before restart number `consecutive` (1-based): initial * 2^(n-1), capped."""
     n = max(1, consecutive)
-    return min(cfg.max_backoff, cfg.initial_backoff * (2 ** min(n - 1, 30)))
+    return min(cfg.max_backoff, cfg.initial_backoff * (2.0 ** min(n - 1, 30)))
 
 
 def on_end(

@@ -68,6 +68,22 @@ import select
 import sys
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import TypedDict
+
+    class _Opts(TypedDict):
+        """What the run needs, from the command line (one-shot) or the command (warm)."""
+
+        exit_file: str
+        log_file: str
+        max_log_bytes: int
+        report_fd: int
+        cmd: list[str]
+        stop_grace: float
+        lease_file: str
+        cgroup: str
+
 PR_SET_CHILD_SUBREAPER = 36
 DEFAULT_STOP_GRACE = 5.0
 LOG_CAP_INTERVAL = 2.0
@@ -98,7 +114,7 @@ def _on_child(_signum: int, _frame: object) -> None:
     pass  # only wakes the poll (set_wakeup_fd); reaping happens in the loop
 
 
-def _install_signals() -> tuple:
+def _install_signals() -> tuple[int, int]:
     """Handlers + a wakeup pipe (every signal writes a byte: poll wakes, none is lost)."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
@@ -122,7 +138,12 @@ def _set_subreaper() -> bool:
     try:
         import _ctypes
 
-        class _Int(_ctypes._SimpleCData):
+        if TYPE_CHECKING:
+            _IntBase = _ctypes._SimpleCData[int]
+        else:
+            _IntBase = _ctypes._SimpleCData  # not subscriptable at run time
+
+        class _Int(_IntBase):
             _type_ = "i"
 
         class _Func(_ctypes.CFuncPtr):
@@ -152,7 +173,7 @@ def _say(message: str) -> None:
         pass
 
 
-def _write_exit_file(path: str, record: dict) -> None:
+def _write_exit_file(path: str, record: dict[str, int | str | bool | None]) -> None:
     import json
 
     tmp = path + ".tmp"
@@ -331,9 +352,9 @@ def _cgroup_kill(cgroup: str) -> bool:
 # ---------------------------------------------------------------------------------------- options
 
 
-def _parse(argv: list) -> dict:
-    opts = {"exit_file": "", "log_file": "", "max_log_bytes": 0, "report_fd": -1, "cmd": [],
-            "stop_grace": DEFAULT_STOP_GRACE, "lease_file": "", "cgroup": ""}
+def _parse(argv: list[str]) -> "_Opts":
+    opts: _Opts = {"exit_file": "", "log_file": "", "max_log_bytes": 0, "report_fd": -1, "cmd": [],
+                   "stop_grace": DEFAULT_STOP_GRACE, "lease_file": "", "cgroup": ""}
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -411,7 +432,8 @@ def _read_command(wake_r: int) -> bytes:
     return buf.split(b"\n", 1)[0]
 
 
-def _wait_command(argv: list, wake_r: int) -> tuple:
+def _wait_command(argv: list[str],
+                  wake_r: int) -> "tuple[_Opts, dict[str, str], str, int] | tuple[None, None, None, int]":
     """Warm mode: (opts, env, cwd, 0) of the command, or (None, None, None, exit status) if there is
     none to run (0: EOF or a stop signal; 2: an unusable command, reported)."""
     import json  # while idle: off the spawn's path
@@ -436,10 +458,10 @@ def _wait_command(argv: list, wake_r: int) -> tuple:
         cwd = str(doc["cwd"])
         log_file = str(doc["log_file"])
         grace = doc.get("stop_grace")
-        opts = {"exit_file": str(doc["exit_file"]), "log_file": log_file,
-                "max_log_bytes": int(doc.get("max_log_bytes") or 0), "report_fd": report_fd, "cmd": cmd,
-                "stop_grace": float(grace) if grace is not None else DEFAULT_STOP_GRACE,
-                "lease_file": str(doc.get("lease_file") or ""), "cgroup": str(doc.get("cgroup") or "")}
+        opts: _Opts = {"exit_file": str(doc["exit_file"]), "log_file": log_file,
+                       "max_log_bytes": int(doc.get("max_log_bytes") or 0), "report_fd": report_fd, "cmd": cmd,
+                       "stop_grace": float(grace) if grace is not None else DEFAULT_STOP_GRACE,
+                       "lease_file": str(doc.get("lease_file") or ""), "cgroup": str(doc.get("cgroup") or "")}
         if not cmd or not cmd[0] or not opts["exit_file"] or not opts["log_file"]:
             raise ValueError("argv, exit_file and log_file are required")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -463,7 +485,8 @@ def _wait_command(argv: list, wake_r: int) -> tuple:
 # ---------------------------------------------------------------------------------------- the run
 
 
-def _agent(cmd: list, env, cwd, cgroup: str, err_w: int, close: tuple, mask: set) -> None:
+def _agent(cmd: list[str], env: dict[str, str] | None, cwd: str | None, cgroup: str, err_w: int,
+           close: tuple[int, ...], mask: set[int]) -> None:
     """In the forked child: become the agent (never returns)."""
     stage = "exec failed: " + cmd[0]
     try:
@@ -499,7 +522,7 @@ def _agent(cmd: list, env, cwd, cgroup: str, err_w: int, close: tuple, mask: set
             os._exit(127)
 
 
-def _exec_result(err_r: int) -> tuple:
+def _exec_result(err_r: int) -> tuple[int | None, str, str]:
     """(exec errno or None, exec error message, cgroup join error) from the child's CLOEXEC pipe."""
     data = b""
     while True:
@@ -525,7 +548,7 @@ def _exec_result(err_r: int) -> tuple:
 class _Run:
     """The monitor's view of one run while it waits for the agent and ends what is left."""
 
-    def __init__(self, pid: int, opts: dict, wake_r: int, subreaper: bool) -> None:
+    def __init__(self, pid: int, opts: "_Opts", wake_r: int, subreaper: bool) -> None:
         self.pid = pid
         self.opts = opts
         self.wake_r = wake_r
@@ -562,7 +585,7 @@ class _Run:
                 self.status = st
                 self.exited_at = time.time()
 
-    def members(self) -> dict:
+    def members(self) -> dict[int, int]:
         """Live processes of the run other than the monitor: our descendants and the cgroup's members."""
         found = _descendants(os.getpid())
         if self.cgroup:
@@ -593,7 +616,7 @@ class _Run:
                  f"(SIGTERM, SIGKILL after {self.grace:g}s): {shown}")
         self.signal_new(live, signal.SIGTERM)
 
-    def signal_new(self, live: dict, sig: int) -> None:
+    def signal_new(self, live: dict[int, int], sig: int) -> None:
         for pid, ticks in live.items():
             key = (pid, ticks)
             if sig == signal.SIGTERM and key in self.signalled:
@@ -637,7 +660,7 @@ class _Run:
             return deadline
         return None
 
-    def open_events(self, poller) -> None:
+    def open_events(self, poller: select.poll) -> None:
         if self.cgroup and self.events_fd < 0:
             try:
                 self.events_fd = os.open(self.cgroup + "/cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
@@ -700,16 +723,16 @@ class _Run:
         _say(f"could not remove the run's cgroup {self.cgroup}: {last.strerror or last}")
 
 
-def main(argv: list) -> int:
+def main(argv: list[str]) -> int:
     original_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     wake_r, wake_w = _install_signals()
     subreaper = _set_subreaper()
     env = None
     cwd = None
     if argv and argv[0] == "--wait-command":
-        opts, env, cwd, status = _wait_command(argv[1:], wake_r)
+        opts, env, cwd, exit_status = _wait_command(argv[1:], wake_r)
         if opts is None:
-            return status
+            return exit_status
     else:
         opts = _parse(argv)
     cmd = opts["cmd"]
@@ -734,8 +757,9 @@ def main(argv: list) -> int:
     run.loop()
     run.remove_cgroup()
     status = run.status
-    record = {"pid": pid, "exit_code": None, "signal": None, "exited_at": _iso(run.exited_at or time.time()),
-              "leftovers": run.leftovers()}
+    record: dict[str, int | str | bool | None] = {
+        "pid": pid, "exit_code": None, "signal": None, "exited_at": _iso(run.exited_at or time.time()),
+        "leftovers": run.leftovers()}
     if status is not None:
         if os.WIFSIGNALED(status):
             record["signal"] = os.WTERMSIG(status)

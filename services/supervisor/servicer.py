@@ -38,7 +38,7 @@ def _unreachable(exc: grpc.aio.AioRpcError) -> bool:
 
 def _hop_timeout(context: grpc.aio.ServicerContext, *, stream: bool = False) -> float | None:
     """The forwarded call's deadline: the caller's, less a margin to explain a silent owner in time."""
-    remaining = context.time_remaining()
+    remaining: float | None = context.time_remaining()
     if remaining is None:
         return None if stream else deadline()
     return max(0.05, remaining - min(1.0, remaining * 0.1))

@@ -8,16 +8,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 
 from tests.agent.conftest import Chat
 from tests.harness import ServiceProcess, authed_aio_channel
+from wgs.agent.errors import FAIL_CONTEXT
 from wgs.agent.graph_sink import GraphStatusSink
-from wgs.agent.status import PartialReplyEvent
+from wgs.agent.status import PartialReplyEvent, Status
 from wgs.common.auth import AGENT, CLIENT
-from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_pb2, runtime_service_pb2, task_pb2
+from wgs.v1 import graph_pb2, graph_pb2_grpc, plan_pb2, runtime_pb2, runtime_service_pb2, task_pb2
 
 
 @pytest.fixture
@@ -130,3 +132,43 @@ async def test_pieces_of_a_run_that_is_no_longer_live_are_refused_and_never_rais
         assert "is not live" in (exc.value.details() or "")
     async with sink_for(graph, live_chat) as sink:
         await sink.partial_reply(PartialReplyEvent("r3", "late", "late"))  # logged, not raised
+
+
+async def test_status_events_become_the_chats_agent_status(graph: ServiceProcess, live_chat: Chat) -> None:
+    """What the agent's Status reports through the real sink is what the chat's record says: the
+    wait with its next attempt, the window with how it was learnt, token totals, the last answer
+    error, and their clearing by a success and the endpoint's return."""
+    assert live_chat.rt is not None
+    clock = [datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)]
+
+    def record() -> runtime_pb2.AgentStatus:
+        return live_chat.rt.GetChatRecord(runtime_service_pb2.GetChatRecordRequest(  # type: ignore[union-attr]
+            chat_id=live_chat.id), timeout=10).runtime.agent
+
+    async with sink_for(graph, live_chat) as sink:
+        status = Status(sink, clock=lambda: clock[0])
+        await status.context_window(2048, "server", "llama.cpp GET /props n_ctx", 512)
+        await status.endpoint_waiting("endpoint http://h:1 unreachable: connection refused", 4.0)
+        clock[0] += timedelta(seconds=4)
+        await status.endpoint_waiting("endpoint http://h:1 unreachable: connection refused", 8.0)
+        await status.token_usage("r1", 1200, 80, "server")
+        await status.answer_failed("r1", FAIL_CONTEXT, "Could not answer: the request does not fit")
+        await sink.close()
+        got = record()
+        assert (got.context_window, got.context_window_source, got.context_window_detail) == (
+            2048, plan_pb2.CHOICE_SOURCE_SERVER, "llama.cpp GET /props n_ctx")
+        assert got.waiting.reason.endswith("connection refused")
+        assert got.waiting.since.ToDatetime(UTC) == datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+        assert got.waiting.next_attempt_at.ToDatetime(UTC) == datetime(2026, 3, 1, 12, 0, 12, tzinfo=UTC)
+        assert (got.input_tokens, got.output_tokens) == (1200, 80)
+        err = got.last_answer_error
+        assert (err.error_class, err.request_id, err.message) == (
+            "context_overflow", "r1", "Could not answer: the request does not fit")
+
+        await status.endpoint_back()
+        await status.token_usage("r2", 300, 20, "server")
+        await status.answer_succeeded("r2", 300, 20)
+        await sink.close()
+        got = record()
+        assert not got.HasField("waiting") and not got.HasField("last_answer_error")
+        assert (got.input_tokens, got.output_tokens, got.answers) == (1500, 100, 1)

@@ -13,7 +13,14 @@ import pytest
 
 from tests.fakes.fake_openai import FakeOpenAI, Reply
 from tests.fakes.tls import self_signed
-from wgs.agent.context import ServerWindow, choose_window, estimate_tokens, fit_history, reply_budget
+from wgs.agent.context import (
+    ServerWindow,
+    choose_window,
+    estimate_tokens,
+    fit_history,
+    reply_budget,
+    stated_numbers,
+)
 from wgs.agent.errors import (
     EXIT_AUTH,
     EXIT_UNKNOWN_MODEL,
@@ -453,3 +460,21 @@ async def test_ca_files_add_to_the_system_trust_store(tmp_path: Path, monkeypatc
             with pytest.raises(httpx.ConnectError) as refused:
                 await http.get(own_ca.base_url + "/v1/models")
             assert "certificate verify failed" in str(refused.value)
+
+
+@pytest.mark.parametrize(("message", "numbers"), [
+    # vLLM (and OpenAI): prompt + max_tokens over the window
+    ("This model's maximum context length is 2048 tokens. However, you requested 2100 tokens (1600 in the "
+     "messages, 500 in the completion). Please reduce the length of the messages or completion.", (1600, 2048)),
+    # OpenAI: the messages alone
+    ("This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens. "
+     "Please reduce the length of the messages.", (9000, 8192)),
+    # vLLM since 0.6: max_tokens too large
+    ("'max_tokens' is too large: 1024. This model's maximum context length is 2048 tokens and your request has "
+     "1500 input tokens (1024 > 2048 - 1500).", (1500, 2048)),
+    # llama-cpp-python
+    ("Requested tokens (2100) exceed context window of 2048", (2100, 2048)),
+    ("Context size has been exceeded.", (None, None)),
+])
+def test_the_figures_a_context_error_states_in_words(message: str, numbers: tuple[int | None, int | None]) -> None:
+    assert stated_numbers(message) == numbers

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.agent.recording_sink import RecordingSink
-from tests.fakes.fake_openai import FakeOpenAI, prompt_tokens
+from tests.fakes.fake_openai import FakeOpenAI, Reply, prompt_tokens
 from wgs.agent.conversation import Turn
 from wgs.agent.errors import FAIL_CONTEXT, FAIL_TOO_LARGE, AnswerFailed
 from wgs.agent.native import NativeBackend
@@ -172,7 +172,11 @@ async def test_an_outage_mid_answer_is_waited_out_and_the_request_answered() -> 
     assert reply == "echo: are you there?"
     assert sleeps.calls == [0.25, 0.5, 1.0]  # capped exponential backoff
     waiting = sink.of(EndpointWaitingEvent)
-    assert len(waiting) == 1 and "connection refused" in waiting[0].reason  # one event per outage
+    # One outage: the first event opens it, each further attempt repeats it with its own next try.
+    assert [w.repeat for w in waiting] == [False, True, True]
+    assert all("connection refused" in w.reason and w.since == waiting[0].since for w in waiting)
+    assert [w.next_attempt_at - w.at for w in waiting if w.next_attempt_at] == [
+        timedelta(seconds=d) for d in sleeps.calls]
     assert len(sink.of(EndpointBackEvent)) == 1 and revived[0].chat_requests()
 
 
@@ -189,7 +193,7 @@ async def test_loading_model_at_start_is_waited_for() -> None:
         await b.start(Status(sink))
         await b.close()
     waiting = sink.of(EndpointWaitingEvent)
-    assert len(waiting) == 1 and "loading" in waiting[0].reason
+    assert [w.repeat for w in waiting] == [False, True] and all("loading" in w.reason for w in waiting)
     assert sink.of(EndpointBackEvent) and sink.of(ContextWindowEvent)[0].tokens == 2048
 
 
@@ -199,14 +203,18 @@ async def test_status_reports_one_wait_per_outage_and_the_time_waited() -> None:
     status = Status(sink, clock=lambda: now[0])
     await status.endpoint_waiting("connection refused")
     now[0] += timedelta(seconds=5)
-    await status.endpoint_waiting("connection refused")
+    await status.endpoint_waiting("connection refused")  # nothing new: not sent
+    await status.endpoint_waiting("connection refused", retry_in=2.0)  # the next try is news
     await status.endpoint_waiting("the model is loading")
     now[0] += timedelta(seconds=5)
     await status.endpoint_back()
     await status.endpoint_back()
     waits = sink.of(EndpointWaitingEvent)
-    assert [w.reason for w in waits] == ["connection refused", "the model is loading"]
-    assert waits[0].since == waits[1].since == datetime(2026, 1, 1, tzinfo=UTC)
+    assert [(w.reason, w.repeat) for w in waits] == [
+        ("connection refused", False), ("connection refused", True), ("the model is loading", False)]
+    assert waits[1].next_attempt_at == datetime(2026, 1, 1, 0, 0, 7, tzinfo=UTC)
+    assert waits[0].next_attempt_at is None
+    assert waits[0].since == waits[1].since == waits[2].since == datetime(2026, 1, 1, tzinfo=UTC)
     backs = sink.of(EndpointBackEvent)
     assert len(backs) == 1 and backs[0].waited_seconds == 10.0
 
@@ -217,3 +225,66 @@ async def test_a_failing_sink_never_fails_the_caller() -> None:
             raise RuntimeError("store down")
 
     await Status(Broken()).answer_failed("r1", "timeout", "x")  # logged, not raised
+
+
+async def test_vllm_prompt_plus_max_tokens_overflow_retries_with_a_max_tokens_that_fits() -> None:
+    # vLLM refuses prompt + max_tokens over max_model_len (600 here). The chat template adds 120 tokens
+    # that /tokenize of the bare text does not count (fake quirk template_preamble_tokens), so the
+    # agent's fit is short by that much: the 400 says "(P in the messages, 450 in the completion)".
+    # With nothing to cut, the one retry keeps the messages and asks for the room that is left.
+    with FakeOpenAI(models=["qwen3-coder"], server="vllm", n_ctx=600, template_preamble_tokens=120) as fake:
+        b = backend(fake.base_url, max_tokens=512)
+        status = Status(RecordingSink())
+        await b.start(status)
+        reply = await b.answer([], "word " * 60, AnswerContext("r1", status))
+        await b.close()
+        first, second = (r.body for r in fake.chat_requests())
+    assert first["max_tokens"] == 450  # 3/4 of the window, the most the agent sends
+    prompt = prompt_tokens(first["messages"]) + 120
+    assert second["messages"] == first["messages"] and second["max_tokens"] == 600 - prompt
+    assert reply.startswith("echo: word")
+
+
+async def test_when_only_the_reply_room_overflows_the_history_is_kept() -> None:
+    # The same overflow with earlier turns: the server's figures say the messages fit, so the retry
+    # keeps every turn and lowers max_tokens rather than dropping history.
+    with FakeOpenAI(models=["qwen3-coder"], server="vllm", n_ctx=1000, template_preamble_tokens=420) as fake:
+        b = backend(fake.base_url, max_tokens=500)
+        status = Status(RecordingSink())
+        await b.start(status)
+        reply = await b.answer(turns(4), "now", AnswerContext("r1", status))
+        await b.close()
+        first, second = (r.body for r in fake.chat_requests())
+    assert history_of(second["messages"]) == history_of(first["messages"]) and len(history_of(first["messages"])) == 8
+    assert second["max_tokens"] == 1000 - prompt_tokens(first["messages"]) - 420 < first["max_tokens"]
+    assert reply == "echo: now"
+
+
+async def test_an_overflow_without_figures_and_nothing_to_cut_retries_with_a_recounted_max_tokens() -> None:
+    # llama.cpp before its exceed_context_size_error (HTTP 500 "Context size has been exceeded.",
+    # no figures) behind an OpenAI-compatible proxy: tokens are only estimated, so the agent counts
+    # the prompt again, more conservatively, and asks once for the room that leaves.
+    with FakeOpenAI(models=["qwen3-coder"]) as fake:
+        fake.script(Reply(status=500, error="Context size has been exceeded."))
+        b = backend(fake.base_url, flag=400, max_tokens=256)
+        status = Status(RecordingSink())
+        await b.start(status)
+        reply = await b.answer([], "word " * 45, AnswerContext("r1", status))
+        await b.close()
+        first, second = (r.body for r in fake.chat_requests())
+    assert first["max_tokens"] == 256 and 16 <= second["max_tokens"] < 256
+    assert second["messages"] == first["messages"] and reply.startswith("echo: word")
+
+
+async def test_a_prompt_over_the_window_with_nothing_to_cut_fails_with_the_servers_words_at_once() -> None:
+    # The server's figures say the messages alone exceed its window: no max_tokens helps, no retry.
+    with FakeOpenAI(models=["qwen3-coder"], n_ctx=100) as fake:
+        b = backend(fake.base_url, flag=4096)
+        status = Status(RecordingSink())
+        await b.start(status)
+        with pytest.raises(AnswerFailed) as failed:
+            await b.answer([], "word " * 150, AnswerContext("r1", status))
+        await b.close()
+        assert len(fake.chat_requests()) == 1
+    assert failed.value.kind == FAIL_CONTEXT
+    assert "This model's maximum context length is 100 tokens" in failed.value.reason

@@ -1,5 +1,5 @@
-"""`wgs chat send --wait --stream` prints a native agent's reply as the model generates it, and the
-whole reply exactly once: a real stack (`wgs up --detach`) and the fake OpenAI-compatible server,
+"""`wgs chat send --wait --stream` and `wgs chat attach` print a native agent's reply as the model
+generates it, and the whole reply exactly once: a real stack (`wgs up --detach`) and the fake OpenAI-compatible server,
 which stops in the middle of its streamed reply until the test lets it go on (a slow model, made
 deterministic)."""
 
@@ -80,6 +80,45 @@ def test_send_wait_stream_prints_the_reply_as_it_is_generated_and_once(stack: Pa
                     send.wait()
             assert send.returncode == 0, err
             assert (early + rest).decode() == reply  # all of it, once, nothing printed twice
+            history = json.loads(chat_cli(stack, "history", chat_id, "--json").stdout)
+            assert history[-1]["role"] == "ASSISTANT" and history[-1]["content"] == reply
+        finally:
+            chat_cli(stack, "delete", chat_id)
+
+
+@needs_stack
+def test_attach_prints_the_reply_as_it_is_generated_before_it_is_stored(stack: Path) -> None:  # noqa: F811
+    reply = "Attached and streaming, piece by piece."
+    with FakeOpenAI(models=[MODEL], chunk_size=5) as fake:
+        chat_id = _native_chat(stack, fake)
+        try:
+            fake.script(Reply(text=reply, pause_after=2))  # 2 chunks of 5 characters, then wait
+            attach = subprocess.Popen(
+                [sys.executable, "-m", "wgs.cli.main", "chat", "attach", "--state-dir", str(stack), chat_id,
+                 "--wait", "60"],
+                env=cli_env(stack), cwd=str(REPO), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, bufsize=0,
+            )
+            try:
+                assert attach.stdin is not None and attach.stdout is not None
+                attach.stdin.write(b"go on\n")
+                attach.stdin.flush()
+                fake.wait_paused()
+                # The model is stopped mid-reply: what attach prints now came from the partial stream.
+                early = read_at_least(attach.stdout, 10, timeout=30)
+                assert early == reply[:10].encode()
+                history = json.loads(chat_cli(stack, "history", chat_id, "--json").stdout)
+                assert [m["role"] for m in history] == ["USER"], history
+                fake.resume()
+                # communicate() closes stdin (Ctrl-D): attach waits for the outstanding reply, then exits.
+                rest, err = attach.communicate(timeout=60)
+            finally:
+                fake.resume()
+                if attach.poll() is None:
+                    attach.kill()
+                    attach.wait()
+            assert attach.returncode == 0, err
+            assert (early + rest).decode() == reply + "\n"  # the whole reply, once
             history = json.loads(chat_cli(stack, "history", chat_id, "--json").stdout)
             assert history[-1]["role"] == "ASSISTANT" and history[-1]["content"] == reply
         finally:

@@ -39,3 +39,36 @@ def test_readme_commands_are_the_ones_ci_runs() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert "./scripts/install.sh" in text and "./scripts/install.sh" in ci
     assert "\n.venv/bin/pytest -q\n" in text and "\n.venv/bin/pytest -q\n" in ci
+
+
+def _keys(doc: dict[str, object]) -> set[str]:
+    """Every key of a chat's JSON, nested objects included (lists of objects: their keys)."""
+    out: set[str] = set()
+    for key, value in doc.items():
+        out.add(key)
+        if isinstance(value, dict):
+            out |= _keys(value)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            out |= _keys(value[0])
+    return out
+
+
+def test_every_json_key_of_a_chat_is_in_readme() -> None:
+    from wgs.cli.output import chat_to_dict
+    from wgs.v1 import chat_pb2, plan_pb2, runtime_pb2
+
+    S = plan_pb2
+    plan = S.SpawnPlan(
+        executor="native", model="m", argv=["wgs-agent"], env=[S.EnvVar(name="A", value="1")],
+        endpoint=S.PlannedEndpoint(url="https://h:1", ca_file="/ca.pem"),
+        generation=S.GenerationSettings(max_tokens=1, temperature=0.1, top_p=0.5, stop=["x"], context_window=300))
+    agent = runtime_pb2.AgentStatus(
+        last_answer_error=runtime_pb2.AnswerError(error_class="timeout"),
+        waiting=runtime_pb2.EndpointWait(reason="down"), context_window=300)
+    rt = runtime_pb2.ChatRuntime(plan=plan, agent=agent, current_run=runtime_pb2.Run(number=1),
+                                 previous_runs=[runtime_pb2.Run(number=0)])
+    doc = chat_to_dict(chat_pb2.Chat(id=".chat-1", runtime=rt), jaeger_url="http://jaeger")
+    text = README.read_text()
+    section = text.split("### JSON output", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(k for k in _keys(doc) if not re.search(rf"\b{re.escape(k)}\b", section))
+    assert not missing, f"README.md's 'JSON output' does not name these keys of the chat JSON: {missing}"

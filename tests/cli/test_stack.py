@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.harness import REPO, base_env
+from tests.harness import REPO, base_env, token
 from tests.procscan import processes_of
 from wgs.cli.procs import is_alive
 
@@ -279,8 +279,11 @@ def test_down_also_stops_chat_agents(tmp_path: Path) -> None:
     agent = doc["pid"]
     monitor = doc["current_run"]["monitor_pid"]
     assert is_alive(agent, None)
-    down = wgs(state, "down", "--state-dir", str(state))
+    # A user whose CLI presents a client token: StopAgents is the stack owner's, and `wgs down` (which
+    # can read the stack secret) presents a supervisor token for it, so the supervisor stops the agent.
+    down = wgs(state, "down", "--state-dir", str(state), env=cli_env(state, {"WGS_TOKEN": token()}))
     assert down.returncode == 0, down.stderr
+    assert "could not stop its agents" not in down.stderr, down.stderr
     assert f"({doc['id']} run #1)" in down.stdout
     assert not is_alive(agent, None) and not is_alive(monitor, None)
     assert service_processes(state) == []

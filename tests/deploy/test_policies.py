@@ -20,6 +20,7 @@ from tests.deploy.k8s import (
     of_kind,
     pod_spec,
     wgs_service_containers,
+    wgs_service_of,
     workloads,
 )
 from wgs.common.settings import DEFAULT_PORTS, ENV_VARS
@@ -223,3 +224,68 @@ def test_dev_secret_references_resolve(rendered: dict[str, list[Obj]]) -> None:
             secret = secrets.get(key_ref["name"])
             assert secret, f"{ref.where}: Secret {key_ref['name']} is not generated in dev"
             assert key_ref["key"] in secret.get("data", {}), f"{ref.where}: key {key_ref['key']} missing"
+
+
+TLS_SECRET = "wgs-tls"
+TLS_FILES = {"WGS_TLS_CERT_FILE": "tls.crt", "WGS_TLS_KEY_FILE": "tls.key", "WGS_TLS_CA_FILE": "ca.crt"}
+
+
+def test_prod_every_workload_serves_and_dials_mutual_tls_from_the_wgs_tls_secret(rendered: dict[str, list[Obj]]) -> None:
+    """Prod (docs/security.md, deploy/README.md): each service serves TLS, requires client
+    certificates and dials its peers with its own, all from the cert-manager Secret wgs-tls, mounted
+    read-only; a plaintext listener off loopback is never allowed."""
+    objs = rendered["prod"]
+    assert {w["metadata"]["name"] for w in workloads(objs)} == {f"wgs-{s}" for s in WGS_SERVICES}, (
+        "a new prod workload: decide its TLS here first")
+    seen = set()
+    for service, ref in wgs_service_containers(objs):
+        seen.add(service)
+        tls_volumes = {v["name"] for v in ref.pod.get("volumes", [])
+                       if v.get("secret", {}).get("secretName") == TLS_SECRET}
+        assert tls_volumes, f"{ref.where}: the pod mounts no Secret {TLS_SECRET}"
+        mounts = {m["name"]: m for m in ref.container.get("volumeMounts", []) if m["name"] in tls_volumes}
+        assert len(mounts) == 1, f"{ref.where}: Secret {TLS_SECRET} must be mounted once, got {sorted(mounts)}"
+        mount = next(iter(mounts.values()))
+        assert mount.get("readOnly") is not False, f"{ref.where}: the TLS mount must be read-only"
+        volume = next(v for v in ref.pod["volumes"] if v["name"] == mount["name"])
+        items = volume["secret"].get("items")
+        assert items is None or set(TLS_FILES.values()) <= {i["path"] for i in items}, ref.where
+        env = env_map(ref.container)
+        for var, file in TLS_FILES.items():
+            assert env.get(var, {}).get("value") == f"{mount['mountPath'].rstrip('/')}/{file}", (
+                f"{ref.where}: {var} must name {file} in the {TLS_SECRET} mount ({mount['mountPath']})")
+        assert env.get("WGS_TLS_CLIENT_AUTH", {}).get("value") == "1", f"{ref.where}: mutual TLS is off"
+        assert env.get("WGS_ALLOW_INSECURE_LISTEN", {}).get("value", "0") == "0", (
+            f"{ref.where}: prod must not allow a plaintext listener")
+    assert seen == set(WGS_SERVICES)
+
+
+# The Secrets graph and dispatch may reference (dev suffixes generated names with a content hash).
+GRAPH_DISPATCH_SECRETS = re.compile(r"\A(wgs-auth|wgs-database|wgs-tls)(-[a-z0-9]{10})?\Z")
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_graph_and_dispatch_reference_no_api_key_secret(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    """Least privilege: only the supervisor gets LLM API keys (wgs-llm-keys); graph and dispatch
+    reference no such Secret, by env, envFrom or volume, and carry no key-shaped variable."""
+    objs = rendered[overlay]
+    for w in workloads(objs):
+        if not is_wgs(w):
+            continue
+        pod = pod_spec(w)
+        services = {wgs_service_of(c) for c in pod["containers"]}
+        refs = {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        refs |= {s["secret"]["name"] for v in pod.get("volumes", []) for s in v.get("projected", {}).get("sources", [])
+                 if "secret" in s}
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            refs |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
+                     if "secretKeyRef" in e.get("valueFrom", {})}
+            refs |= {f["secretRef"]["name"] for f in c.get("envFrom", []) if "secretRef" in f}
+            if services & {"graph", "dispatch"}:
+                keys = [e["name"] for e in c.get("env", []) if "API_KEY" in e["name"]]
+                assert not keys, f"{name(w)} container {c['name']}: API key variables {keys}"
+        if "supervisor" in services:
+            assert any(r.startswith("wgs-llm-keys") for r in refs), f"{name(w)}: the supervisor lost its keys"
+        elif services & {"graph", "dispatch"}:
+            stray = sorted(r for r in refs if not GRAPH_DISPATCH_SECRETS.match(r))
+            assert not stray, f"{overlay} {name(w)} references Secrets it must not have: {stray}"

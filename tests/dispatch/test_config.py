@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from services.dispatch.config import ConfigStore, config_path, load_config, parse_config
+from services.dispatch.config import (
+    DEFAULTS_KEYS,
+    ENDPOINT_KEYS,
+    ConfigStore,
+    config_path,
+    load_config,
+    parse_config,
+)
 from wgs.common.errors import ConfigError
 
 P = Path("/cfg/config.toml")
@@ -44,6 +52,9 @@ def test_example_config_in_the_repo_is_valid() -> None:
     cfg = load_config(example)
     assert cfg.default_endpoint() is not None
     assert cfg.defaults.executor == "native"
+    text = example.read_text()
+    undocumented = [k for k in ENDPOINT_KEYS + DEFAULTS_KEYS if not re.search(rf"^#? ?{k} = ", text, re.M)]
+    assert not undocumented, f"config.example.toml shows no example of {undocumented}"
 
 
 def test_missing_file_is_empty_config(tmp_path: Path) -> None:

@@ -47,6 +47,11 @@ Server modes (`server=`), each reproducing what that server does:
   {"model", "prompt", "add_special_tokens"}` -> `{"count", "max_model_len", "tokens"}` (root);
   prompt + max_tokens over max_model_len -> 400 BadRequestError "This model's maximum context
   length is N tokens. However, you requested M tokens (P in the messages, C in the completion)…".
+Any mode, `template_preamble_tokens=K`: the model's chat template adds K tokens to every prompt that
+the bare messages do not show, so `/tokenize` of the messages' text undercounts the prompt by K (the
+quirk of e.g. Llama 3.1's template, which writes "Cutting Knowledge Date: December 2023 / Today
+Date: …" into the system message, and of templates that inject a default system prompt); the
+completion's prompt count (overflow check, usage) includes them.
 - "ollama": Ollama's OpenAI-compatible API (v0.5+). `/v1/models` lists `name:tag`
   (`qwen3-coder:latest`) and a request for `name` is served as `name:latest`; `POST /api/show
   {"model"}` -> `parameters` (with `num_ctx N` when `ollama_num_ctx` is set) and `model_info`
@@ -139,7 +144,7 @@ class FakeOpenAI:
                  port: int = 0, tls: tuple[str, str] | None = None, chunk_size: int = 4, *,
                  server: str = "openai", n_ctx: int | None = None, overflow_stream: str = "empty",
                  ollama_num_ctx: int | None = None, n_ctx_train: int = 262144,
-                 props_n_ctx: int | None = None) -> None:
+                 props_n_ctx: int | None = None, template_preamble_tokens: int = 0) -> None:
         assert server in ("openai", "llama.cpp", "vllm", "ollama"), server
         assert overflow_stream in ("empty", "error_event", "400"), overflow_stream
         self.models = list(models if models is not None else ["fake-model"])
@@ -155,6 +160,7 @@ class FakeOpenAI:
         # figure the server does not hold to (e.g. a proxy in front of a smaller model).
         self.props_n_ctx = props_n_ctx
         self.n_ctx_train = n_ctx_train
+        self.template_preamble_tokens = template_preamble_tokens  # prompt tokens /tokenize does not see
         self.loading = False  # llama.cpp: 503 "Loading model" on every route
         self.requests: list[Recorded] = []
         self.emitted: list[Emitted] = []  # content chunks of streamed replies, in the order sent
@@ -424,7 +430,7 @@ class FakeOpenAI:
                     self._responses(body, reply)
                     return
                 messages = body.get("messages") or []
-                n_prompt = prompt_tokens(messages)
+                n_prompt = prompt_tokens(messages) + fake.template_preamble_tokens
                 max_tokens = int(body.get("max_tokens") or 0)
                 if fake.n_ctx is not None and fake.server != "ollama":
                     over = n_prompt + max_tokens > fake.n_ctx if fake.server == "vllm" else n_prompt > fake.n_ctx

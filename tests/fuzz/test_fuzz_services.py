@@ -7,8 +7,14 @@ generic channel call with raw serializers, with and without a token. Asserted: n
 UNKNOWN, no traceback in the services' logs (nor an ERROR record from a library: grpc,
 OpenTelemetry, asyncio), no file created outside the state dir, every service still SERVING, and the
 bystander — a process of the test's own whose pid the requests name as a run's agent or monitor —
-never signalled. Reproducible (derandomize) and bounded: a few dozen examples per method, under a
-minute in all on a CI machine.
+never signalled. Reproducible (derandomize) and bounded twice: a few dozen examples per method, and
+a wall-clock budget (FUZZ_BUDGET_SECONDS for all the fuzzing tests together, shared out as they run:
+each test gets the budget left in proportion to its examples among those of the tests left, so
+every method is fuzzed in every phase).
+A test whose share is spent stops sending (the rest of its examples are drawn but not sent); the
+outcome checks at the end run whatever was sent, and the report says how many examples were cut.
+The whole module stays under 2 minutes on the 2-core CI machine (docs/security.md, "Clean
+rejections", has the figures).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,11 +63,45 @@ SERVICES: dict[str, tuple[Any, str]] = {
 }
 BAD_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 UNARY_TIMEOUT = 10.0
-STREAM_TIMEOUT = 0.5  # a valid watch waits for news: its first answer or this deadline ends the example
+# A valid watch waits for news: its first answer or this deadline ends the example. A watch answers
+# what is stored at once (well under 50 ms here), so 0.25 s still reaches the handlers; a deadline
+# that ends one is a client deadline, itself a path the fuzzing checks (no ERROR record for it).
+STREAM_TIMEOUT = 0.25
 EXAMPLES = {"unary": 120, "stream": 20, "raw": 50, "agent": 40}
+# Wall-clock seconds for all the fuzzing tests together (the stack's start and the final checks
+# come on top: ~10 s more). MIN_SHARE: a test always gets at least this long.
+FUZZ_BUDGET_SECONDS = float(os.environ.get("WGS_FUZZ_BUDGET_SECONDS", "80"))
+MIN_SHARE = 0.2
 FUZZ_SETTINGS = {"deadline": None, "derandomize": True, "database": None, "print_blob": True,
                  "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much]}
+
+
+@dataclass
+class Budget:
+    """The fuzzing tests' shared wall-clock budget."""
+
+    seconds: float
+    examples_left: int  # of the fuzzing tests not started yet
+    started: float | None = None
+    tests: list[str] = field(default_factory=list)  # the fuzzing tests that ran, in order
+    sent: Counter[str] = field(default_factory=Counter)  # test → examples sent
+    cut: Counter[str] = field(default_factory=Counter)  # test → examples drawn but not sent
+
+    def share(self, test: str, examples: int) -> float:
+        """Called as a test of `examples` examples starts: the monotonic time by which it must stop
+        sending (its part of the budget left, by its examples, and at least MIN_SHARE)."""
+        self.tests.append(test)
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        left = max(0.0, self.started + self.seconds - now)
+        share = max(MIN_SHARE, left * examples / max(examples, self.examples_left))
+        self.examples_left -= examples
+        return now + share
+
+    def spent(self) -> float:
+        return 0.0 if self.started is None else time.monotonic() - self.started
 
 
 @dataclass
@@ -69,8 +110,17 @@ class Stack:
     procs: dict[str, ServiceProcess]
     outside_before: set[str]
     bystander: subprocess.Popen[bytes]  # not started by any service: must never be signalled
+    budget: Budget
     bad: list[str] = field(default_factory=list)  # "method: code details" of every INTERNAL/UNKNOWN
     codes: Counter[str] = field(default_factory=Counter)  # "method code" → count, for the report
+
+    def sending(self, test: str, until: float) -> bool:
+        """Whether this example is sent: the test's share of the budget is not spent yet."""
+        if time.monotonic() < until:
+            self.budget.sent[test] += 1
+            return True
+        self.budget.cut[test] += 1
+        return False
 
 
 def _outside_files(state: Path) -> set[str]:
@@ -113,7 +163,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             **traced, "WGS_GRAPH_ADDR": procs["graph"].address, "WGS_DISPATCH_ADDR": procs["dispatch"].address,
             "WGS_SUPERVISOR_ID": SUPERVISOR_ID, "WGS_RESTART_MAX_FAILURES": "1", "WGS_STOP_GRACE_SECONDS": "1"})
         _seed(procs)
-        yield Stack(state, procs, _outside_files(state), bystander)
+        examples = sum(_examples(phase, m) for phase in ("agent", "generated", "malformed")
+                       for _, m in (AGENT_METHODS if phase == "agent" else METHODS))
+        yield Stack(state, procs, _outside_files(state), bystander, Budget(FUZZ_BUDGET_SECONDS, examples))
     finally:
         for proc in reversed(list(procs.values())):
             proc.terminate()
@@ -148,6 +200,15 @@ def _methods() -> list[tuple[str, MethodDescriptor]]:
 
 
 METHODS = _methods()
+
+
+def _examples(phase: str, method: MethodDescriptor) -> int:
+    """max_examples of a fuzzing test: `phase` agent, generated or malformed."""
+    if phase == "malformed":
+        return EXAMPLES["raw"]
+    if method.server_streaming:
+        return EXAMPLES["stream"]
+    return EXAMPLES["agent" if phase == "agent" else "unary"]
 IDS = [f"{s.rsplit('.', 1)[1]}.{m.name}" for s, m in METHODS]
 
 
@@ -183,11 +244,15 @@ def test_generated_requests_as_an_agent(stack: Stack, service: str, method: Meth
     """The agent path of the role check (own chat, own run, live run: the graph reads the record).
     Runs first, while the agent of .chat-3 lives; most requests name its chat and run."""
     tok = token(auth.AGENT, KNOWN_CHATS[2], 1)
-    n = EXAMPLES["stream" if method.server_streaming else "agent"]
+    n = _examples("agent", method)
+    test = f"agent {service}/{method.name}"
+    until = stack.budget.share(test, n)
 
     @settings(max_examples=n, **FUZZ_SETTINGS)  # type: ignore[arg-type]
     @given(messages(method.input_type, bystander=stack.bystander.pid), st.integers(0, 3))
     def run(request: Message, mix: int) -> None:
+        if not stack.sending(test, until):
+            return
         if mix != 3:  # three in four: a request the agent may make, as drawn otherwise
             fields = request.DESCRIPTOR.fields_by_name
             request.chat_id = KNOWN_CHATS[2]  # type: ignore[attr-defined]
@@ -203,12 +268,15 @@ def test_generated_requests_as_an_agent(stack: Stack, service: str, method: Meth
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=IDS)
 def test_generated_requests(stack: Stack, service: str, method: MethodDescriptor) -> None:
     tok = token(auth.SUPERVISOR)
-    n = EXAMPLES["stream" if method.server_streaming else "unary"]
+    n = _examples("generated", method)
+    test = f"generated {service}/{method.name}"
+    until = stack.budget.share(test, n)
 
     @settings(max_examples=n, **FUZZ_SETTINGS)  # type: ignore[arg-type]
     @given(messages(method.input_type, bystander=stack.bystander.pid))
     def run(request: Message) -> None:
-        _call(stack, service, method, request.SerializeToString(), tok)
+        if stack.sending(test, until):
+            _call(stack, service, method, request.SerializeToString(), tok)
 
     run()
 
@@ -216,11 +284,14 @@ def test_generated_requests(stack: Stack, service: str, method: MethodDescriptor
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=IDS)
 def test_malformed_bytes(stack: Stack, service: str, method: MethodDescriptor) -> None:
     tok = token(auth.SUPERVISOR)
+    test = f"malformed {service}/{method.name}"
+    until = stack.budget.share(test, _examples("malformed", method))
 
-    @settings(max_examples=EXAMPLES["raw"], **FUZZ_SETTINGS)  # type: ignore[arg-type]
+    @settings(max_examples=_examples("malformed", method), **FUZZ_SETTINGS)  # type: ignore[arg-type]
     @given(malformed(method.input_type), st.booleans())
     def run(payload: bytes, with_token: bool) -> None:
-        _call(stack, service, method, payload, tok if with_token else None)
+        if stack.sending(test, until):
+            _call(stack, service, method, payload, tok if with_token else None)
 
     run()
 
@@ -247,4 +318,11 @@ def test_no_internal_no_traceback_no_escape_and_still_serving(stack: Stack) -> N
         assert resp.status == health_pb2.HealthCheckResponse.SERVING, name
         assert proc.proc.poll() is None, f"{name} exited"
     total = sum(stack.codes.values())
-    print(f"fuzz: {total} calls; answers: " + ", ".join(f"{k}={v}" for k, v in sorted(stack.codes.items())))
+    budget = stack.budget
+    # The budget shares time out, it never drops a method: each fuzzing test sent some of its examples.
+    assert budget.tests and all(budget.sent[t] > 0 for t in budget.tests), [t for t in budget.tests
+                                                                            if not budget.sent[t]]
+    cut = sum(budget.cut.values())
+    print(f"fuzz: {total} calls in {budget.spent():.1f}s (budget {budget.seconds:g}s); {cut} examples drawn "
+          f"but not sent, in {len(budget.cut)} tests{': ' + ', '.join(sorted(budget.cut)) if cut else ''}")
+    print("fuzz: answers: " + ", ".join(f"{k}={v}" for k, v in sorted(stack.codes.items())))

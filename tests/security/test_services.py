@@ -343,6 +343,7 @@ def test_a_forged_record_naming_an_unrelated_process_never_gets_it_signalled(fas
             chats = chat_pb2_grpc.ChatServiceStub(ch)
             chats.InterruptChat(chat_pb2.InterruptChatRequest(chat_id=chat), timeout=20)
             chats.StopChat(chat_pb2.StopChatRequest(chat_id=chat), timeout=20)
+        with authed_channel(sup.address, auth.SUPERVISOR) as ch:  # StopAgents: the stack owner's (`wgs down`)
             supervisor_pb2_grpc.SupervisorServiceStub(ch).StopAgents(supervisor_pb2.StopAgentsRequest(), timeout=30)
         assert victim.poll() is None, f"the unrelated process was signalled (exit {victim.returncode}):\n{sup.stderr()}"
     finally:

@@ -243,20 +243,27 @@ def test_the_table_says_what_the_model_says() -> None:
 
     for m in names(chat_pb2, "ChatService"):
         assert auth.CALLS[f"/wgs.v1.ChatService/{m}"] == auth.CLIENTS, m
-    for m in names(supervisor_pb2, "SupervisorService"):
-        assert auth.CALLS[f"/wgs.v1.SupervisorService/{m}"] == auth.CLIENTS, m
+    assert set(names(supervisor_pb2, "SupervisorService")) == {"StopAgents", "ListReplicas"}
+    assert auth.CALLS["/wgs.v1.SupervisorService/ListReplicas"] == auth.CLIENTS  # `wgs status`
+    assert auth.CALLS["/wgs.v1.SupervisorService/StopAgents"] == auth.SUPERVISOR_ONLY  # `wgs down`: the owner
     graph = set(names(graph_pb2, "GraphService"))
-    public = {"CreateTask", "GetTask", "ListTasks", "UpdateTask", "AppendTaskLog", "Reconcile"}
-    conversation = {"ListMessages", "WatchMessages", "AppendMessage"}
+    reads = {"GetTask", "ListTasks"}
+    task_writes = {"CreateTask", "UpdateTask", "AppendTaskLog"}
+    conversation = {"ListMessages", "WatchMessages"}
     reports = {"ReportAgentStatus", "PublishPartialMessage"}
-    assert graph == public | conversation | reports, "a new GraphService method: put it in the model first"
-    for name in public:
+    assert graph == reads | task_writes | conversation | reports | {"AppendMessage", "Reconcile"}, \
+        "a new GraphService method: put it in the model first"
+    for name in reads:  # clients get the read side of the graph...
         assert auth.CALLS[f"/wgs.v1.GraphService/{name}"] == auth.CLIENTS
+    for name in task_writes:  # ...and write no task: the supervisor does, for the chat API
+        assert auth.CALLS[f"/wgs.v1.GraphService/{name}"] == auth.SUPERVISOR_ONLY
+    assert auth.CALLS["/wgs.v1.GraphService/Reconcile"] == auth.CLIENTS  # `wgs sweep`: proven-gone owners only
     for name in conversation:
         rule = auth.CALLS[f"/wgs.v1.GraphService/{name}"]
         assert rule.roles == {auth.CLIENT, auth.SUPERVISOR} and rule.agent is not None
         assert rule.agent.chat_field == "chat_id" and not rule.agent.run_field
-    assert auth.CALLS["/wgs.v1.GraphService/AppendMessage"].agent == auth.OWN_CHAT_REPLIES
+    append = auth.CALLS["/wgs.v1.GraphService/AppendMessage"]  # users send with ChatService.SendMessage
+    assert append.roles == {auth.SUPERVISOR} and append.agent == auth.OWN_CHAT_REPLIES
     for name in reports:  # the supervisor and the chat's own live run; never clients
         rule = auth.CALLS[f"/wgs.v1.GraphService/{name}"]
         assert rule.roles == {auth.SUPERVISOR} and rule.agent is not None

@@ -140,6 +140,24 @@ def is_context_error(text: str) -> bool:
     return bool(_CONTEXT_PATTERNS.search(text.lower()))
 
 
+# The figures OpenAI-style context errors state in words (OpenAI, vLLM, llama-cpp-python):
+# "maximum context length is 2048 tokens. However, you requested 2100 tokens (1600 in the messages,
+# 500 in the completion)", "... your messages resulted in 2300 tokens", "... and your request has
+# 1500 input tokens", "Requested tokens (2100) exceed context window of 2048".
+_STATED_WINDOW = re.compile(r"maximum context length is (\d+) tokens|exceed context window of (\d+)")
+_STATED_PROMPT = re.compile(r"\((\d+) in the messages|messages resulted in (\d+) tokens"
+                            r"|request has (\d+) input tokens|requested tokens \((\d+)\)")
+
+
+def stated_numbers(text: str) -> tuple[int | None, int | None]:
+    """(prompt tokens, window) as a context error's message states them in words, when it does."""
+    def first(pattern: re.Pattern[str]) -> int | None:
+        m = pattern.search(text.lower())
+        return int(next(g for g in m.groups() if g is not None)) if m else None
+
+    return first(_STATED_PROMPT), first(_STATED_WINDOW)
+
+
 def context_numbers(body: object) -> tuple[int | None, int | None]:
     """(n_prompt_tokens, n_ctx) when an error body carries them (llama.cpp exceed_context_size_error)."""
     err = body.get("error") if isinstance(body, dict) else None

@@ -128,6 +128,8 @@ class GraphStatusSink:
     async def endpoint_waiting(self, event: EndpointWaitingEvent) -> None:
         wait = runtime_pb2.EndpointWait(reason=event.reason[:8000])
         wait.since.FromDatetime(event.since)
+        if event.next_attempt_at is not None:
+            wait.next_attempt_at.FromDatetime(event.next_attempt_at)
         self._report(waiting=wait)
 
     async def endpoint_back(self, event: EndpointBackEvent) -> None:
@@ -138,7 +140,8 @@ class GraphStatusSink:
 
     async def context_window(self, event: ContextWindowEvent) -> None:
         source = WINDOW_SOURCES.get(event.source, self._flag_source)
-        self._report(context_window=max(0, event.tokens), context_window_source=source)
+        self._report(context_window=max(0, event.tokens), context_window_source=source,
+                     context_window_detail=_one_line(event.detail)[:200])
 
     async def partial_reply(self, event: PartialReplyEvent) -> None:
         self._latest[event.request_id] = event.text
@@ -180,3 +183,7 @@ class GraphStatusSink:
     def _finish(self, request_id: str) -> None:
         self._latest.pop(request_id, None)
         self._sent.pop(request_id, None)
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)

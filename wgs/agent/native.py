@@ -8,8 +8,11 @@ Policy on top of the HTTP client (openai_http):
 - an outage (EndpointUnavailable) at start or mid-answer is waited out: a *waiting for endpoint*
   status, retries with capped backoff, then the same request again — the agent never exits for it;
 - an overflow (ContextOverflow, with the server's own words: for llama.cpp's empty 200 stream the
-  client obtains them with one non-streamed request) is not retried blindly: cut the history
-  further (half the turns) and retry once; then fail with the server's words.
+  client obtains them with one non-streamed request) is not retried blindly; it is retried once:
+  with a smaller max_tokens that fits when the messages themselves fit (the server's figures say
+  so: vLLM's and OpenAI's prompt + max_tokens overflow), or when there are no earlier turns to cut
+  (then by the server's figures, else by a recount of the prompt); otherwise with the history cut
+  further (half the turns). Then it fails with the server's words.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from wgs.agent.context import (
+    MESSAGE_OVERHEAD,
+    REQUEST_OVERHEAD,
     SOURCE_SERVER,
     Fitted,
     Window,
@@ -45,6 +50,8 @@ from wgs.agent.status import AnswerContext, Status
 log = logging.getLogger("wgs.agent.native")
 
 T = TypeVar("T")
+
+MIN_REPLY_TOKENS = 16  # a retry with a smaller max_tokens leaves the reply at least this much room
 
 
 class NativeBackend:
@@ -80,8 +87,8 @@ class NativeBackend:
                 if self.give_up_after > 0 and waited >= self.give_up_after:
                     raise AgentFatal(EXIT_UNREACHABLE, f"{exc.reason} (gave up after waiting {waited:.0f}s; "
                                      "WGS_AGENT_ENDPOINT_WAIT_SECONDS)") from None
-                await status.endpoint_waiting(exc.reason)
                 delay = backoff_delay(attempt, self.client.s.backoff_base, self.client.s.backoff_cap, exc.retry_after)
+                await status.endpoint_waiting(exc.reason, delay)
                 log.info("endpoint unavailable (%s); next try in %.1fs", exc.reason, delay)
                 await self._sleep(delay)
                 attempt += 1
@@ -128,10 +135,12 @@ class NativeBackend:
 
     # ---- answering ------------------------------------------------------------------------
 
-    async def _send(self, fitted: Fitted, ctx: AnswerContext, *, stream: bool = True) -> Completion:
+    async def _send(self, fitted: Fitted, ctx: AnswerContext, *, stream: bool = True,
+                    max_tokens: int | None = None) -> Completion:
         def op() -> Awaitable[Completion]:
             return self.client.complete(fitted.messages, self.gen, stream=stream,
-                                        on_delta=ctx.partial if stream else None, max_tokens=self.max_tokens)
+                                        on_delta=ctx.partial if stream else None,
+                                        max_tokens=max_tokens if max_tokens is not None else self.max_tokens)
 
         return await self._available(op, ctx.status)
 
@@ -153,8 +162,24 @@ class NativeBackend:
 
     async def _after_overflow(self, first: ContextOverflow, history: list[tuple[str, str]], prompt: str,
                               fitted: Fitted, ctx: AnswerContext) -> tuple[Completion, Fitted]:
+        sent_max = self.max_tokens
         await self._learn_overflow(first, fitted, ctx.status)
         last = first
+        room = await self._reply_room(first, fitted, sent_max)
+        messages_fit = first.prompt_tokens is not None and first.window is not None \
+            and first.prompt_tokens < first.window
+        if room is not None and (messages_fit or fitted.turns_kept == 0):
+            # Only the room kept for the reply overflowed (or there is no history left to cut): the
+            # same messages with a max_tokens that fits.
+            log.warning("the request did not fit (%s); retrying once with max_tokens %d instead of %d",
+                        first.server_message, room, sent_max)
+            try:
+                return await self._send(fitted, ctx, max_tokens=room), fitted
+            except ContextOverflow as second:
+                await self._learn_overflow(second, fitted, ctx.status)
+                raise AnswerFailed(f"the request does not fit the model's context window ({self.window.describe()}, "
+                                   f"{fitted.turns_kept} earlier turns sent, max_tokens {room}); the server says: "
+                                   f"{second.server_message or 'no reason given'}", FAIL_CONTEXT) from None
         if fitted.turns_kept > 0:
             cut = await self._fit(history, prompt, max_turns=fitted.turns_kept // 2)
             log.warning("the request did not fit (%s); retrying once with %d of %d earlier turns",
@@ -167,6 +192,22 @@ class NativeBackend:
         raise AnswerFailed(f"the request does not fit the model's context window ({self.window.describe()}, "
                            f"{fitted.turns_kept} earlier turns sent); the server says: "
                            f"{last.server_message or 'no reason given'}", FAIL_CONTEXT)
+
+    async def _reply_room(self, exc: ContextOverflow, fitted: Fitted, sent_max: int) -> int | None:
+        """A max_tokens smaller than the one sent that would let these messages fit, or None: from the
+        server's own figures (window - its prompt count) when it gave them, else — with estimated
+        tokens only — from a recount of the messages at the (now more conservative) estimate."""
+        window, counted = exc.window, exc.prompt_tokens
+        if window is not None and counted is not None:
+            room = window - counted
+        elif not self._server_counts:
+            tokens = REQUEST_OVERHEAD
+            for m in fitted.messages:
+                tokens += MESSAGE_OVERHEAD + await self._count(m["content"])
+            room = self.window.tokens - tokens
+        else:
+            return None  # the server counted and the window is its own: a smaller reply would not help
+        return room if MIN_REPLY_TOKENS <= room < sent_max else None
 
     async def _learn_overflow(self, exc: ContextOverflow, fitted: Fitted, status: Status) -> None:
         """After an overflow: trust the server's n_ctx if it gave one, and count more conservatively."""

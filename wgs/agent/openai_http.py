@@ -42,7 +42,7 @@ import httpx
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from wgs.agent.context import ServerWindow, context_numbers, is_context_error
+from wgs.agent.context import ServerWindow, context_numbers, is_context_error, stated_numbers
 from wgs.agent.errors import (
     EXIT_AUTH,
     EXIT_TLS,
@@ -157,8 +157,7 @@ def chunk_text(chunk: dict[str, Any]) -> tuple[str, str | None]:
     if "error" in chunk:
         message = error_text(chunk)
         if is_context_error(json.dumps(chunk)):
-            n_prompt, n_ctx = context_numbers(chunk)
-            raise ContextOverflow(message, n_prompt_tokens=n_prompt, n_ctx=n_ctx)
+            raise ContextOverflow.from_body(message, chunk)
         raise AnswerFailed(f"endpoint reported an error mid-reply: {message}", FAIL_SERVER)
     choices = chunk.get("choices") or []
     if not choices:
@@ -264,14 +263,37 @@ class EndpointUnavailable(Exception):
 
 
 class ContextOverflow(AnswerFailed):
-    """The server says the request does not fit its context window (`server_message`: its words)."""
+    """The server says the request does not fit its context window (`server_message`: its words).
+
+    `n_prompt_tokens`/`n_ctx`: llama.cpp's fields of its exceed_context_size_error; `stated_*`: the
+    same figures where an OpenAI-style message states them in words (OpenAI, vLLM)."""
 
     def __init__(self, server_message: str, *, n_prompt_tokens: int | None = None,
-                 n_ctx: int | None = None) -> None:
+                 n_ctx: int | None = None, stated_prompt_tokens: int | None = None,
+                 stated_window: int | None = None) -> None:
         super().__init__(f"the request does not fit the model's context window: {server_message}", FAIL_CONTEXT)
         self.server_message = server_message
         self.n_prompt_tokens = n_prompt_tokens
         self.n_ctx = n_ctx
+        self.stated_prompt_tokens = stated_prompt_tokens
+        self.stated_window = stated_window
+
+    @classmethod
+    def from_body(cls, message: str, body: Any) -> ContextOverflow:
+        n_prompt, n_ctx = context_numbers(body)
+        stated_prompt, stated_window = stated_numbers(body if isinstance(body, str) else json.dumps(body))
+        return cls(message, n_prompt_tokens=n_prompt, n_ctx=n_ctx, stated_prompt_tokens=stated_prompt,
+                   stated_window=stated_window)
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """The prompt's size in tokens as the server counted it, if it said."""
+        return self.n_prompt_tokens if self.n_prompt_tokens is not None else self.stated_prompt_tokens
+
+    @property
+    def window(self) -> int | None:
+        """The window the server enforces, if it said."""
+        return self.n_ctx or self.stated_window
 
 
 class _EmptyStream(Exception):
@@ -714,8 +736,7 @@ class OpenAIClient:
         detail = error_text(body)
         retry_after = parse_retry_after(resp.headers.get("retry-after"))
         if status in (400, 413, 422, 500) and is_context_error(body if isinstance(body, str) else json.dumps(body)):
-            n_prompt, n_ctx = context_numbers(body)
-            raise ContextOverflow(detail, n_prompt_tokens=n_prompt, n_ctx=n_ctx)
+            raise ContextOverflow.from_body(detail, body)
         if status in UNAVAILABLE_STATUSES:
             raise EndpointUnavailable(self._unavailable_reason(resp, "POST /chat/completions"), retry_after)
         if status in RETRY_STATUSES:

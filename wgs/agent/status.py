@@ -13,8 +13,10 @@ Events (each has `at`, a timezone-aware UTC datetime):
 - `AnswerFailedEvent(request_id, kind, message)`: an answer failed (kind: `errors.FAIL_*`); the
   message is what the SYSTEM_ERROR message says (secrets redacted). Sticky until a later success.
 - `AnswerSucceededEvent(request_id, input_tokens, output_tokens)`: an ASSISTANT reply was stored.
-- `EndpointWaitingEvent(reason, since)`: the endpoint is down/loading; the agent retries with
-  capped backoff and answers the queued messages once it is back. Re-sent when the reason changes.
+- `EndpointWaitingEvent(reason, since, next_attempt_at, repeat)`: the endpoint is down/loading;
+  the agent retries with capped backoff and answers the queued messages once it is back. Sent when
+  the outage begins or its reason changes (`repeat` False), and again before each further attempt
+  with its new time (`repeat` True: same outage, same reason).
 - `EndpointBackEvent(waited_seconds)`: the endpoint answers again.
 - `TokenUsageEvent(request_id, input_tokens, output_tokens, source)`: tokens of one answer
   (`source`: "server" when the endpoint reported usage, "estimate" otherwise).
@@ -32,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 log = logging.getLogger("wgs.agent.status")
@@ -63,6 +65,8 @@ class EndpointWaitingEvent:
     reason: str
     since: datetime
     at: datetime = field(default_factory=utcnow)
+    next_attempt_at: datetime | None = None  # when the agent tries the endpoint next, if known
+    repeat: bool = False  # same outage and reason as the last event: only next_attempt_at is new
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,9 @@ class LoggingSink:
                                          "output_tokens": event.output_tokens})
 
     async def endpoint_waiting(self, event: EndpointWaitingEvent) -> None:
-        self.log.warning("waiting for the endpoint since %s: %s", event.since.isoformat(timespec="seconds"),
-                         event.reason)
+        # One WARNING per outage (and per new reason); each further attempt only at DEBUG.
+        self.log.log(logging.DEBUG if event.repeat else logging.WARNING, "waiting for the endpoint since %s: %s",
+                     event.since.isoformat(timespec="seconds"), event.reason)
 
     async def endpoint_back(self, event: EndpointBackEvent) -> None:
         self.log.info("endpoint back after %.1fs", event.waited_seconds)
@@ -199,14 +204,20 @@ class Status:
     def waiting(self) -> bool:
         return self.waiting_since is not None
 
-    async def endpoint_waiting(self, reason: str) -> None:
-        """The endpoint is unavailable; reported once per outage (and again if the reason changes)."""
-        if self.waiting_since is not None and reason == self.waiting_reason:
+    async def endpoint_waiting(self, reason: str, retry_in: float | None = None) -> None:
+        """The endpoint is unavailable. Reported when the outage begins and when its reason changes;
+        with `retry_in` (seconds until the next attempt) also before every further attempt, so the
+        chat can say when the agent tries next."""
+        repeat = self.waiting_since is not None and reason == self.waiting_reason
+        if repeat and retry_in is None:
             return
+        now = self._clock()
         if self.waiting_since is None:
-            self.waiting_since = self._clock()
+            self.waiting_since = now
         self.waiting_reason = reason
-        await self._send(self.sink.endpoint_waiting(EndpointWaitingEvent(reason, self.waiting_since, self._clock())))
+        next_at = now + timedelta(seconds=retry_in) if retry_in is not None else None
+        await self._send(self.sink.endpoint_waiting(EndpointWaitingEvent(reason, self.waiting_since, now, next_at,
+                                                                         repeat)))
 
     async def endpoint_back(self) -> None:
         """The endpoint answered; reported only if it was being waited for."""

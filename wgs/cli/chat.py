@@ -72,7 +72,7 @@ def _watch_until(conn: Conn, chat: chat_pb2.Chat, done: Any, timeout: float) -> 
             if done(chat):
                 break
     except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
             raise conn.error(exc) from None
     finally:
         stream.cancel()
@@ -166,7 +166,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
         token = ""
         while True:
             req = chat_pb2.ListChatsRequest(include_ended=ns.all, page_size=1000, page_token=token)
-            resp = conn.call(lambda req=req: conn.chat().ListChats(req, timeout=conn.timeout))  # type: ignore[misc]
+            resp = conn.call(lambda req=req: conn.chat().ListChats(req, timeout=conn.timeout))
             chats.extend(resp.chats)
             token = resp.next_page_token
             if not token:
@@ -182,7 +182,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
 def _get(conn: Conn, chat_id: str) -> chat_pb2.Chat:
     req = chat_pb2.GetChatRequest(chat_id=chat_id)
-    return conn.call(lambda: conn.chat().GetChat(req, timeout=conn.timeout)).chat
+    resp: chat_pb2.GetChatResponse = conn.call(lambda: conn.chat().GetChat(req, timeout=conn.timeout))
+    return resp.chat
 
 
 def cmd_show(ns: argparse.Namespace) -> int:
@@ -320,11 +321,11 @@ def _await_answer(conn: Conn, chat_id: str, after_seq: int, request_id: str, tim
                 if printer is not None and resp.partial.request_id == request_id:
                     printer.partial(resp.partial)
                 continue
-            m = resp.message
+            m: task_pb2.ChatMessage = resp.message
             if m.role in ANSWER_ROLES and m.request_id == request_id:
                 return m
     except grpc.RpcError as exc:
-        code = exc.code()  # type: ignore[attr-defined]
+        code = exc.code()
         if dead:
             rt = dead[0].runtime
             raise CliError(
@@ -407,7 +408,7 @@ def cmd_attach(ns: argparse.Namespace) -> int:
                             pending.discard(m.request_id)
                         cond.notify_all()
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                if exc.code() != grpc.StatusCode.CANCELLED:
                     failure.append(conn.error(exc).message)
             with cond:
                 cond.notify_all()
@@ -422,7 +423,7 @@ def cmd_attach(ns: argparse.Namespace) -> int:
                 if not text.strip():
                     continue
                 req = chat_pb2.SendMessageRequest(chat_id=chat_id, text=text)
-                msg = conn.call(lambda req=req: conn.chat().SendMessage(req, timeout=conn.timeout)).message  # type: ignore[misc]
+                msg = conn.call(lambda req=req: conn.chat().SendMessage(req, timeout=conn.timeout)).message
                 with cond:
                     pending.add(msg.request_id)
                 if failure:

@@ -37,7 +37,8 @@ def parse_chat_id(value: str) -> str:
 
 def status_words(code: grpc.StatusCode) -> str:
     """`grpc.StatusCode.NOT_FOUND` -> "not found"."""
-    return code.name.lower().replace("_", " ")
+    name: str = code.name
+    return name.lower().replace("_", " ")
 
 
 def one_line(text: str) -> str:
@@ -98,7 +99,7 @@ def ago(ts: Timestamp, now: datetime | None = None) -> str:
 
 
 def _opt_int(run: runtime_pb2.Run, field: str) -> int | None:
-    return int(getattr(run, field)) if run.HasField(field) else None  # type: ignore[arg-type]
+    return int(getattr(run, field)) if run.HasField(field) else None
 
 
 def run_to_dict(run: runtime_pb2.Run) -> dict[str, Any]:
@@ -129,14 +130,14 @@ def run_end_name(end: int) -> str | None:
     """"stopped" for RUN_END_STOPPED; None while the run lives."""
     if end == runtime_pb2.RUN_END_UNSPECIFIED:
         return None
-    return runtime_pb2.RunEnd.Name(end).removeprefix("RUN_END_").lower()  # type: ignore[arg-type]
+    return runtime_pb2.RunEnd.Name(end).removeprefix("RUN_END_").lower()
 
 
 def source_name(source: int) -> str | None:
     """"request" for CHOICE_SOURCE_REQUEST; None when not set."""
     if source == plan_pb2.CHOICE_SOURCE_UNSPECIFIED:
         return None
-    return plan_pb2.ChoiceSource.Name(source).removeprefix("CHOICE_SOURCE_").lower()  # type: ignore[arg-type]
+    return plan_pb2.ChoiceSource.Name(source).removeprefix("CHOICE_SOURCE_").lower()
 
 
 def endpoint_to_dict(ep: plan_pb2.PlannedEndpoint) -> dict[str, Any]:
@@ -171,6 +172,7 @@ def agent_status_to_dict(a: runtime_pb2.AgentStatus) -> dict[str, Any]:
         if a.HasField("waiting") else None,
         "context_window": a.context_window or None,
         "context_window_source": source_name(a.context_window_source),
+        "context_window_detail": a.context_window_detail or None,
         "input_tokens": a.input_tokens,
         "output_tokens": a.output_tokens,
         "answers": a.answers,
@@ -363,13 +365,18 @@ def chat_details(chat: chat_pb2.Chat, jaeger_url: str = "", now: datetime | None
     if rt.HasField("agent"):
         a = rt.agent
         if a.HasField("waiting"):
-            lines.append(f"waiting     for its endpoint since {ts_iso(a.waiting.since)}: {one_line(a.waiting.reason)}")
+            w = a.waiting
+            nxt = f"; next try {ts_iso(w.next_attempt_at)} ({ago(w.next_attempt_at, now)})" \
+                if w.HasField("next_attempt_at") else ""
+            lines.append(f"waiting     for its endpoint since {ts_iso(w.since)}: {one_line(w.reason)}{nxt}")
         if a.HasField("last_answer_error"):
             e = a.last_answer_error
             lines.append(f"answer err  {ts_iso(e.at)} {e.error_class}: {one_line(e.message)}"
                          + (f" (request {e.request_id})" if e.request_id else ""))
         if a.context_window:
-            lines.append(f"context     {a.context_window} tokens (from {source_name(a.context_window_source) or '-'})")
+            detail = f": {one_line(a.context_window_detail)}" if a.context_window_detail else ""
+            lines.append(f"context     {a.context_window} tokens (from {source_name(a.context_window_source) or '-'}"
+                         f"{detail})")
         lines.append(f"tokens      {a.input_tokens} in, {a.output_tokens} out, {a.answers} answer(s)")
     if rt.HasField("plan"):
         p = rt.plan

@@ -33,8 +33,8 @@ class Conn:
         self.timeout = timeout
 
     def error(self, exc: grpc.RpcError) -> CliError:
-        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
-        details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+        code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+        details = exc.details() if hasattr(exc, "details") else str(exc)
         return CliError(rpc_error_line(code, details or "", service=self.service, address=self.address,
                                        timeout=self.timeout))
 

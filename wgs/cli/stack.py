@@ -88,7 +88,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
         return _run_detached_keeper(ns, state, ns.keeper_ready_fd)
     _secure(state)
     auth.ensure_stack_secret(state)  # the stack credential (0600), unless given through the environment
-    set_process_token(auth.operator_token(state))  # the keeper asks the supervisor to stop agents
+    set_process_token(auth.operator_token(state, auth.SUPERVISOR))  # the keeper asks the supervisor to stop agents
     if ns.detach:
         return _up_detached(ns, state)
     out = sys.stdout
@@ -111,7 +111,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 def _run_detached_keeper(ns: argparse.Namespace, state: Path, ready_fd: int) -> int:
     """This process is the detached keeper; it tells the `wgs up --detach` that started it on `ready_fd`."""
-    set_process_token(auth.operator_token(state))  # to ask the supervisor to stop its agents
+    set_process_token(auth.operator_token(state, auth.SUPERVISOR))  # to ask the supervisor to stop its agents (StopAgents)
     report = Reporter(stack_log_path(state))
 
     def tell(text: str) -> None:
@@ -199,7 +199,7 @@ def stop_agents_via_supervisor(address: str, timeout: float, out: TextIO) -> boo
             resp = supervisor_pb2_grpc.SupervisorServiceStub(ch).StopAgents(
                 supervisor_pb2.StopAgentsRequest(reason="shutdown (wgs down)"), timeout=timeout)
         except grpc.RpcError as exc:
-            code = exc.code().name if hasattr(exc, "code") else "error"  # type: ignore[attr-defined]
+            code = exc.code().name if hasattr(exc, "code") else "error"
             print(f"wgs: the supervisor could not stop its agents ({code}); stopping them here", file=sys.stderr)
             return False
     for agent in resp.stopped:
@@ -280,7 +280,7 @@ def cmd_down(ns: argparse.Namespace) -> int:
     if record is None:
         print(f"wgs: no stack recorded in {state} (nothing to stop)")
         return 0
-    set_process_token(auth.operator_token(state))  # to ask the supervisor to stop its agents
+    set_process_token(auth.operator_token(state, auth.SUPERVISOR))  # to ask the supervisor to stop its agents (StopAgents)
     if record.keeper is not None and record.keeper.alive():
         # First the keeper, so that nothing is restarted while the services stop.
         result = release_keeper(record.keeper, grace_seconds() * 3 + 10)
@@ -337,8 +337,8 @@ def replica_rows(address: str, state: Path) -> tuple[list[dict[str, Any]], str]:
             resp = supervisor_pb2_grpc.SupervisorServiceStub(ch).ListReplicas(
                 supervisor_pb2.ListReplicasRequest(include_expired=True), timeout=rpc_timeout())
         except grpc.RpcError as exc:
-            code = exc.code().name if hasattr(exc, "code") else "error"  # type: ignore[attr-defined]
-            details = exc.details() if hasattr(exc, "details") else ""  # type: ignore[attr-defined]
+            code = exc.code().name if hasattr(exc, "code") else "error"
+            details = exc.details() if hasattr(exc, "details") else ""
             return [], f"{code}: {details}"
     now = datetime.now(UTC)
     rows = []

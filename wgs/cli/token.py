@@ -66,8 +66,8 @@ def add_parsers(sub: Any) -> None:
     tsub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
     p = tsub.add_parser("create", help="print a token derived from the stack secret")
     p.add_argument("--role", choices=[auth.CLIENT, auth.SUPERVISOR], default=auth.CLIENT,
-                   help="client: the chat API and the public graph (default); supervisor: everything a "
-                        "supervisor may call (for a supervisor run elsewhere)")
+                   help="client: the chat API and reading the graph (default); supervisor: everything a "
+                        "supervisor may call (for a supervisor run elsewhere, or a program that writes tasks)")
     p.add_argument("--ttl", help="expire after this long (e.g. 30m, 8h, 7d); default: until the secret changes")
     p.add_argument("--state-dir", help="state directory of the stack (default: $WGS_STATE_DIR or ./.wgs)")
     p.set_defaults(func=cmd_create)

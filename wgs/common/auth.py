@@ -414,6 +414,12 @@ SUPERVISOR_ONLY = allow(SUPERVISOR)
 # Full gRPC method name → who may call it. ONE table for every service; a method missing here is
 # denied to everyone (tests/security/test_units.py checks that every method of every service has an
 # entry, and that every entry names an existing method).
+#
+# Clients get the chat API and the read side of the graph; each graph write a client could once make
+# is decided in docs/security.md ("Why clients may not write to the graph"): tasks and messages are
+# written by the supervisor (for the chat API) and by agents (their replies); StopAgents is the stack
+# owner's (`wgs down` and the keeper present a supervisor token derived from the secret). Reconcile
+# stays open to clients (`wgs sweep`): it only resets tasks whose owner is proven gone.
 CALLS: dict[str, Access] = {
     # ChatService (supervisor): clients; supervisors forward calls to each other.
     "/wgs.v1.ChatService/CreateChat": CLIENTS,
@@ -429,19 +435,23 @@ CALLS: dict[str, Access] = {
     "/wgs.v1.ChatService/RestartChat": CLIENTS,
     "/wgs.v1.ChatService/WatchChat": CLIENTS,
     "/wgs.v1.ChatService/StreamChatLog": CLIENTS,
-    # SupervisorService (supervisor): operators (`wgs down`, `wgs status`) and replicas.
-    "/wgs.v1.SupervisorService/StopAgents": CLIENTS,
+    # SupervisorService (supervisor): `wgs status` reads the replicas; stopping every agent is for the
+    # stack owner (`wgs down`, the keeper: a supervisor token) and replicas.
+    "/wgs.v1.SupervisorService/StopAgents": SUPERVISOR_ONLY,
     "/wgs.v1.SupervisorService/ListReplicas": CLIENTS,
-    # GraphService (graph), public side.
-    "/wgs.v1.GraphService/CreateTask": CLIENTS,
+    # GraphService (graph): clients read; only the supervisor writes tasks (chat tasks change state
+    # through the chat API, which keeps the runtime record in step).
+    "/wgs.v1.GraphService/CreateTask": SUPERVISOR_ONLY,
     "/wgs.v1.GraphService/GetTask": CLIENTS,
     "/wgs.v1.GraphService/ListTasks": CLIENTS,
-    "/wgs.v1.GraphService/UpdateTask": CLIENTS,
-    "/wgs.v1.GraphService/AppendTaskLog": CLIENTS,
+    "/wgs.v1.GraphService/UpdateTask": SUPERVISOR_ONLY,
+    "/wgs.v1.GraphService/AppendTaskLog": SUPERVISOR_ONLY,
     "/wgs.v1.GraphService/Reconcile": CLIENTS,
     "/wgs.v1.GraphService/ListMessages": allow(CLIENT, SUPERVISOR, agent=OWN_CHAT),
     "/wgs.v1.GraphService/WatchMessages": allow(CLIENT, SUPERVISOR, agent=OWN_CHAT),
-    "/wgs.v1.GraphService/AppendMessage": allow(CLIENT, SUPERVISOR, agent=OWN_CHAT_REPLIES),
+    # A user's message goes through ChatService.SendMessage (the supervisor stores it and wakes or
+    # respawns the agent); replies are the agent's own. Clients append nothing here.
+    "/wgs.v1.GraphService/AppendMessage": allow(SUPERVISOR, agent=OWN_CHAT_REPLIES),
     # What a live agent reports about its own chat (its run only: checked again by the store).
     "/wgs.v1.GraphService/ReportAgentStatus": allow(SUPERVISOR, agent=OWN_RUN),
     "/wgs.v1.GraphService/PublishPartialMessage": allow(SUPERVISOR, agent=OWN_RUN),

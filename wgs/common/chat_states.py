@@ -59,7 +59,7 @@ LIVE_STATES = frozenset({STARTING, RUNNING})
 def name(state: int) -> str:
     """"RUNNING" for RUNTIME_STATE_RUNNING; the number for unknown values."""
     try:
-        return runtime_pb2.RuntimeState.Name(state).removeprefix("RUNTIME_STATE_")  # type: ignore[arg-type]
+        return runtime_pb2.RuntimeState.Name(state).removeprefix("RUNTIME_STATE_")
     except ValueError:
         return str(state)
 

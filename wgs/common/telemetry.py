@@ -119,7 +119,7 @@ def setup_tracing(service: str, state_dir: Path | None, *, instrument_grpc_serve
         resource = Resource.create(attrs)
         provider = TracerProvider(resource=resource)  # its sampler: OTEL_TRACES_SAMPLER, as the SDK reads it
         provider.sampler = UntracedCalls(provider.sampler)  # before any tracer exists: they copy it
-        exporter: SpanExporter
+        exporter: SpanExporter | None
         if _otlp_configured():
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -127,7 +127,7 @@ def setup_tracing(service: str, state_dir: Path | None, *, instrument_grpc_serve
         elif state_dir is not None:
             exporter = OtlpJsonFileExporter(state_dir / "traces" / f"{service}.jsonl")
         else:
-            exporter = None  # type: ignore[assignment]
+            exporter = None
         if exporter is not None:
             # OTEL_BSP_* apply as the SDK defines them; only the export delay defaults shorter than
             # the SDK's 5 s, so `wgs trace` right after a call sees it.

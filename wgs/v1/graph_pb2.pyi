@@ -192,7 +192,7 @@ class WatchMessagesResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[_task_pb2.ChatMessage, _Mapping]] = ..., partial: _Optional[_Union[_task_pb2.PartialMessage, _Mapping]] = ...) -> None: ...
 
 class ReportAgentStatusRequest(_message.Message):
-    __slots__ = ("chat_id", "run_number", "answer_error", "answer_succeeded", "waiting", "endpoint_ok", "input_tokens", "output_tokens", "context_window", "context_window_source")
+    __slots__ = ("chat_id", "run_number", "answer_error", "answer_succeeded", "waiting", "endpoint_ok", "input_tokens", "output_tokens", "context_window", "context_window_source", "context_window_detail")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ANSWER_ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +203,7 @@ class ReportAgentStatusRequest(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_WINDOW_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_WINDOW_DETAIL_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
     run_number: int
     answer_error: _runtime_pb2.AnswerError
@@ -213,7 +214,8 @@ class ReportAgentStatusRequest(_message.Message):
     output_tokens: int
     context_window: int
     context_window_source: _plan_pb2.ChoiceSource
-    def __init__(self, chat_id: _Optional[str] = ..., run_number: _Optional[int] = ..., answer_error: _Optional[_Union[_runtime_pb2.AnswerError, _Mapping]] = ..., answer_succeeded: _Optional[bool] = ..., waiting: _Optional[_Union[_runtime_pb2.EndpointWait, _Mapping]] = ..., endpoint_ok: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., context_window_source: _Optional[_Union[_plan_pb2.ChoiceSource, str]] = ...) -> None: ...
+    context_window_detail: str
+    def __init__(self, chat_id: _Optional[str] = ..., run_number: _Optional[int] = ..., answer_error: _Optional[_Union[_runtime_pb2.AnswerError, _Mapping]] = ..., answer_succeeded: _Optional[bool] = ..., waiting: _Optional[_Union[_runtime_pb2.EndpointWait, _Mapping]] = ..., endpoint_ok: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., context_window_source: _Optional[_Union[_plan_pb2.ChoiceSource, str]] = ..., context_window_detail: _Optional[str] = ...) -> None: ...
 
 class ReportAgentStatusResponse(_message.Message):
     __slots__ = ("status",)

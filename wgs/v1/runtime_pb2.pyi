@@ -110,7 +110,7 @@ class EndpointWait(_message.Message):
     def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("run_number", "updated_at", "last_answer_error", "waiting", "context_window", "context_window_source", "input_tokens", "output_tokens", "answers")
+    __slots__ = ("run_number", "updated_at", "last_answer_error", "waiting", "context_window", "context_window_source", "input_tokens", "output_tokens", "answers", "context_window_detail")
     RUN_NUMBER_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_ANSWER_ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class AgentStatus(_message.Message):
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_WINDOW_DETAIL_FIELD_NUMBER: _ClassVar[int]
     run_number: int
     updated_at: _timestamp_pb2.Timestamp
     last_answer_error: AnswerError
@@ -129,7 +130,8 @@ class AgentStatus(_message.Message):
     input_tokens: int
     output_tokens: int
     answers: int
-    def __init__(self, run_number: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_answer_error: _Optional[_Union[AnswerError, _Mapping]] = ..., waiting: _Optional[_Union[EndpointWait, _Mapping]] = ..., context_window: _Optional[int] = ..., context_window_source: _Optional[_Union[_plan_pb2.ChoiceSource, str]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., answers: _Optional[int] = ...) -> None: ...
+    context_window_detail: str
+    def __init__(self, run_number: _Optional[int] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_answer_error: _Optional[_Union[AnswerError, _Mapping]] = ..., waiting: _Optional[_Union[EndpointWait, _Mapping]] = ..., context_window: _Optional[int] = ..., context_window_source: _Optional[_Union[_plan_pb2.ChoiceSource, str]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., answers: _Optional[int] = ..., context_window_detail: _Optional[str] = ...) -> None: ...
 
 class ChatRuntime(_message.Message):
     __slots__ = ("state", "current_run", "previous_runs", "restart_count", "next_restart_at", "last_error", "plan", "trace_id", "supervisor_id", "lease_expires_at", "state_changed_at", "version", "span_id", "resume_on_start", "agent")
