@@ -423,6 +423,8 @@ class Lifecycle:
                 live.run = None
             assert handle.exit is not None
             try:
+                if handle.exit.unknown:
+                    handle.exit = await self._end_what_is_left(handle, handle.exit)
                 await self._record_end(live, handle, handle.exit)
             except errors.Unavailable as exc:
                 log.error("the end of %s run %d could not be recorded (%s); trying again in %gs", handle.chat_id,
@@ -431,6 +433,21 @@ class Lifecycle:
             except errors.WgsError as exc:
                 log.error("the end of %s run %d was not recorded: %s", handle.chat_id, handle.number, exc.message,
                           extra=fields(chat_id=handle.chat_id))
+
+    async def _end_what_is_left(self, handle: RunHandle, info: ExitInfo) -> ExitInfo:
+        """The run's monitor died without an exit record (e.g. kill -9), so its agent may live on:
+        end what lives of the run (each process proven the run's) before its end is recorded, so
+        that the chat never shows an ended run beside a live agent and no restart runs beside it;
+        the record says what was ended."""
+        record = handle.record()
+        record.supervisor_id = self.me
+        leftovers = await self.backend.end_leftovers(handle.chat_id, [record], self.s.stop_grace)
+        if not leftovers:
+            return info
+        log.warning("%s run %d: its run monitor died; %s", handle.chat_id, handle.number,
+                    _describe_leftovers(leftovers), extra=fields(chat_id=handle.chat_id, run=handle.number))
+        what = info.error or info.describe()
+        return dataclasses.replace(info, error=f"{what}; {_describe_leftovers(leftovers)} before restart")
 
     async def _record_end(self, live: ChatLive, handle: RunHandle, info: ExitInfo, *,
                           task_status: int | None = None, add_tags: tuple[str, ...] = (), resume: bool = False,

@@ -94,6 +94,13 @@ class SpawnError(Exception):
         self.errno = errno
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
 @dataclass
 class ExitInfo:
     """How a run ended, as read from its exit file (or why that is unknown)."""
@@ -111,12 +118,7 @@ class ExitInfo:
 
     @property
     def signal_name(self) -> str:
-        if self.signal is None:
-            return ""
-        try:
-            return signal.Signals(self.signal).name
-        except ValueError:
-            return f"SIG{self.signal}"
+        return "" if self.signal is None else _signal_name(self.signal)
 
     @property
     def stopped(self) -> bool:
@@ -1132,9 +1134,9 @@ def collect_exit(run: Run) -> ExitInfo:
         return info
     if run.popen is not None and run.popen.returncode is not None:
         rc = run.popen.returncode
-        how = f"signal {-rc}" if rc < 0 else f"code {rc}"
+        how = f"died ({_signal_name(-rc)})" if rc < 0 else f"exited (code {rc})"
         return ExitInfo(None, None, datetime.now(UTC),
-                        f"exit status unknown: the run monitor ended ({how}) without an exit record",
+                        f"exit status unknown: the run monitor {how} without an exit record",
                         monitor_signal=-rc if rc < 0 else None)
     return ExitInfo(None, None, datetime.now(UTC), UNKNOWN_EXIT)
 

@@ -272,6 +272,25 @@ async def test_a_restarted_supervisor_adopts_a_live_run_and_records_a_dead_ones_
     assert (starting.id, [1]) in world.backend.end_leftovers_calls  # proved before spawning
 
 
+async def test_a_killed_run_monitor_its_agent_is_ended_before_the_end_is_recorded(world: World,
+                                                                                 sup: Lifecycle) -> None:
+    chat = await create(sup)
+    # The monitor was kill -9ed: no exit record, and its agent lives on until the supervisor ends it.
+    world.backend.leftovers[chat.id] = [Leftover(pid=chat.pid, what="agent of run 1 (sleep)", outcome="ended")]
+    world.backend.exit(chat.id, 1, error="exit status unknown: the run monitor died (SIGKILL) without an exit record",
+                       unknown=True)
+    await world.settle()
+    assert world.backend.end_leftovers_calls == [(chat.id, [1])]
+    rt = (await record(world, chat.id)).runtime
+    first = runs(rt)[1]
+    assert first.end == R.RUN_END_UNKNOWN and "the run monitor died (SIGKILL)" in first.error
+    assert f"agent of run 1 (sleep) pid {chat.pid} ended before restart" in first.error  # in the record, not only a log
+    assert rt.state == R.RUNTIME_STATE_BACKOFF and rt.restart_count == 0  # not the agent's fault
+    await world.clock.advance(world.restart_delay(chat.id) or 0)
+    rt = (await record(world, chat.id)).runtime
+    assert rt.state == R.RUNTIME_STATE_RUNNING and rt.current_run.number == 2 and rt.last_error == ""
+
+
 async def test_a_live_chat_keeps_its_lease_and_survives_reconcile(world: World, sup: Lifecycle) -> None:
     chat = await create(sup)
     for _ in range(9):  # 90 s: far past one lease (30 s)
