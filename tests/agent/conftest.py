@@ -166,7 +166,10 @@ class AgentRunner:
                 chat_id=chat.id, run=run, state=runtime_pb2.RUNTIME_STATE_EXITED)]), timeout=10)
 
     def start(self, args: list[str], chat: Chat, env: dict[str, str] | None = None,
-              path_fakes: bool = True) -> Agent:
+              path_fakes: bool = True, gate: Path | None = None) -> Agent:
+        """Start `wgs-agent ARGS` for the chat's next run. With `gate` (a FIFO), the process waits for
+        a line on it before it execs the agent (same pid): its run is recorded, then the test chooses
+        the moment the agent starts."""
         n = len(self.agents) + 1
         number = self.runs.get(chat.id, 0) + 1
         self.runs[chat.id] = number
@@ -189,7 +192,10 @@ class AgentRunner:
         full.update(env or {})
         stderr_path = self.tmp_path / f"agent-{n}.stderr"
         with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen([AGENT_BIN, *args], env=full, stdout=err, stderr=err, cwd=str(self.tmp_path))
+            argv = [AGENT_BIN, *args]
+            if gate is not None:
+                argv = ["sh", "-c", 'read _ < "$0" && exec "$@"', str(gate), *argv]
+            proc = subprocess.Popen(argv, env=full, stdout=err, stderr=err, cwd=str(self.tmp_path))
         self._record(chat, number, proc.pid, started=True)
         agent = Agent(proc, stderr_path)
         self.agents.append(agent)
