@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1159,7 +1159,13 @@ def watch(run: Run, on_exit: ExitCallback, loop: asyncio.AbstractEventLoop | Non
         loop.remove_reader(fd)
         os.close(fd)
         run.pidfd = -1
-        on_exit(run, collect_exit(run))
+        info = collect_exit(run)
+        if info.error == UNKNOWN_EXIT:
+            # An adopted monitor (not our child: its status is not ours to read) ended while watched,
+            # with the supervisor up: not "the supervisor was down", as a record found at start says.
+            info = replace(info, error=f"exit status unknown: the run monitor (pid {run.monitor_pid}) died without "
+                                       "an exit record")
+        on_exit(run, info)
 
     loop.add_reader(fd, _ready)
     return True
