@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,6 @@ DEFAULT_MAX_LOG_BYTES = 8 * 1024 * 1024
 DEFAULT_STOP_GRACE = 5.0
 REPORT_TIMEOUT = 5.0
 STOP_MARGIN = 5.0  # after its grace, how long a monitor may take to kill, reap and record before it is "stuck"
-UNKNOWN_EXIT = "exit status unknown: the supervisor was down when the agent ended (no exit record)"
 RUN_ID_VAR = "WGS_RUN_ID"
 CGROUP_ENV = "WGS_CGROUP_ROOT"
 _RUN_FILE_RE = re.compile(r"^run-(\d+)\.(log|exit)$")
@@ -1138,7 +1137,10 @@ def collect_exit(run: Run) -> ExitInfo:
         return ExitInfo(None, None, datetime.now(UTC),
                         f"exit status unknown: the run monitor {how} without an exit record",
                         monitor_signal=-rc if rc < 0 else None)
-    return ExitInfo(None, None, datetime.now(UTC), UNKNOWN_EXIT)
+    # A monitor writes its record whether or not a supervisor watches: none means the monitor itself
+    # died (how is not ours to know: it was not our child), whether the supervisor was up or not.
+    return ExitInfo(None, None, datetime.now(UTC),
+                    f"exit status unknown: the run monitor (pid {run.monitor_pid}) died without an exit record")
 
 
 def watch(run: Run, on_exit: ExitCallback, loop: asyncio.AbstractEventLoop | None = None) -> bool:
@@ -1159,13 +1161,7 @@ def watch(run: Run, on_exit: ExitCallback, loop: asyncio.AbstractEventLoop | Non
         loop.remove_reader(fd)
         os.close(fd)
         run.pidfd = -1
-        info = collect_exit(run)
-        if info.error == UNKNOWN_EXIT:
-            # An adopted monitor (not our child: its status is not ours to read) ended while watched,
-            # with the supervisor up: not "the supervisor was down", as a record found at start says.
-            info = replace(info, error=f"exit status unknown: the run monitor (pid {run.monitor_pid}) died without "
-                                       "an exit record")
-        on_exit(run, info)
+        on_exit(run, collect_exit(run))
 
     loop.add_reader(fd, _ready)
     return True

@@ -264,6 +264,7 @@ async def test_a_restarted_supervisor_adopts_a_live_run_and_records_a_dead_ones_
     rt = (await record(world, dead.id)).runtime
     first = runs(rt)[1]
     assert first.end == R.RUN_END_UNKNOWN and f"pid {dead.pid} ended before restart" in first.error
+    assert "the run monitor left no record" in first.error  # what is known of the end is kept beside it
     assert rt.state == R.RUNTIME_STATE_BACKOFF and rt.restart_count == 0
     await world.clock.advance(0)
     assert world.backend.live(dead.id) == [2]  # restarted only after the old agent was ended
