@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness import REPO, ServiceProcess, authed_channel, base_env, start_service, token
+from tests.harness import REPO, ServiceProcess, authed_channel, base_env, start_service, token, wait_serving
 from wgs.common.auth import AGENT, SUPERVISOR
 from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_pb2, runtime_service_pb2, runtime_service_pb2_grpc, task_pb2
 
@@ -213,3 +214,37 @@ def agents(graph: ServiceProcess, tmp_path: Path) -> Iterator[AgentRunner]:
         yield runner
     finally:
         runner.close()
+
+
+class OwnGraph:
+    """A graph service of the test's own, to stop and start again on the same port."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        state.mkdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    def serve(self, port: int = 0) -> str:
+        addr_file = self.state / f"addr-{time.monotonic_ns()}"
+        env = base_env(self.state, {"WGS_GRAPH_LISTEN": f"127.0.0.1:{port}", "WGS_ADDRESS_FILE": str(addr_file),
+                                    "WGS_DATABASE_URL": f"sqlite:///{self.state / 'graph.db'}"})
+        with open(self.state / "graph.stderr", "ab") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "wgs.cli.main", "serve", "graph"], env=env,
+                                         stdout=err, stderr=err)
+        deadline = time.monotonic() + 30
+        while not addr_file.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, (self.state / "graph.stderr").read_text()
+            time.sleep(0.02)
+        self.address = addr_file.read_text().strip()
+        wait_serving(self.address)
+        return self.address
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)

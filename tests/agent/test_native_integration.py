@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, Agent, AgentRunner, Chat
+from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, Agent, AgentRunner, Chat, OwnGraph
 from tests.fakes.fake_openai import FakeOpenAI, Reply
 from tests.fakes.tls import self_signed
 from wgs.agent.errors import EXIT_AUTH, EXIT_GRAPH, EXIT_TLS, EXIT_UNKNOWN_MODEL, EXIT_UNREACHABLE
@@ -362,42 +360,6 @@ def test_sigterm_during_the_start_check_exits_0_promptly(agents: AgentRunner, ch
         assert agent.wait(10) == 0
         assert time.monotonic() - started < 5
         assert chat.messages() == []
-
-
-class OwnGraph:
-    """A graph service of the test's own, to stop and start again on the same port."""
-
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        state.mkdir()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.address = ""
-
-    def serve(self, port: int = 0) -> str:
-        from tests.harness import base_env, wait_serving
-
-        addr_file = self.state / f"addr-{time.monotonic_ns()}"
-        env = base_env(self.state, {"WGS_GRAPH_LISTEN": f"127.0.0.1:{port}", "WGS_ADDRESS_FILE": str(addr_file),
-                                    "WGS_DATABASE_URL": f"sqlite:///{self.state / 'graph.db'}"})
-        with open(self.state / "graph.stderr", "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "wgs.cli.main", "serve", "graph"], env=env,
-                                         stdout=err, stderr=err)
-        deadline = time.monotonic() + 30
-        while not addr_file.exists():
-            assert self.proc.poll() is None and time.monotonic() < deadline, (self.state / "graph.stderr").read_text()
-            time.sleep(0.02)
-        self.address = addr_file.read_text().strip()
-        wait_serving(self.address)
-        return self.address
-
-    @property
-    def port(self) -> int:
-        return int(self.address.rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(15)
 
 
 def wait_logged(agent: Agent, text: str, timeout: float = 30.0) -> None:
