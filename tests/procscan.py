@@ -162,11 +162,13 @@ class Sampler(threading.Thread):
         self.interval = interval
         self.doubles: list[tuple[str, list[ChatProcess]]] = []
         self.scans = 0
+        self.seen: set[str] = set()  # every chat it saw a process of (so it is known to look at the right ones)
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.is_set():
             for chat, procs in self.scan().items():
+                self.seen.add(chat)
                 if len({p.run for p in procs}) > 1:
                     alive = [p for p in procs if _live_ticks(p.pid) == p.ticks]
                     if len({p.run for p in alive}) > 1:
