@@ -161,12 +161,15 @@ def plan(rng: random.Random, n: int, tmp: Path, endpoints: dict[str, str]) -> tu
 
 def wait_running(camp: Campaign, chat: Chat, extra: Callable[[chat_pb2.Chat], bool] = lambda c: True,
                  timeout: float = 60.0) -> chat_pb2.Chat:
-    """GetChat until the chat's agent runs (and `extra` holds); a fault may be delaying it."""
+    """GetChat until the chat's agent runs (and `extra` holds); a fault may be delaying it. "Runs":
+    the recorded process lives and carries its run's marker — the pid is recorded at the monitor's
+    fork, and the marker comes with the exec of the agent a moment later."""
     deadline = time.monotonic() + timeout
     while True:
         got = camp.get(chat)
-        if got.runtime.state == R.RUNTIME_STATE_RUNNING and procfs.is_alive(
-                got.runtime.current_run.pid, got.runtime.current_run.process_start_ticks) and extra(got):
+        run = got.runtime.current_run
+        if got.runtime.state == R.RUNTIME_STATE_RUNNING and procfs.is_alive(run.pid, run.process_start_ticks) \
+                and procfs.environ_has(run.pid, marker(camp.state, chat.id, run.number)) and extra(got):
             return got
         assert time.monotonic() < deadline, f"{chat.kind} {chat.id} never ran: {got.runtime}"
         time.sleep(0.1)
