@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -36,6 +35,7 @@ from tests.harness import (
     test_database_urls,
     token,
 )
+from tests.procscan import Sampler, chat_processes
 from wgs.common import traceview
 from wgs.common.auth import CLIENT
 from wgs.v1 import chat_pb2, chat_pb2_grpc, runtime_pb2, supervisor_pb2, supervisor_pb2_grpc
@@ -47,46 +47,13 @@ AGENT = [PY, "-c", f"import time\nprint('agent up', flush=True)\ntime.sleep(600)
 LEASE = 9  # seconds: renewals every 3 s, runs fence themselves 4 s before the lease lapses
 FAILOVER_BOUND = LEASE + 3 + 1 + 10  # lease + one failover scan + the restart delay, plus slack for a busy CI host
 
-class Sampler(threading.Thread):
-    """Scans /proc every few milliseconds for this test's agents; records any chat seen with two."""
+def agents() -> dict[str, list[int]]:
+    """The live agents of this test by chat (run monitors excluded)."""
+    return {chat: [p.pid for p in procs] for chat, procs in chat_processes(mark=MARK).items()}
 
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.doubles: list[tuple[str, list[int]]] = []
-        self.scans = 0
-        self._done = threading.Event()
 
-    @staticmethod
-    def agents() -> dict[str, list[int]]:
-        found: dict[str, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                if MARK.encode() not in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    continue
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if stat[stat.rfind(")") + 2] in "ZX":
-                    continue
-                env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            chat = next((e[len(b"WGS_CHAT_ID="):].decode() for e in env if e.startswith(b"WGS_CHAT_ID=")), "")
-            if chat:
-                found.setdefault(chat, []).append(int(entry))
-        return found
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            for chat, pids in self.agents().items():
-                if len(pids) > 1:
-                    self.doubles.append((chat, pids))
-            self.scans += 1
-            self._done.wait(0.005)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join(5)
+def agent_sampler() -> Sampler:
+    return Sampler(lambda: chat_processes(mark=MARK))
 
 
 @dataclass
@@ -158,8 +125,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
 def one_each(what: str, chat_ids: list[str]) -> None:
     """Each chat has exactly one agent process (a run just recorded may still be between fork and exec)."""
     def counts() -> dict[str, int]:
-        agents = Sampler.agents()
-        return {c: len(agents.get(c, [])) for c in chat_ids}
+        found = agents()
+        return {c: len(found.get(c, [])) for c in chat_ids}
     try:
         wait_for(f"{what}: one agent each", lambda: set(counts().values()) == {1}, 10)
     except AssertionError as exc:
@@ -242,7 +209,7 @@ def test_new_chats_spread_and_every_call_works_through_any_replica(cluster: Clus
 
     stopped = via.StopChat(chat_pb2.StopChatRequest(chat_id=chat_id), timeout=20).chat
     assert stopped.runtime.state == R.RUNTIME_STATE_STOPPED and stopped.runtime.supervisor_id == "sup-2"
-    assert not pid_alive(shown.pid) and chat_id not in Sampler.agents()
+    assert not pid_alive(shown.pid) and chat_id not in agents()
     again = via.RestartChat(chat_pb2.RestartChatRequest(chat_id=chat_id), timeout=20).chat
     assert again.runtime.state == R.RUNTIME_STATE_RUNNING and again.runtime.current_run.number == 2
     assert again.runtime.supervisor_id == "sup-2"  # restarted where it lives, not moved by the call
@@ -341,7 +308,7 @@ def test_a_lost_replicas_chats_run_on_the_survivors_each_explained(cluster: Clus
     owners = cluster.owners("sup-1")
     lost = [c for c, o in owners.items() if o == "sup-2"]
     assert lost, owners
-    sampler = Sampler()
+    sampler = agent_sampler()
     sampler.start()
     try:
         # A lost pod: the supervisor, its run monitors and its agents die at once.
@@ -373,8 +340,8 @@ def test_a_frozen_replica_stops_its_agents_before_a_survivor_starts_theirs(clust
     frozen = [c for c, o in owners.items() if o == "sup-3"]
     assert frozen, owners
     one_each("the frozen replica's chats", frozen)
-    before = {c: Sampler.agents()[c] for c in frozen}
-    sampler = Sampler()
+    before = {c: agents()[c] for c in frozen}
+    sampler = agent_sampler()
     sampler.start()
     try:
         os.kill(cluster.supervisors["sup-3"].proc.pid, signal.SIGSTOP)  # frozen: no renewals, no exits seen

@@ -25,12 +25,14 @@ from wgs.v1 import runtime_pb2
 
 class SpawnFailed(Exception):
     """The agent could not be started. `permanent`: retrying cannot help (executable missing, not
-    executable, bad format, working directory missing) — the chat goes FAILED at once."""
+    executable, bad format, working directory missing) — the chat goes FAILED at once. `errno`: the
+    error behind it (ENOENT, EACCES, ...), which names the fix."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, errno: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+        self.errno = errno
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,10 @@ def classify_exit(info: ExitInfo, argv: list[str], tail: str) -> Classified:
     return Classified(False, how)
 
 
-def classify_spawn_failure(message: str, permanent: bool) -> Classified:
+def classify_spawn_failure(message: str, permanent: bool, errno_: int | None = None) -> Classified:
+    """A spawn that failed; an exec errno (the program missing, not executable, not a program) names
+    its own fix, as for an exec that failed in the run monitor."""
     if permanent:
-        return Classified(True, f"the agent could not be started: {message}", "fix the command or its environment")
+        fix = EXEC_ERRNOS.get(errno_ or 0, "fix the command or its environment")
+        return Classified(True, f"the agent could not be started: {message}", fix)
     return Classified(False, f"the agent could not be started: {message}")

@@ -261,7 +261,8 @@ class Lifecycle:
         try:
             handle = await self.runs.spawn(live.chat_id, number, plan, live.redactor, links)
         except SpawnFailed as exc:
-            return task, await self._spawn_failed(live, number, shown, exc.message, exc.permanent, started)
+            return task, await self._spawn_failed(live, number, shown, exc.message, exc.permanent, started,
+                                                  errno_=exc.errno)
         live.run = handle
         if not self.backend.watch(handle, self.on_run_exit):
             self.on_run_exit(handle, self.backend.collect_exit(handle))
@@ -281,8 +282,8 @@ class Lifecycle:
         return task, runtime
 
     async def _spawn_failed(self, live: ChatLive, number: int, shown: plan_pb2.SpawnPlan, message: str,
-                            permanent: bool, started: datetime) -> runtime_pb2.ChatRuntime:
-        c = failures.classify_spawn_failure(message, permanent)
+                            permanent: bool, started: datetime, errno_: int | None = None) -> runtime_pb2.ChatRuntime:
+        c = failures.classify_spawn_failure(message, permanent, errno_)
         now = self.clock.now()
         decision = policy.on_end(history=live.history, cfg=self.s.policy, now=now, started_at=None, exit_code=None,
                                  describe=c.describe, permanent=c.permanent, fix=c.fix)

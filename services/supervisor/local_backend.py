@@ -86,7 +86,7 @@ class LocalProcessBackend:
                 display_argv=spec.display_argv, max_log_bytes=self.max_log_bytes, warm=self._warm,
                 supervisor_id=self.supervisor_id, stop_grace=self.stop_grace, lease_file=self.lease_file)
         except procs.SpawnError as exc:
-            raise SpawnFailed(exc.message, permanent=exc.permanent) from None
+            raise SpawnFailed(exc.message, permanent=exc.permanent, errno=exc.errno) from None
         return self._handle(run)
 
     def _native(self, handle: RunHandle) -> procs.Run:

@@ -303,7 +303,7 @@ class Ownership:
                              f"the chat now runs on supervisor {self.me}")
             if leftovers:
                 notes.append(f"{describe_leftovers(leftovers)} before restart")
-            if info is None or (info.unknown and notes):
+            if info is None or (info.unknown and lost_owner):  # its monitor was not ours to know
                 info = ExitInfo(None, None, self.clock.now(), error="exit status unknown", unknown=True)
             adopt_log.info("%s run %d ended while its supervisor was away: %s%s", task.id, cur.number,
                            info.describe(), f" ({'; '.join(notes)})" if notes else "",

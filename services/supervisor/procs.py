@@ -69,7 +69,6 @@ DEFAULT_MAX_LOG_BYTES = 8 * 1024 * 1024
 DEFAULT_STOP_GRACE = 5.0
 REPORT_TIMEOUT = 5.0
 STOP_MARGIN = 5.0  # after its grace, how long a monitor may take to kill, reap and record before it is "stuck"
-UNKNOWN_EXIT = "exit status unknown: the supervisor was down when the agent ended (no exit record)"
 RUN_ID_VAR = "WGS_RUN_ID"
 CGROUP_ENV = "WGS_CGROUP_ROOT"
 _RUN_FILE_RE = re.compile(r"^run-(\d+)\.(log|exit)$")
@@ -94,6 +93,13 @@ class SpawnError(Exception):
         self.errno = errno
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
 @dataclass
 class ExitInfo:
     """How a run ended, as read from its exit file (or why that is unknown)."""
@@ -111,12 +117,7 @@ class ExitInfo:
 
     @property
     def signal_name(self) -> str:
-        if self.signal is None:
-            return ""
-        try:
-            return signal.Signals(self.signal).name
-        except ValueError:
-            return f"SIG{self.signal}"
+        return "" if self.signal is None else _signal_name(self.signal)
 
     @property
     def stopped(self) -> bool:
@@ -1132,11 +1133,14 @@ def collect_exit(run: Run) -> ExitInfo:
         return info
     if run.popen is not None and run.popen.returncode is not None:
         rc = run.popen.returncode
-        how = f"signal {-rc}" if rc < 0 else f"code {rc}"
+        how = f"died ({_signal_name(-rc)})" if rc < 0 else f"exited (code {rc})"
         return ExitInfo(None, None, datetime.now(UTC),
-                        f"exit status unknown: the run monitor ended ({how}) without an exit record",
+                        f"exit status unknown: the run monitor {how} without an exit record",
                         monitor_signal=-rc if rc < 0 else None)
-    return ExitInfo(None, None, datetime.now(UTC), UNKNOWN_EXIT)
+    # A monitor writes its record whether or not a supervisor watches: none means the monitor itself
+    # died (how is not ours to know: it was not our child), whether the supervisor was up or not.
+    return ExitInfo(None, None, datetime.now(UTC),
+                    f"exit status unknown: the run monitor (pid {run.monitor_pid}) died without an exit record")
 
 
 def watch(run: Run, on_exit: ExitCallback, loop: asyncio.AbstractEventLoop | None = None) -> bool:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.harness import REPO, ServiceProcess, authed_channel, base_env, start_service, token
+from tests.harness import REPO, ServiceProcess, authed_channel, base_env, start_service, token, wait_serving
 from wgs.common.auth import AGENT, SUPERVISOR
 from wgs.v1 import graph_pb2, graph_pb2_grpc, runtime_pb2, runtime_service_pb2, runtime_service_pb2_grpc, task_pb2
 
@@ -166,7 +167,10 @@ class AgentRunner:
                 chat_id=chat.id, run=run, state=runtime_pb2.RUNTIME_STATE_EXITED)]), timeout=10)
 
     def start(self, args: list[str], chat: Chat, env: dict[str, str] | None = None,
-              path_fakes: bool = True) -> Agent:
+              path_fakes: bool = True, gate: Path | None = None) -> Agent:
+        """Start `wgs-agent ARGS` for the chat's next run. With `gate` (a FIFO), the process waits for
+        a line on it before it execs the agent (same pid): its run is recorded, then the test chooses
+        the moment the agent starts."""
         n = len(self.agents) + 1
         number = self.runs.get(chat.id, 0) + 1
         self.runs[chat.id] = number
@@ -189,7 +193,10 @@ class AgentRunner:
         full.update(env or {})
         stderr_path = self.tmp_path / f"agent-{n}.stderr"
         with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen([AGENT_BIN, *args], env=full, stdout=err, stderr=err, cwd=str(self.tmp_path))
+            argv = [AGENT_BIN, *args]
+            if gate is not None:
+                argv = ["sh", "-c", 'read _ < "$0" && exec "$@"', str(gate), *argv]
+            proc = subprocess.Popen(argv, env=full, stdout=err, stderr=err, cwd=str(self.tmp_path))
         self._record(chat, number, proc.pid, started=True)
         agent = Agent(proc, stderr_path)
         self.agents.append(agent)
@@ -207,3 +214,37 @@ def agents(graph: ServiceProcess, tmp_path: Path) -> Iterator[AgentRunner]:
         yield runner
     finally:
         runner.close()
+
+
+class OwnGraph:
+    """A graph service of the test's own, to stop and start again on the same port."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        state.mkdir()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.address = ""
+
+    def serve(self, port: int = 0) -> str:
+        addr_file = self.state / f"addr-{time.monotonic_ns()}"
+        env = base_env(self.state, {"WGS_GRAPH_LISTEN": f"127.0.0.1:{port}", "WGS_ADDRESS_FILE": str(addr_file),
+                                    "WGS_DATABASE_URL": f"sqlite:///{self.state / 'graph.db'}"})
+        with open(self.state / "graph.stderr", "ab") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "wgs.cli.main", "serve", "graph"], env=env,
+                                         stdout=err, stderr=err)
+        deadline = time.monotonic() + 30
+        while not addr_file.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, (self.state / "graph.stderr").read_text()
+            time.sleep(0.02)
+        self.address = addr_file.read_text().strip()
+        wait_serving(self.address)
+        return self.address
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)

@@ -9,17 +9,26 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
 
-from tests.agent.conftest import Chat
-from tests.harness import ServiceProcess, authed_aio_channel
+from tests.agent.conftest import Chat, OwnGraph, new_chat
+from tests.harness import ServiceProcess, authed_aio_channel, authed_channel
 from wgs.agent.errors import FAIL_CONTEXT
 from wgs.agent.graph_sink import GraphStatusSink
-from wgs.agent.status import PartialReplyEvent, Status
-from wgs.common.auth import AGENT, CLIENT
-from wgs.v1 import graph_pb2, graph_pb2_grpc, plan_pb2, runtime_pb2, runtime_service_pb2, task_pb2
+from wgs.agent.status import EndpointWaitingEvent, PartialReplyEvent, Status
+from wgs.common.auth import AGENT, CLIENT, SUPERVISOR
+from wgs.v1 import (
+    graph_pb2,
+    graph_pb2_grpc,
+    plan_pb2,
+    runtime_pb2,
+    runtime_service_pb2,
+    runtime_service_pb2_grpc,
+    task_pb2,
+)
 
 
 @pytest.fixture
@@ -172,3 +181,41 @@ async def test_status_events_become_the_chats_agent_status(graph: ServiceProcess
         got = record()
         assert not got.HasField("waiting") and not got.HasField("last_answer_error")
         assert (got.input_tokens, got.output_tokens, got.answers) == (1500, 100, 1)
+
+
+async def test_a_report_the_graph_cannot_take_is_sent_again_until_it_is(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """An agent waiting for its endpoint reports it once: if the graph was restarting then, the chat
+    would show a healthy agent for as long as the endpoint stays down."""
+    graph = OwnGraph(tmp_path / "own-graph")
+    address = graph.serve()
+    try:
+        with authed_channel(address, SUPERVISOR) as ch:
+            chat = new_chat(ch)
+            assert chat.rt is not None
+            chat.rt.RecordRunStarted(runtime_service_pb2.RecordRunStartedRequest(
+                chat_id=chat.id, run=runtime_pb2.Run(number=1, pid=1), supervisor_id="agent-tests"), timeout=10)
+        graph.stop()
+        async with authed_aio_channel(address, AGENT, chat_id=chat.id, run=1) as ch:
+            sink = GraphStatusSink(graph_pb2_grpc.GraphServiceStub(ch), chat.id, 1)  # type: ignore[arg-type]
+            reason = "endpoint http://127.0.0.1:1 unreachable: connection refused"
+            await sink.endpoint_waiting(EndpointWaitingEvent(reason, datetime.now(UTC)))
+            for _ in range(1500):  # until its first try failed (a log record is the only sign): 30 s at most
+                if any("sending it again" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the report was never tried")
+            graph.serve(graph.port)
+            with authed_channel(address, SUPERVISOR) as ch:
+                records = runtime_service_pb2_grpc.RuntimeServiceStub(ch)
+                for _ in range(600):  # the resend backs off to at most 5 s; 30 s at most
+                    rt = records.GetChatRecord(runtime_service_pb2.GetChatRecordRequest(chat_id=chat.id),
+                                               timeout=10).runtime
+                    if rt.agent.waiting.reason:
+                        break
+                    await asyncio.sleep(0.05)
+            assert rt.agent.waiting.reason == reason and rt.agent.run_number == 1
+            await sink.close()
+    finally:
+        graph.stop()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, Agent, AgentRunner, Chat
+from tests.agent.conftest import ASSISTANT, SYSTEM_ERROR, Agent, AgentRunner, Chat, OwnGraph
 from tests.fakes.fake_openai import FakeOpenAI, Reply
 from tests.fakes.tls import self_signed
 from wgs.agent.errors import EXIT_AUTH, EXIT_GRAPH, EXIT_TLS, EXIT_UNKNOWN_MODEL, EXIT_UNREACHABLE
@@ -301,10 +300,12 @@ def test_llama_cpp_overflow_is_cut_and_a_too_long_message_refused(agents: AgentR
 
 def test_graph_unreachable_exits_7(agents: AgentRunner, chat: Chat) -> None:
     agent = agents.start(native(chat, "http://127.0.0.1:9", "m"), chat,
-                         {"WGS_GRAPH_ADDR": f"127.0.0.1:{_closed_port()}", "WGS_RPC_TIMEOUT_SECONDS": "2"})
+                         {"WGS_GRAPH_ADDR": f"127.0.0.1:{_closed_port()}", "WGS_RPC_TIMEOUT_SECONDS": "2",
+                          "WGS_AGENT_GRAPH_WAIT_SECONDS": "1"})
     assert agent.wait() == EXIT_GRAPH
     lines = agent.error_lines()
     assert len(lines) == 1 and "graph service" in lines[0]
+    assert "trying again" in agent.stderr()  # waited for it first
 
 
 def test_bad_arguments_exit_2(agents: AgentRunner, chat: Chat) -> None:
@@ -362,41 +363,32 @@ def test_sigterm_during_the_start_check_exits_0_without_waiting_for_the_request(
         assert chat.messages() == []
 
 
+def wait_logged(agent: Agent, text: str, timeout: float = 30.0) -> None:
+    """Until the agent has logged `text` (its log file has no change event: re-read every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while text not in agent.stderr():
+        assert agent.proc.poll() is None, f"agent exited {agent.proc.returncode}:\n{agent.stderr()}"
+        assert time.monotonic() < deadline, f"{text!r} not logged within {timeout}s:\n{agent.stderr()}"
+        time.sleep(0.02)
+
+
 def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> None:
     """The message stream is re-opened after the graph service restarts; nothing is lost."""
 
     from tests.agent.conftest import new_chat
-    from tests.harness import authed_channel, base_env, wait_serving
+    from tests.harness import authed_channel
     from wgs.common.auth import SUPERVISOR
 
-    state = tmp_path / "own-graph"
-    state.mkdir()
-
-    def serve(port: int) -> tuple[subprocess.Popen[bytes], str]:
-        addr_file = state / f"addr-{time.monotonic_ns()}"
-        env = base_env(state, {"WGS_GRAPH_LISTEN": f"127.0.0.1:{port}", "WGS_ADDRESS_FILE": str(addr_file)})
-        with open(state / "graph.stderr", "ab") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "wgs.cli.main", "serve", "graph"], env=env,
-                                    stdout=err, stderr=err)
-        deadline = time.monotonic() + 30
-        while not addr_file.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, (state / "graph.stderr").read_text()
-            time.sleep(0.02)
-        address = addr_file.read_text().strip()
-        wait_serving(address)
-        return proc, address
-
-    proc, address = serve(0)
-    port = int(address.rsplit(":", 1)[1])
+    graph = OwnGraph(tmp_path / "own-graph")
+    address = graph.serve()
     try:
         with authed_channel(address, SUPERVISOR) as ch, FakeOpenAI(models=["m"]) as fake:
             chat = new_chat(ch)
             agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_GRAPH_ADDR": address})
             r1 = chat.send("before restart")
             assert chat.wait_answer(r1).role == ASSISTANT
-            proc.terminate()
-            proc.wait(15)
-            proc, _ = serve(port)
+            graph.stop()
+            graph.serve(graph.port)
             r2 = chat.send("after restart")
             assert chat.wait_answer(r2, timeout=30).content == "echo: after restart"
             assert agent.proc.poll() is None
@@ -404,8 +396,43 @@ def test_agent_survives_a_graph_restart(tmp_path: Path, agents: AgentRunner) -> 
             agent.signal(signal.SIGTERM)
             assert agent.wait() == 0
     finally:
-        proc.terminate()
-        proc.wait(15)
+        graph.stop()
+
+
+def test_a_graph_down_at_the_agents_start_is_waited_for(tmp_path: Path, agents: AgentRunner) -> None:
+    """An agent started while the graph restarts (the stack keeper's restart, a rollout) waits for it
+    instead of exiting 7 — a short outage costs no failed run; SIGTERM still ends it at once."""
+
+    from tests.agent.conftest import new_chat
+    from tests.harness import authed_channel
+    from wgs.common.auth import SUPERVISOR
+
+    graph = OwnGraph(tmp_path / "own-graph")
+    address = graph.serve()
+    try:
+        with authed_channel(address, SUPERVISOR) as ch, FakeOpenAI(models=["m"]) as fake:
+            chat, other = new_chat(ch), new_chat(ch)
+            r1 = chat.send("asked before the outage")
+            gates = [tmp_path / "gate-1", tmp_path / "gate-2"]
+            for gate in gates:
+                os.mkfifo(gate)
+            agent = agents.start(native(chat, fake.base_url, "m"), chat, {"WGS_GRAPH_ADDR": address}, gate=gates[0])
+            stopped = agents.start(native(other, fake.base_url, "m"), other, {"WGS_GRAPH_ADDR": address},
+                                   gate=gates[1])
+            graph.stop()  # both runs recorded: now the agents start, with the graph down
+            for gate in gates:
+                gate.write_text("go\n")
+            wait_logged(agent, "graph unreachable while reading the chat")
+            wait_logged(stopped, "graph unreachable while reading the chat")
+            stopped.signal(signal.SIGTERM)
+            assert stopped.wait(10) == 0 and stopped.error_lines() == []
+            graph.serve(graph.port)
+            assert chat.wait_answer(r1, timeout=30).content == "echo: asked before the outage"
+            assert agent.proc.poll() is None and agent.error_lines() == []
+            agent.signal(signal.SIGTERM)
+            assert agent.wait() == 0
+    finally:
+        graph.stop()
 
 
 def test_repeated_start_failure_without_pending_posts_one_error(agents: AgentRunner, chat: Chat) -> None:

@@ -99,6 +99,22 @@ def test_an_agent_that_dies_at_once_fails_create_with_its_stderr(stack: Path) ->
     assert "wgs chat show" in res.stderr
 
 
+def test_create_settle_exits_0_when_a_restart_survives_a_failed_first_run(stack: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "second-run"
+    script = f'if [ -e "{marker}" ]; then exec sleep 300; fi; touch "{marker}"; echo first run fails >&2; exit 1'
+    res = chat_cli(stack, "create", "--settle", "5", "--json", "--", "sh", "-c", script)
+    assert res.returncode == 0, res.stderr  # --settle watches the whole time: a restart may still recover
+    doc = json.loads(res.stdout)
+    try:
+        assert doc["state"] == "RUNNING" and doc["run_number"] == 2 and doc["restart_count"] == 1
+        assert doc["last_error"] == "" and is_alive(doc["pid"], None)  # healthy now; the failure is history
+        [first] = doc["previous_runs"]
+        assert first["exit_code"] == 1 and "first run fails" in first["stderr_tail"]
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"wgs: note: 1 earlier run(s) of {doc['id']} failed")
+    finally:
+        chat_cli(stack, "delete", doc["id"])
+
+
 def test_send_wait_times_out_loudly_when_nobody_answers(stack: Path) -> None:
     created = chat_cli(stack, "create", "--settle", "0", "--json", "--", "sleep", "300")
     assert created.returncode == 0, created.stderr

@@ -356,7 +356,7 @@ async def test_killed_monitor_its_live_agent_is_found_and_ended_before_a_restart
     exited = _watch(run, [])
     os.kill(run.monitor_pid, signal.SIGKILL)
     info, _ = await asyncio.wait_for(exited, 20)
-    assert "the run monitor ended (signal 9) without an exit record" in info.describe()
+    assert "the run monitor died (SIGKILL) without an exit record" in info.describe()
     assert info.monitor_signal == signal.SIGKILL and not info.contained
     assert procfs.is_alive(run.pid, run.start_ticks)  # the agent outlived its monitor
 
@@ -378,6 +378,27 @@ async def test_killed_monitor_its_live_agent_is_found_and_ended_before_a_restart
         assert not procfs.is_alive(pid, ticks)
     assert not procs.live_processes_of_runs(tmp_path, CHAT, [record], scan_environ=True)
     _assert_cgroup_removed(run)
+
+
+async def test_an_adopted_monitor_killed_while_watched_is_not_blamed_on_a_supervisor_outage(
+        tmp_path: Path, fifos: tuple[Fifo, Path]) -> None:
+    ready, _go_path = fifos
+    spawned = _spawn(tmp_path, _sh('echo up > "$READY"; exec sleep 1000'))
+    await ready.line()
+    # As a restarted supervisor adopts it: the same run from its record, the monitor not its child.
+    adopted = procs.Run(chat_id=spawned.chat_id, number=1, pid=spawned.pid, start_ticks=spawned.start_ticks,
+                        monitor_pid=spawned.monitor_pid, monitor_start_ticks=spawned.monitor_start_ticks,
+                        log_path=spawned.log_path, exit_path=spawned.exit_path, argv=spawned.argv,
+                        started_at=spawned.started_at, supervisor_id=SUP, state_dir=tmp_path)
+    exited = _watch(adopted, [])
+    os.kill(spawned.monitor_pid, signal.SIGKILL)
+    info, _ = await asyncio.wait_for(exited, 20)
+    assert info.error == f"exit status unknown: the run monitor (pid {spawned.monitor_pid}) died without an exit record"
+    assert procfs.is_alive(spawned.pid, spawned.start_ticks)  # its agent is left for the proof before restart
+    report = await procs.ensure_runs_ended(tmp_path, CHAT, [adopted.identity], grace=2.0)
+    assert [p.pid for p in report.ended] == [spawned.pid] and not procfs.is_alive(spawned.pid, spawned.start_ticks)
+    assert spawned.popen is not None
+    spawned.popen.wait(5)
 
 
 async def test_ensure_runs_ended_covers_several_earlier_runs(tmp_path: Path, containment: str,

@@ -57,7 +57,7 @@ def test_agent_exit_3_recorded_with_stderr(stack: Stack) -> None:
     assert "agent exited with code 3" in exited.runtime.last_error and "failed start" not in exited.runtime.last_error
 
 
-def test_spawn_failure_reported_in_response_and_chat_persists(stack: Stack) -> None:
+def test_spawn_failure_reported_in_response_and_chat_persists(stack: Stack, tmp_path: Path) -> None:
     resp = create(stack, ["no-such-agent-binary-xyz", "--flag"])
     chat = resp.chat
     assert resp.created
@@ -66,6 +66,7 @@ def test_spawn_failure_reported_in_response_and_chat_persists(stack: Stack) -> N
     assert rt.state == RS.RUNTIME_STATE_FAILED
     assert "executable not found" in rt.last_error and "no-such-agent-binary-xyz" in rt.last_error
     assert "restarting cannot fix this" in rt.last_error and "wgs chat restart" in rt.last_error
+    assert "install the program or fix the command's path" in rt.last_error
     assert rt.current_run.pid == 0 and "executable not found" in rt.current_run.error
     assert rt.current_run.end == RS.RUN_END_SPAWN_FAILED and not rt.HasField("next_restart_at")
     got = stack.chat().GetChat(chat_pb2.GetChatRequest(chat_id=chat.id), timeout=10).chat
@@ -74,6 +75,13 @@ def test_spawn_failure_reported_in_response_and_chat_persists(stack: Stack) -> N
         stack.chat().SendMessage(chat_pb2.SendMessageRequest(chat_id=chat.id, text="hi"), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "RestartChat" in (err.value.details() or "")
+    # A file that is not executable: FAILED at once too, with its own fix.
+    script = tmp_path / "agent.sh"
+    script.write_text("#!/bin/sh\nexec sleep 600\n")
+    script.chmod(0o644)
+    rt = create(stack, [str(script)]).chat.runtime
+    assert rt.state == RS.RUNTIME_STATE_FAILED and rt.restart_count == 0
+    assert "not executable" in rt.last_error and "make the program executable (chmod +x)" in rt.last_error
 
 
 def test_bad_working_dir_is_invalid_argument_and_writes_nothing(stack: Stack, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ real planner, a fake run backend and a manual clock. Each test runs in milliseco
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -139,10 +140,12 @@ async def test_a_plan_refused_later_fails_the_existing_chat_with_dispatchs_words
 
 async def test_a_missing_executable_fails_at_once_with_the_fix_and_keeps_its_stderr_path(world: World,
                                                                                         sup: Lifecycle) -> None:
-    world.backend.fail_next.append(SpawnFailed("executable not found: 'nope' is not on PATH", permanent=True))
+    world.backend.fail_next.append(SpawnFailed("executable not found: 'nope' is not on PATH", permanent=True,
+                                               errno=errno.ENOENT))
     chat = await create(sup, command=["nope"])
     rt = chat.runtime
     assert rt.state == R.RUNTIME_STATE_FAILED and "restarting cannot fix this" in rt.last_error
+    assert "install the program or fix the command's path" in rt.last_error  # the fix for ENOENT, named
     assert "wgs chat restart" in rt.last_error and not rt.HasField("next_restart_at")
     run = rt.current_run
     assert run.pid == 0 and run.end == R.RUN_END_SPAWN_FAILED and "executable not found" in run.error
@@ -313,6 +316,7 @@ async def test_a_restarted_supervisor_adopts_a_live_run_and_records_a_dead_ones_
     rt = (await record(world, dead.id)).runtime
     first = runs(rt)[1]
     assert first.end == R.RUN_END_UNKNOWN and f"pid {dead.pid} ended before restart" in first.error
+    assert "the run monitor left no record" in first.error  # what is known of the end is kept beside it
     assert rt.state == R.RUNTIME_STATE_BACKOFF and rt.restart_count == 0
     await world.clock.advance(0)
     assert world.backend.live(dead.id) == [2]  # restarted only after the old agent was ended

@@ -12,7 +12,8 @@ non-zero code as a crash, and 0 as a clean/idle exit):
   4  TLS failure (certificate verification, handshake)
   5  authentication failure (HTTP 401/403 from the endpoint at start)
   6  unknown model (not in the endpoint's model list)
-  7  graph service unreachable (cannot read or write the chat)
+  7  graph service unreachable (cannot read or write the chat) for longer than WGS_AGENT_GRAPH_WAIT_SECONDS
+     (default 60; meanwhile its calls are retried and the message stream re-opened)
   8  the claude/codex CLI failed (exited, or reported a fatal error)
   9  the claude/codex CLI is missing: not on PATH, or not executable (restarting cannot fix it)
 """
@@ -38,7 +39,7 @@ EXIT_CODES_HELP = """exit codes:
   4  TLS failure
   5  authentication failed (HTTP 401/403)
   6  unknown model
-  7  graph service unreachable
+  7  graph service unreachable past WGS_AGENT_GRAPH_WAIT_SECONDS
   8  claude/codex CLI failed
   9  claude/codex CLI missing (not on PATH or not executable)"""
 

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
 from wgs.agent.conversation import Msg
 from wgs.agent.errors import EXIT_GRAPH, EXIT_USAGE, AgentFatal
 from wgs.common.clients import aio_channel, deadline, graph_stub
+from wgs.common.settings import env_float
 from wgs.v1 import graph_pb2, graph_pb2_grpc
 
 log = logging.getLogger("wgs.agent.graph")
 
-# How long the graph may stay unreachable (watch re-opened with backoff) before the agent gives up.
+# How long the graph may stay unreachable (calls retried, the watch re-opened, with backoff) before
+# the agent gives up (exit 7): a graph restarting (the stack keeper, a rollout) is waited out.
 GRAPH_OUTAGE_SECONDS = 60.0
+# Codes that mean "the graph is not there right now" (down, restarting, frozen): worth waiting out.
+OUTAGE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+T = TypeVar("T")
 
 
 class GraphLink:
@@ -25,6 +31,7 @@ class GraphLink:
         self.chat_id = chat_id
         self._channel = aio_channel(target)
         self._stub = graph_stub(self._channel)
+        self.outage_seconds = env_float("WGS_AGENT_GRAPH_WAIT_SECONDS", GRAPH_OUTAGE_SECONDS, minimum=0.0)
 
     @property
     def stub(self) -> graph_pb2_grpc.GraphServiceAsyncStub:
@@ -39,37 +46,53 @@ class GraphLink:
         return AgentFatal(EXIT_GRAPH, f"graph service at {self.target} unreachable while {what}: "
                           f"{exc.code().name}: {exc.details()}")
 
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One idempotent call, tried again while the graph is unreachable, for up to
+        `outage_seconds` (a graph restart is waited out); AgentFatal after that, or at once for any
+        other error."""
+        loop = asyncio.get_running_loop()
+        since, delay = loop.time(), 0.2
+        while True:
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in OUTAGE_CODES or loop.time() - since + delay > self.outage_seconds:
+                    raise self._fatal(exc, what) from None
+                log.warning("graph unreachable while %s (%s); trying again in %.1fs", what, exc.code().name, delay)
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
+
     async def list_all(self) -> list[Msg]:
         """Every stored message of the chat, oldest first (paged)."""
         out: list[Msg] = []
         token = ""
         while True:
-            try:
-                resp = await self._stub.ListMessages(
-                    graph_pb2.ListMessagesRequest(chat_id=self.chat_id, page_size=1000, page_token=token),
-                    timeout=deadline())
-            except grpc.aio.AioRpcError as exc:
-                raise self._fatal(exc, "reading the chat") from None
+            req = graph_pb2.ListMessagesRequest(chat_id=self.chat_id, page_size=1000, page_token=token)
+            resp = await self._call("reading the chat", lambda req=req: self._stub.ListMessages(  # type: ignore[misc]
+                req, timeout=deadline()))
             out.extend(Msg.from_proto(m) for m in resp.messages)
             token = resp.next_page_token
             if not token:
                 return out
 
     async def append(self, role: int, content: str, request_id: str) -> Msg:
-        """Append a message; returns the stored one (the existing one if the request was answered)."""
-        try:
-            resp = await self._stub.AppendMessage(
-                graph_pb2.AppendMessageRequest(chat_id=self.chat_id, role=role, content=content,  # type: ignore[arg-type]
-                                               request_id=request_id),
-                timeout=deadline())
-        except grpc.aio.AioRpcError as exc:
-            raise self._fatal(exc, "appending a message") from None
+        """Append a message; returns the stored one (the existing one if the request was answered).
+        Tried again through a graph outage only with a request id (the graph then stores it once)."""
+        req = graph_pb2.AppendMessageRequest(chat_id=self.chat_id, role=role, content=content,  # type: ignore[arg-type]
+                                             request_id=request_id)
+        if not request_id:
+            try:
+                resp = await self._stub.AppendMessage(req, timeout=deadline())
+            except grpc.aio.AioRpcError as exc:
+                raise self._fatal(exc, "appending a message") from None
+        else:
+            resp = await self._call("appending a message", lambda: self._stub.AppendMessage(req, timeout=deadline()))
         return Msg.from_proto(resp.message)
 
     async def watch(self, after_seq: int) -> AsyncIterator[Msg]:
         """Follow the chat from `after_seq`, re-opening the stream after a broken connection.
 
-        Raises AgentFatal when the graph stays unreachable for GRAPH_OUTAGE_SECONDS.
+        Raises AgentFatal when the graph stays unreachable for `outage_seconds`.
         """
         loop = asyncio.get_running_loop()
         outage_since: float | None = None
@@ -94,7 +117,7 @@ class GraphLink:
                 call.cancel()
             now = loop.time()
             outage_since = outage_since or now
-            if now - outage_since > GRAPH_OUTAGE_SECONDS:
+            if now - outage_since > self.outage_seconds:
                 if err is not None:
                     raise self._fatal(err, "following the chat")
                 raise AgentFatal(EXIT_GRAPH, f"graph service at {self.target} keeps closing the message stream")

@@ -10,9 +10,12 @@
   FLUSH_SECONDS for its call. Each call carries the text as it is when the call is made, so pieces
   that arrive while a call is in flight (or queued behind a report) ride on the next one.
 
-Reports are sent in order by one background task and never hold up an answer; a report the graph
-refuses (the run is no longer the chat's live run) or cannot take (graph down) is logged and
-dropped: the next report carries the truth again.
+Reports are sent in order by one background task and never hold up an answer. A report the graph
+cannot take (down or restarting: UNAVAILABLE, DEADLINE_EXCEEDED) is sent again, with backoff, until
+it is taken — it may be the last one for a long time (an agent waiting for its endpoint reports that
+once), and token counts add up; one it refuses (the run is no longer the chat's live run) is logged
+and dropped. A reply piece that cannot be published is dropped: the next publish sends everything
+the watchers do not have yet.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ log = logging.getLogger("wgs.agent.graph_sink")
 FLUSH_SECONDS = 0.025
 MAX_PIECE = 60_000  # characters per PublishPartialMessage (the graph takes up to 64 KiB)
 QUEUE_LIMIT = 1000
+OUTAGE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+RETRY_FIRST_SECONDS = 0.2  # a report the graph could not take is sent again after this, doubling
+RETRY_MAX_SECONDS = 5.0
 
 WINDOW_SOURCES = {
     "server": plan_pb2.CHOICE_SOURCE_SERVER,
@@ -65,7 +71,8 @@ class GraphStatusSink:
         self.chat_id = chat_id
         self.run = run_number
         self._flag_source = FLAG_SOURCES.get(flag_source, plan_pb2.CHOICE_SOURCE_CONFIG_ENDPOINT)
-        self._queue: asyncio.Queue[Callable[[], Awaitable[object]]] = asyncio.Queue(QUEUE_LIMIT)
+        # (call, resend through an outage): reports are resent, reply pieces are not
+        self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[object]], bool]] = asyncio.Queue(QUEUE_LIMIT)
         self._worker: asyncio.Task[None] | None = None
         self._sent: dict[str, str] = {}  # request id -> reply text the watchers have
         self._latest: dict[str, str] = {}  # request id -> reply text so far
@@ -75,28 +82,40 @@ class GraphStatusSink:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _enqueue(self, call: Callable[[], Awaitable[object]]) -> None:
+    def _enqueue(self, call: Callable[[], Awaitable[object]], resend: bool = False) -> None:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._work())
         if self._queue.full():  # never block an answer: the oldest report loses
             with contextlib.suppress(asyncio.QueueEmpty):
                 self._queue.get_nowait()
-        self._queue.put_nowait(call)
+                self._queue.task_done()
+        self._queue.put_nowait((call, resend))
 
     async def _work(self) -> None:
         while True:
-            call = await self._queue.get()
+            call, resend = await self._queue.get()
             try:
-                await call()
-            except grpc.aio.AioRpcError as exc:
-                level = logging.DEBUG if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logging.WARNING
-                log.log(level, "status report not taken: %s: %s", exc.code().name, exc.details())
+                delay = RETRY_FIRST_SECONDS
+                while True:
+                    try:
+                        await call()
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        if not (resend and exc.code() in OUTAGE_CODES):
+                            level = logging.DEBUG if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else logging.WARNING
+                            log.log(level, "status report not taken: %s: %s", exc.code().name, exc.details())
+                            break
+                        log.log(logging.WARNING if delay == RETRY_FIRST_SECONDS else logging.DEBUG,
+                                "status report not taken: %s: %s; sending it again in %.1fs",
+                                exc.code().name, exc.details(), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(RETRY_MAX_SECONDS, delay * 2)
             finally:
                 self._queue.task_done()
 
     def _report(self, **fields: object) -> None:
         req = graph_pb2.ReportAgentStatusRequest(chat_id=self.chat_id, run_number=self.run, **fields)  # type: ignore[arg-type]
-        self._enqueue(lambda: self._stub.ReportAgentStatus(req, timeout=deadline()))
+        self._enqueue(lambda: self._stub.ReportAgentStatus(req, timeout=deadline()), resend=True)
 
     async def close(self, grace: float = 2.0) -> None:
         """Send what is queued (for at most `grace` seconds), then stop the worker."""

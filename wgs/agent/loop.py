@@ -97,6 +97,7 @@ class AgentLoop:
         self._stopping = False
         self._current: asyncio.Task[str] | None = None
         self._starting: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[list[Msg]] | None = None  # the first read of the chat (waits out a graph outage)
         self._interrupted = False
         self._origin_links: list[Link] = []
         self._watch_error: BaseException | None = None
@@ -111,7 +112,7 @@ class AgentLoop:
     def stop(self) -> None:
         log.info("SIGTERM: stopping")
         self._stopping = True
-        for task in (self._current, self._starting):
+        for task in (self._current, self._starting, self._reading):
             if task is not None:
                 task.cancel()
         self._wake.set()
@@ -154,12 +155,19 @@ class AgentLoop:
             loop.add_signal_handler(signal.SIGINT, self.interrupt)
         watcher: asyncio.Task[None] | None = None
         try:
+            self._reading = asyncio.create_task(self.graph.list_all())
             try:
-                for m in await self.graph.list_all():
+                for m in await self._reading:
                     self.conv.add(m)
             except AgentFatal as exc:
                 print(f"wgs-agent: {self.redact(one_line(exc.reason))}", file=sys.stderr, flush=True)
                 return exc.exit_code
+            except asyncio.CancelledError:
+                if self._stopping:  # SIGTERM while the graph was being waited for
+                    return EXIT_OK
+                raise
+            finally:
+                self._reading = None
             # The spawn span (TRACEPARENT) is current here: start-up belongs to the creating trace;
             # each later answer is a trace of its own, linked to it.
             origin = trace.get_current_span().get_span_context()

@@ -124,6 +124,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "Agent (native): first retry delay, also while waiting for the endpoint (doubles each retry).", ("agent",)),
     EnvVar("WGS_AGENT_BACKOFF_CAP_SECONDS", "30", "Agent (native): cap of a retry delay, Retry-After included.",
            ("agent",)),
+    EnvVar("WGS_AGENT_GRAPH_WAIT_SECONDS", "60",
+           "Agent: give up (exit 7) after the graph service stayed unreachable this long (its calls are "
+           "retried and its message stream re-opened meanwhile).", ("agent",)),
     EnvVar("WGS_AGENT_ENDPOINT_WAIT_SECONDS", "0",
            "Agent (native): give up (exit 3) after waiting this long for an unavailable endpoint "
            "(0 = wait until it is back).", ("agent",)),
