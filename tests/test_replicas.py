@@ -23,6 +23,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from tests.harness import (
     REPO,
@@ -218,6 +220,14 @@ def test_new_chats_spread_and_every_call_works_through_any_replica(cluster: Clus
     with pytest.raises(grpc.RpcError) as err:
         via.SendMessage(chat_pb2.SendMessageRequest(chat_id=chat_id, text=""), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "text" in (err.value.details() or "")
+    status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
+    assert status is not None, "the owner's structured details were lost on the hop"
+    violations = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            violations += [v.field for v in bad.field_violations]
+    assert violations == ["text"]
 
     # `wgs chat logs --previous` (run 1, which printed) against a replica that does not own the chat, as a
     # user outside the cluster runs it.
@@ -261,10 +271,13 @@ def test_a_forwarded_call_keeps_the_callers_trace_and_deadline(tmp_path: Path) -
                     if s.trace_id == trace_id]
 
         # The owner's server span of the forwarded call is in the caller's trace.
-        wait_for("the owner's span in the caller's trace",
-                 lambda: any(s.name.endswith("SendMessage") and s.kind == 2 for s in owner_spans()), 20)
-        entry = [s for s in traceview.load_spans(cluster.state_dir("sup-3") / "traces") if s.trace_id == trace_id]
-        hop = next(s for s in entry if s.name.endswith("SendMessage") and s.kind == 3)  # sup-3's client span
+        def hops() -> list[traceview.Span]:  # sup-3's client span of the forwarded call
+            return [s for s in traceview.load_spans(cluster.state_dir("sup-3") / "traces")
+                    if s.trace_id == trace_id and s.name.endswith("SendMessage") and s.kind == 3]
+
+        wait_for("both ends of the hop exported", lambda: bool(hops()) and any(
+            s.name.endswith("SendMessage") and s.kind == 2 for s in owner_spans()), 20)
+        [hop] = hops()
         assert any(s.parent_span_id == hop.span_id for s in owner_spans())
 
         # `wgs chat logs --follow` through a replica that does not own the chat: the run file is streamed

@@ -36,6 +36,11 @@ def _unreachable(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() == grpc.StatusCode.UNAVAILABLE and any(h in (exc.details() or "") for h in _UNREACHABLE_HINTS)
 
 
+def _trailers(exc: grpc.aio.AioRpcError) -> tuple[tuple[str, str | bytes], ...]:
+    """The owner's trailing metadata (its structured error details with it), as abort() takes it."""
+    return tuple((key, value) for key, value in (exc.trailing_metadata() or ()))
+
+
 def _hop_timeout(context: grpc.aio.ServicerContext, *, stream: bool = False) -> float | None:
     """The forwarded call's deadline: the caller's, less a margin to explain a silent owner in time."""
     remaining: float | None = context.time_remaining()
@@ -77,7 +82,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         assert self.peers is not None
         if _unreachable(exc):
             raise self.peers.unreachable(route[0], route[2], exc) from None
-        await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
+        await context.abort(exc.code(), exc.details() or "", _trailers(exc))
 
     async def _forward_stream(self, route: Route, method: str, request: Any,
                               context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -108,7 +113,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 except grpc.aio.AioRpcError as exc:
                     # Unreachable, or full since it last reported its room: create here if we can.
                     if not _unreachable(exc) and exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
+                        await context.abort(exc.code(), exc.details() or "", _trailers(exc))
                     log.warning("placement: replica %s could not take the chat (%s); creating it here", peer_id,
                                 exc.details() or exc.code().name, extra=fields(supervisor_id=peer_id))
         return await self.m.create_chat(request, time_remaining=context.time_remaining())
@@ -123,7 +128,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 return resp
             except grpc.aio.AioRpcError as exc:
                 if not _unreachable(exc):
-                    await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
+                    await context.abort(exc.code(), exc.details() or "", _trailers(exc))
                 # A read needs no owner: answer from the record (the tail kept with it).
         return chat_pb2.GetChatResponse(chat=await self.m.views.get_chat(request.chat_id))
 
