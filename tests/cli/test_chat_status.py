@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.cli.test_chat_cli import chat_cli, needs_stack, stack  # noqa: F401  (the module's stack)
+from tests.cli.test_chat_cli import chat_cli, stack  # noqa: F401  (the module's stack)
 from tests.cli.test_stack import recorded
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.harness import authed_aio_channel
@@ -29,7 +29,6 @@ def _row(listing: str, chat_id: str) -> str:
     return next(line for line in listing.splitlines() if line.startswith(chat_id + " "))
 
 
-@needs_stack
 def test_what_the_agent_reports_is_what_show_and_list_print(stack: Path) -> None:  # noqa: F811
     created = chat_cli(stack, "create", "--name", "reporter", "--settle", "0", "--json", "--", *SLEEPER)
     assert created.returncode == 0, created.stderr
@@ -96,7 +95,6 @@ async def _as_the_agent(state: Path, graph: str, chat_id: str, run: int) -> None
         assert "answer err" not in shown and "tokens      1500 in, 100 out, 1 answer(s)" in shown
 
 
-@needs_stack
 def test_create_generation_flags_reach_the_plan_and_the_model_server(stack: Path) -> None:  # noqa: F811
     with FakeOpenAI(models=["qwen3-coder"]) as fake:
         created = chat_cli(stack, "create", "--executor", "native", "--model", "qwen3-coder", "--endpoint",

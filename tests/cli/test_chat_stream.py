@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from tests.cli.test_chat_cli import chat_cli, needs_stack, stack  # noqa: F401  (the module's stack)
+from tests.cli.test_chat_cli import chat_cli, stack  # noqa: F401  (the module's stack)
 from tests.cli.test_stack import cli_env
 from tests.fakes.fake_openai import FakeOpenAI, Reply
 from tests.harness import REPO
@@ -47,7 +47,6 @@ def _native_chat(state: Path, fake: FakeOpenAI) -> str:
     return str(json.loads(created.stdout)["id"])
 
 
-@needs_stack
 def test_send_wait_stream_prints_the_reply_as_it_is_generated_and_once(stack: Path) -> None:  # noqa: F811
     # Ends with a newline, as models' replies often do: the stored reply and what was streamed must
     # still be recognised as the same text.
@@ -86,7 +85,6 @@ def test_send_wait_stream_prints_the_reply_as_it_is_generated_and_once(stack: Pa
             chat_cli(stack, "delete", chat_id)
 
 
-@needs_stack
 def test_attach_prints_the_reply_as_it_is_generated_before_it_is_stored(stack: Path) -> None:  # noqa: F811
     reply = "Attached and streaming, piece by piece."
     with FakeOpenAI(models=[MODEL], chunk_size=5) as fake:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_chat_cli import needs_stack
 from tests.cli.test_stack import cli_env, wgs
 from tests.fakes.fake_openai import FakeOpenAI, Reply
 from tests.telemetry.spanfiles import wait_spans, write_chat_day
@@ -127,7 +126,6 @@ def traced_stack(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
         wgs(state, "down", "--state-dir", str(state), env=env)
 
 
-@needs_stack
 def test_create_and_messages_of_a_native_chat_are_a_few_lines(traced_stack: tuple[Path, dict[str, str]]) -> None:
     state, env = traced_stack
 
