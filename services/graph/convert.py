@@ -62,11 +62,11 @@ def clear_waiting(row: ChatRuntimeRow) -> None:
             row.agent_status_json = message_to_json(status)
 
 
-def log_entry(row: TaskLogRow) -> task_pb2.LogEntry:
+def log_entry(row: TaskLogRow | Row[Any]) -> task_pb2.LogEntry:
     return task_pb2.LogEntry(timestamp=to_ts(row.timestamp), actor=row.actor, message=row.message)
 
 
-def task(row: TaskRow | Row[Any], tags: Iterable[str], log: Sequence[TaskLogRow] = ()) -> task_pb2.Task:
+def task(row: TaskRow | Row[Any], tags: Iterable[str], log: Sequence[TaskLogRow | Row[Any]] = ()) -> task_pb2.Task:
     """`row`: an ORM row or a plain (Core) row of the tasks table."""
     out = task_pb2.Task(
         id=row.id,

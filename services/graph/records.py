@@ -20,9 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.graph import convert
-from services.graph.db import ChatRuntimeRow, RunRow, SupervisorRow, TaskRow, TaskTag
+from services.graph.db import ChatRuntimeRow, RunRow, SupervisorRow, TaskLogRow, TaskRow, TaskTag
 from services.graph.store import (
     CHAT_PRIORITY,
+    LOG_ENTRIES_RETURNED,
     MAX_ERROR,
     MAX_SUPERVISOR_ID,
     GraphStore,
@@ -63,6 +64,14 @@ MAX_ADDRESS = 512
 TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
 SPAN_ID_RE = re.compile(r"[0-9a-f]{16}")
 RUNS_KEPT = 5
+
+# GetChatRecord's statements (compiled once; Core rows).
+_TASK = sa.select(TaskRow.__table__).where(TaskRow.id == sa.bindparam("chat_id"))
+_RUNTIME = sa.select(ChatRuntimeRow.__table__).where(ChatRuntimeRow.chat_id == sa.bindparam("chat_id"))
+_TAGS = sa.select(TaskTag.tag).where(TaskTag.task_id == sa.bindparam("chat_id"))
+_RUNS = sa.select(RunRow.__table__).where(RunRow.chat_id == sa.bindparam("chat_id"))
+_LOG = (sa.select(TaskLogRow.__table__).where(TaskLogRow.task_id == sa.bindparam("chat_id"))
+        .order_by(TaskLogRow.id.desc()).limit(LOG_ENTRIES_RETURNED))
 
 
 def _supervisor_id(value: str, field: str = "supervisor_id") -> str:
@@ -300,11 +309,20 @@ class ChatRecords:
         g = self.g
 
         def op() -> RS.GetChatRecordResponse:
-            with g.read() as session:
-                row = g.task_row(session, req.chat_id)
-                rt = g.runtime_row(session, req.chat_id)
-                return RS.GetChatRecordResponse(task=g.task_pb(session, row, with_log=req.with_log),
-                                                runtime=g.runtime_pb(session, rt))
+            # Plain rows on a plain connection (one read transaction): GetChat asks this for every
+            # call, and the ORM session and its instances were most of the graph's work for it.
+            params = {"chat_id": req.chat_id}
+            with g.engine.connect() as conn:
+                row = conn.execute(_TASK, params).one_or_none()
+                if row is None:
+                    raise NotFound(f"chat {req.chat_id!r} does not exist")
+                rt = conn.execute(_RUNTIME, params).one_or_none()
+                if rt is None:
+                    raise FailedPrecondition(f"chat {req.chat_id} has no runtime record")
+                tags = conn.execute(_TAGS, params).scalars().all()
+                runs = conn.execute(_RUNS, params).all()
+                log = conn.execute(_LOG, params).all()[::-1] if req.with_log else ()
+            return RS.GetChatRecordResponse(task=convert.task(row, tags, log), runtime=convert.runtime(rt, runs))
 
         return await g.run(op)
 
