@@ -534,11 +534,17 @@ class Lifecycle:
 
     async def get_chat(self, chat_id: str) -> chat_pb2.Chat:
         validation.chat_id(chat_id)
-        rec = await self.graph.record(chat_id)
         live = self._live.get(chat_id)
-        tail = None
-        if live is not None and live.run is not None and views.run_is_live(rec.runtime):
-            tail = await asyncio.to_thread(self.backend.tail, live.run)
+        handle = live.run if live is not None else None
+        # The live run's tail is read (off the event loop) while the graph is asked, not after it.
+        reading = asyncio.ensure_future(asyncio.to_thread(self.backend.tail, handle)) if handle is not None else None
+        try:
+            rec = await self.graph.record(chat_id)
+        finally:
+            tail = await reading if reading is not None else None
+        if handle is None or live is None or live.run is not handle or not views.run_is_live(rec.runtime) \
+                or rec.runtime.current_run.number != handle.number:
+            tail = None  # the record's run is not the one read (it ended, or another started meanwhile)
         return self.view(rec.task, rec.runtime, live_tail=tail)
 
     async def list_chats(self, req: chat_pb2.ListChatsRequest) -> chat_pb2.ListChatsResponse:

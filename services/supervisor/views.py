@@ -43,8 +43,11 @@ def owner_notice(runtime: runtime_pb2.ChatRuntime, now: datetime) -> str:
     """What to say when the chat's supervisor let its lease lapse while the chat was live."""
     if runtime.state not in (chat_states.STARTING, chat_states.RUNNING, chat_states.BACKOFF):
         return ""
-    expired = from_ts(runtime.lease_expires_at)
-    if expired is None or expired > now or not runtime.supervisor_id:
+    lease = runtime.lease_expires_at
+    if lease.seconds > now.timestamp() or not runtime.supervisor_id:  # valid: no datetime built (lists ask 1,000 times)
+        return ""
+    expired = from_ts(lease)
+    if expired is None or expired > now:
         return ""
     return (f"supervisor {runtime.supervisor_id!r} has not renewed its lease since it lapsed at "
             f"{expired.isoformat(timespec='seconds')} (lost, frozen or cut off); its agent ended itself before then, "
@@ -67,5 +70,6 @@ def to_chat(task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, *, redactor: 
     if run_is_live(runtime) and not chat.owner_notice:
         chat.pid = runtime.current_run.pid
     tail = live_tail if live_tail else runtime.current_run.stderr_tail
-    chat.stderr_tail = redactor.text(tail)
+    if tail:
+        chat.stderr_tail = redactor.text(tail)
     return chat
