@@ -34,7 +34,8 @@ from create_chat import AGENT_ARGV, bench_supervisord, pct  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from tests.harness import authed_channel, kill_agents, start_service  # noqa: E402
-from wgs.v1 import chat_pb2, chat_pb2_grpc, runtime_pb2  # noqa: E402
+from wgs.common import auth  # noqa: E402
+from wgs.v1 import chat_pb2, chat_pb2_grpc, runtime_pb2, runtime_service_pb2, runtime_service_pb2_grpc  # noqa: E402
 
 
 def stats(name: str, ms: list[float], base: dict[str, float] | None = None,
@@ -79,12 +80,19 @@ def main() -> int:
         state = ns.state_dir or tmpdir / "wgs"
         stack = start_stack(state, ns.chats, tracing)
         try:
-            with authed_channel(stack[2].address) as ch:
+            with authed_channel(stack[2].address) as ch, \
+                    authed_channel(stack[0].address, auth.SUPERVISOR) as graph_ch:
                 stub = chat_pb2_grpc.ChatServiceStub(ch)
                 health = health_pb2_grpc.HealthStub(ch)
                 check = health_pb2.HealthCheckRequest(service="wgs.v1.ChatService")
-                for _ in range(20):  # warm the channel and both servers' code paths
+                # Where GetChat's time goes: the same record read straight from the graph, as the
+                # supervisor reads it, beside a Check on the graph.
+                graph = runtime_service_pb2_grpc.RuntimeServiceStub(graph_ch)
+                graph_health = health_pb2_grpc.HealthStub(graph_ch)
+                graph_check = health_pb2.HealthCheckRequest(service="")
+                for _ in range(20):  # warm the channels and the servers' code paths
                     health.Check(check, timeout=10)
+                    graph_health.Check(graph_check, timeout=10)
                 creates, ids = [], []
                 for _ in range(ns.chats):
                     t0 = time.perf_counter()
@@ -95,7 +103,7 @@ def main() -> int:
                         raise RuntimeError(f"chat {resp.chat.id} not running: {rt.last_error}")
                     ids.append(resp.chat.id)
                 time.sleep(2)  # let the creates' background work (spans, logs) settle
-                checks, gets, lists = [], [], []
+                checks, gets, lists, graph_checks, graph_gets = [], [], [], [], []
                 every = max(1, ns.rounds // max(1, ns.lists))
                 list_req = chat_pb2.ListChatsRequest(page_size=1000)
                 for i in range(ns.rounds):
@@ -106,6 +114,12 @@ def main() -> int:
                     t0 = time.perf_counter()
                     stub.GetChat(get, timeout=10)
                     gets.append((time.perf_counter() - t0) * 1000)
+                    t0 = time.perf_counter()
+                    graph_health.Check(graph_check, timeout=10)
+                    graph_checks.append((time.perf_counter() - t0) * 1000)
+                    t0 = time.perf_counter()
+                    graph.GetChatRecord(runtime_service_pb2.GetChatRecordRequest(chat_id=get.chat_id), timeout=10)
+                    graph_gets.append((time.perf_counter() - t0) * 1000)
                     if i % every == 0 and len(lists) < ns.lists:
                         t0 = time.perf_counter()
                         listed = stub.ListChats(list_req, timeout=30)
@@ -122,9 +136,12 @@ def main() -> int:
     results["load_after"] = os.getloadavg()
     sd_row = stats("supervisord startProcess", sd)
     check_row = stats("health Check (supervisor)", checks)
+    graph_check_row = stats("health Check (graph)", graph_checks)
     rows = [
         check_row,
         stats("GetChat (live chat)", gets, check_row, "health Check"),
+        graph_check_row,
+        stats("graph GetChatRecord (same chat)", graph_gets, graph_check_row, "graph Check"),
         stats(f"ListChats ({min(1000, ns.chats)} live chats)", lists, check_row, "health Check"),
         sd_row,
         stats(f"CreateChat (first {ns.creates})", creates[:ns.creates], sd_row, "startProcess"),
