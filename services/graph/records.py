@@ -159,13 +159,19 @@ class ChatRecords:
 
     @staticmethod
     def _upsert_run(session: Session, chat_id: str, run: runtime_pb2.Run, supervisor: str,
-                    now: datetime, *, started: bool) -> RunRow:
-        row = session.scalars(
-            sa.select(RunRow).where(RunRow.chat_id == chat_id, RunRow.number == run.number)
-        ).one_or_none()
+                    now: datetime, *, started: bool, runs: list[RunRow] | None = None) -> RunRow:
+        """`runs`: the chat's run rows if the caller read them already (a new row is appended)."""
+        if runs is not None:
+            row = next((r for r in runs if r.number == run.number), None)
+        else:
+            row = session.scalars(
+                sa.select(RunRow).where(RunRow.chat_id == chat_id, RunRow.number == run.number)
+            ).one_or_none()
         if row is None:
             row = RunRow(chat_id=chat_id, number=run.number)
             session.add(row)
+            if runs is not None:
+                runs.append(row)
         # A run that never started (a failed spawn) is recorded only at its end: it still keeps
         # the argv and stderr path that explain it.
         if started or not row.pid:
@@ -296,7 +302,7 @@ class ChatRecords:
             what = " ".join(argv) if argv else (req.model or "default model")
             g.log(session, chat_id, "graph", f"chat created by supervisor {supervisor} ({what})", now)
             session.flush()
-            return RS.CreateChatTaskResponse(task=g.task_pb(session, row, with_log=False),
+            return RS.CreateChatTaskResponse(task=convert.task(row, [v.CHAT_LOOP_TAG]),  # its only tag
                                              runtime=convert.runtime(rt, []), created=True)
 
         resp = await g.run(g.write, op)
@@ -400,13 +406,16 @@ class ChatRecords:
             if expected and rt.state != expected:
                 raise Aborted(f"chat {req.chat_id} is {chat_states.name(rt.state)}, not "
                               f"{chat_states.name(expected)} as the caller expected; re-read it")
-            latest = session.scalar(sa.select(sa.func.max(RunRow.number)).where(RunRow.chat_id == req.chat_id)) or 0
+            # The chat's runs (at most RUNS_KEPT) read once: the latest number, the row to update,
+            # whether any must be pruned and the response all come from them.
+            runs = list(session.scalars(sa.select(RunRow).where(RunRow.chat_id == req.chat_id)))
+            latest = max((r.number for r in runs), default=0)
             if req.run.number < latest:
                 raise FailedPrecondition(f"chat {req.chat_id} already has run {latest}; run {req.run.number} "
                                          "cannot start after it")
             now = g.now()
             set_state(rt, R.RUNTIME_STATE_RUNNING, now, req.chat_id)
-            self._upsert_run(session, req.chat_id, req.run, supervisor, now, started=True)
+            self._upsert_run(session, req.chat_id, req.run, supervisor, now, started=True, runs=runs)
             rt.next_restart_at = None
             rt.last_error = ""  # the chat is healthy now; earlier failures stay in previous_runs
             rt.resume_on_start = False
@@ -416,8 +425,9 @@ class ChatRecords:
             where = f" on {req.run.hostname}" if req.run.hostname else ""
             g.log(session, req.chat_id, supervisor, f"run {req.run.number} started: pid {req.run.pid}{where}", now)
             session.flush()
-            self._prune_runs(session, req.chat_id)
-            return RS.RecordRunStartedResponse(runtime=g.runtime_pb(session, rt))
+            if len(runs) > RUNS_KEPT:
+                self._prune_runs(session, req.chat_id)
+            return RS.RecordRunStartedResponse(runtime=convert.runtime(rt, runs))  # shows the newest RUNS_KEPT
 
         resp = await g.run(g.write, op)
         g.fanout.runtime_changed(req.chat_id)

@@ -166,6 +166,8 @@ async def test_run_records_owner_check_and_pruning(store: GraphStore, records: C
         running = await records.record_run_started(rs.RecordRunStartedRequest(
             chat_id=chat, run=run(n, pid=1000 + n), supervisor_id="sup-a"))
         assert running.runtime.last_error == ""  # healthy again: the failure stays with its run only
+        # The answer is the record as stored (built from the rows written, not read back).
+        assert running.runtime == (await records.get_chat_record(rs.GetChatRecordRequest(chat_id=chat))).runtime
         await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[
             exit_of(chat, n, R.RUNTIME_STATE_BACKOFF, last_error="again")]))
     rt = (await records.get_chat_record(rs.GetChatRecordRequest(chat_id=chat))).runtime
