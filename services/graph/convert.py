@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from sqlalchemy import Row
@@ -179,3 +183,72 @@ def supervisor(row: SupervisorRow, owned_chats: int) -> runtime_service_pb2.Supe
         max_live_chats=row.max_live_chats, memory_used_bytes=row.memory_used_bytes,
         memory_limit_bytes=row.memory_limit_bytes, owned_chats=owned_chats,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# ListChatRecords' cache
+
+
+def hashable_columns(table: sa.FromClause) -> list[sa.ColumnElement[Any]]:
+    """`table`'s columns for a select whose rows are hashable: JSON columns read as their text."""
+    return [sa.cast(c, sa.Text).label(c.name) if isinstance(c.type, sa.JSON) else c for c in table.c]
+
+
+class _Decoded:
+    """A row read with `hashable_columns`, its JSON columns decoded (what the converters read)."""
+
+    def __init__(self, row: Row[Any]) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._row, name)
+        if name in ("command_argv", "argv"):  # the JSON columns of tasks and chat_runs
+            return json.loads(value) if value else []
+        return value
+
+
+class RecordCache:
+    """ChatRecords already converted, kept as wire bytes by the rows they were converted from.
+
+    ListChatRecords reads every row of a page anyway; what cost the most was turning a thousand of
+    them into messages each time (two thirds of the call, most of it protobuf field by field).
+    The key is every column of the task, runtime and run rows plus the tags, and the record is a
+    pure function of them, so a cached record is never stale: a changed chat has a new key (and
+    its old entry ages out). Per process, bounded by `max_bytes` (least recently used out first);
+    safe from the store's worker threads.
+    """
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _cost(data: bytes) -> int:
+        return 2 * len(data) + 512  # the key holds about the same text again, plus the tuples
+
+    def record(self, task_row: Row[Any], tags: Sequence[str], runtime_row: Row[Any],
+               run_rows: Sequence[Row[Any]]) -> bytes:
+        """The serialized ChatRecord of these rows (task and runs read with `hashable_columns`)."""
+        key = (task_row, tuple(tags), runtime_row, tuple(run_rows))
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+                return data
+        record = runtime_service_pb2.ChatRecord(
+            task=task(_Decoded(task_row), tags),  # type: ignore[arg-type]
+            runtime=runtime(runtime_row, [_Decoded(r) for r in run_rows]))  # type: ignore[misc]
+        data = record.SerializeToString()
+        cost = self._cost(data)
+        if cost > self.max_bytes:
+            return data
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = data
+                self._bytes += cost
+                while self._bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= self._cost(old)
+        return data

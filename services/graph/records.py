@@ -131,6 +131,7 @@ class ChatRecords:
 
     def __init__(self, store: GraphStore) -> None:
         self.g = store
+        self._records = convert.RecordCache()
 
     # -- helpers (inside a transaction) --------------------------------------------------------
 
@@ -343,12 +344,13 @@ class ChatRecords:
         g = self.g
 
         def op() -> RS.ListChatRecordsResponse:
-            # Plain rows (Core), not ORM objects: a page is read, never changed, and building a
-            # thousand tracked instances of three tables was a third of the call's time.
+            # Plain rows on a plain connection (one read transaction), each chat converted once per
+            # distinct content (convert.RecordCache): for 1,000 chats, converting was two thirds
+            # of the call and building ORM instances most of the rest.
             tasks, runtimes, runs_t = TaskRow.__table__, ChatRuntimeRow.__table__, RunRow.__table__
-            with g.read() as session:
+            with g.engine.connect() as conn:
                 stmt = (
-                    sa.select(tasks)
+                    sa.select(*convert.hashable_columns(tasks))
                     .join(runtimes, runtimes.c.chat_id == tasks.c.id)
                     .where(tasks.c.chat_number.is_not(None), tasks.c.chat_number > after)
                     .order_by(tasks.c.chat_number)
@@ -365,23 +367,27 @@ class ChatRecords:
                     stmt = stmt.where(runtimes.c.state.in_(states))
                 if req.lease_expired:
                     stmt = stmt.where(runtimes.c.lease_expires_at <= g.now())
-                rows = session.execute(stmt).all()
+                rows = conn.execute(stmt).all()
                 more = len(rows) > size
                 rows = rows[:size]
                 ids = [t.id for t in rows]
-                tags = g.tags_of(session, ids)
-                rts = {rt.chat_id: rt for rt in session.execute(sa.select(runtimes).where(runtimes.c.chat_id.in_(ids)))}
+                tags: dict[str, list[str]] = defaultdict(list)
+                rts: dict[str, Any] = {}
                 runs: dict[str, list[Any]] = defaultdict(list)
-                for run in session.execute(sa.select(runs_t).where(runs_t.c.chat_id.in_(ids))):
-                    runs[run.chat_id].append(run)
-                last = rows[-1].chat_number if rows else None
-                return RS.ListChatRecordsResponse(
-                    chats=[
-                        RS.ChatRecord(task=convert.task(t, tags[t.id]), runtime=convert.runtime(rts[t.id], runs[t.id]))
-                        for t in rows
-                    ],
-                    next_page_token=encode_token(str(last)) if more and last is not None else "",
-                )
+                if ids:
+                    for task_id, tag in conn.execute(sa.select(TaskTag.task_id, TaskTag.tag)
+                                                     .where(TaskTag.task_id.in_(ids))):
+                        tags[task_id].append(tag)
+                    rts = {rt.chat_id: rt for rt in conn.execute(sa.select(runtimes).where(runtimes.c.chat_id.in_(ids)))}
+                    for run in conn.execute(sa.select(*convert.hashable_columns(runs_t))
+                                            .where(runs_t.c.chat_id.in_(ids)).order_by(runs_t.c.number)):
+                        runs[run.chat_id].append(run)
+            last = rows[-1].chat_number if rows else None
+            resp = RS.ListChatRecordsResponse(next_page_token=encode_token(str(last)) if more and last is not None
+                                              else "")
+            for t in rows:
+                resp.chats.add().MergeFromString(self._records.record(t, tags[t.id], rts[t.id], runs[t.id]))
+            return resp
 
         return await g.run(op)
 
