@@ -220,10 +220,10 @@ class Lifecycle:
             return live.redactor
         return agentenv.redactor_for(runtime.plan)
 
-    def view(self, task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, live_tail: str | None = None
-             ) -> chat_pb2.Chat:
+    def view(self, task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, live_tail: str | None = None,
+             out: chat_pb2.Chat | None = None) -> chat_pb2.Chat:
         return views.to_chat(task, runtime, redactor=self._redactor(task.id, runtime), live_tail=live_tail,
-                             now=self.clock.now())
+                             now=self.clock.now(), out=out)
 
     # ---------------------------------------------------------------------------- the one state change
 
@@ -551,8 +551,10 @@ class Lifecycle:
         size = validation.page_size(req.page_size)
         resp = await self.graph.list_records(include_ended=req.include_ended, page_size=size,
                                              page_token=req.page_token)
-        return chat_pb2.ListChatsResponse(chats=[self.view(c.task, c.runtime) for c in resp.chats],
-                                          next_page_token=resp.next_page_token)
+        out = chat_pb2.ListChatsResponse(next_page_token=resp.next_page_token)
+        for c in resp.chats:
+            self.view(c.task, c.runtime, out=out.chats.add())  # filled in place, not built and copied
+        return out
 
     async def watch_chat(self, chat_id: str) -> AsyncIterator[chat_pb2.Chat]:
         """The chat now, then each change of it as the graph records it (whoever made it: this

@@ -55,13 +55,22 @@ def owner_notice(runtime: runtime_pb2.ChatRuntime, now: datetime) -> str:
 
 
 def to_chat(task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, *, redactor: Redactor,
-            live_tail: str | None = None, now: datetime | None = None) -> chat_pb2.Chat:
-    """The Chat of a graph record. `live_tail`: the live run's output tail (GetChat only)."""
-    chat = chat_pb2.Chat(
-        id=task.id, name=chat_name(task), title=task.title, status=task.status, tags=list(task.tags),
-        model=task.model, executor=task.executor, endpoint=task.endpoint, command=list(task.command_argv),
-        runtime=runtime, trace_id=runtime.trace_id,
-    )
+            live_tail: str | None = None, now: datetime | None = None,
+            out: chat_pb2.Chat | None = None) -> chat_pb2.Chat:
+    """The Chat of a graph record. `live_tail`: the live run's output tail (GetChat only). `out`: an
+    empty Chat to fill (e.g. an element of a list response) instead of a new one to be copied."""
+    chat = chat_pb2.Chat() if out is None else out
+    chat.id = task.id
+    chat.name = chat_name(task)
+    chat.title = task.title
+    chat.status = task.status
+    chat.tags.extend(task.tags)
+    chat.model = task.model
+    chat.executor = task.executor
+    chat.endpoint = task.endpoint
+    chat.command.extend(task.command_argv)
+    chat.runtime.CopyFrom(runtime)
+    chat.trace_id = runtime.trace_id
     if task.HasField("created_at"):
         chat.created_at.CopyFrom(task.created_at)
     if task.HasField("generation"):
