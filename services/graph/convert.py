@@ -231,7 +231,8 @@ class RecordCache:
     def record(self, task_row: Row[Any], tags: Sequence[str], runtime_row: Row[Any],
                run_rows: Sequence[Row[Any]]) -> bytes:
         """The serialized ChatRecord of these rows (task and runs read with `hashable_columns`)."""
-        key = (task_row, tuple(tags), runtime_row, tuple(run_rows))
+        # Plain tuples: hashed and compared in C (Row.__eq__ is Python).
+        key = (tuple(task_row), tuple(tags), tuple(runtime_row), tuple(tuple(r) for r in run_rows))
         with self._lock:
             data = self._items.get(key)
             if data is not None:

@@ -376,11 +376,11 @@ class ChatRecords:
                 runs: dict[str, list[Any]] = defaultdict(list)
                 if ids:
                     for task_id, tag in conn.execute(sa.select(TaskTag.task_id, TaskTag.tag)
-                                                     .where(TaskTag.task_id.in_(ids))):
+                                                     .where(TaskTag.task_id.in_(ids))).all():
                         tags[task_id].append(tag)
-                    rts = {rt.chat_id: rt for rt in conn.execute(sa.select(runtimes).where(runtimes.c.chat_id.in_(ids)))}
+                    rts = {rt.chat_id: rt for rt in conn.execute(sa.select(runtimes).where(runtimes.c.chat_id.in_(ids))).all()}
                     for run in conn.execute(sa.select(*convert.hashable_columns(runs_t))
-                                            .where(runs_t.c.chat_id.in_(ids)).order_by(runs_t.c.number)):
+                                            .where(runs_t.c.chat_id.in_(ids)).order_by(runs_t.c.number)).all():
                         runs[run.chat_id].append(run)
             last = rows[-1].chat_number if rows else None
             resp = RS.ListChatRecordsResponse(next_page_token=encode_token(str(last)) if more and last is not None
