@@ -10,17 +10,20 @@ expired.
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.graph import convert
-from services.graph.db import ChatRuntimeRow, RunRow, SupervisorRow, TaskRow, TaskTag
+from services.graph.db import ChatRuntimeRow, RunRow, SupervisorRow, TaskLogRow, TaskRow, TaskTag
 from services.graph.store import (
     CHAT_PRIORITY,
+    LOG_ENTRIES_RETURNED,
     MAX_ERROR,
     MAX_SUPERVISOR_ID,
     GraphStore,
@@ -61,6 +64,14 @@ MAX_ADDRESS = 512
 TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
 SPAN_ID_RE = re.compile(r"[0-9a-f]{16}")
 RUNS_KEPT = 5
+
+# GetChatRecord's statements (compiled once; Core rows).
+_TASK = sa.select(TaskRow.__table__).where(TaskRow.id == sa.bindparam("chat_id"))
+_RUNTIME = sa.select(ChatRuntimeRow.__table__).where(ChatRuntimeRow.chat_id == sa.bindparam("chat_id"))
+_TAGS = sa.select(TaskTag.tag).where(TaskTag.task_id == sa.bindparam("chat_id"))
+_RUNS = sa.select(RunRow.__table__).where(RunRow.chat_id == sa.bindparam("chat_id"))
+_LOG = (sa.select(TaskLogRow.__table__).where(TaskLogRow.task_id == sa.bindparam("chat_id"))
+        .order_by(TaskLogRow.id.desc()).limit(LOG_ENTRIES_RETURNED))
 
 
 def _supervisor_id(value: str, field: str = "supervisor_id") -> str:
@@ -120,6 +131,7 @@ class ChatRecords:
 
     def __init__(self, store: GraphStore) -> None:
         self.g = store
+        self._records = convert.RecordCache()
 
     # -- helpers (inside a transaction) --------------------------------------------------------
 
@@ -148,13 +160,19 @@ class ChatRecords:
 
     @staticmethod
     def _upsert_run(session: Session, chat_id: str, run: runtime_pb2.Run, supervisor: str,
-                    now: datetime, *, started: bool) -> RunRow:
-        row = session.scalars(
-            sa.select(RunRow).where(RunRow.chat_id == chat_id, RunRow.number == run.number)
-        ).one_or_none()
+                    now: datetime, *, started: bool, runs: list[RunRow] | None = None) -> RunRow:
+        """`runs`: the chat's run rows if the caller read them already (a new row is appended)."""
+        if runs is not None:
+            row = next((r for r in runs if r.number == run.number), None)
+        else:
+            row = session.scalars(
+                sa.select(RunRow).where(RunRow.chat_id == chat_id, RunRow.number == run.number)
+            ).one_or_none()
         if row is None:
             row = RunRow(chat_id=chat_id, number=run.number)
             session.add(row)
+            if runs is not None:
+                runs.append(row)
         # A run that never started (a failed spawn) is recorded only at its end: it still keeps
         # the argv and stderr path that explain it.
         if started or not row.pid:
@@ -285,7 +303,7 @@ class ChatRecords:
             what = " ".join(argv) if argv else (req.model or "default model")
             g.log(session, chat_id, "graph", f"chat created by supervisor {supervisor} ({what})", now)
             session.flush()
-            return RS.CreateChatTaskResponse(task=g.task_pb(session, row, with_log=False),
+            return RS.CreateChatTaskResponse(task=convert.task(row, [v.CHAT_LOOP_TAG]),  # its only tag
                                              runtime=convert.runtime(rt, []), created=True)
 
         resp = await g.run(g.write, op)
@@ -298,11 +316,20 @@ class ChatRecords:
         g = self.g
 
         def op() -> RS.GetChatRecordResponse:
-            with g.read() as session:
-                row = g.task_row(session, req.chat_id)
-                rt = g.runtime_row(session, req.chat_id)
-                return RS.GetChatRecordResponse(task=g.task_pb(session, row, with_log=req.with_log),
-                                                runtime=g.runtime_pb(session, rt))
+            # Plain rows on a plain connection (one read transaction): GetChat asks this for every
+            # call, and the ORM session and its instances were most of the graph's work for it.
+            params = {"chat_id": req.chat_id}
+            with g.engine.connect() as conn:
+                row = conn.execute(_TASK, params).one_or_none()
+                if row is None:
+                    raise NotFound(f"chat {req.chat_id!r} does not exist")
+                rt = conn.execute(_RUNTIME, params).one_or_none()
+                if rt is None:
+                    raise FailedPrecondition(f"chat {req.chat_id} has no runtime record")
+                tags = conn.execute(_TAGS, params).scalars().all()
+                runs = conn.execute(_RUNS, params).all()
+                log = conn.execute(_LOG, params).all()[::-1] if req.with_log else ()
+            return RS.GetChatRecordResponse(task=convert.task(row, tags, log), runtime=convert.runtime(rt, runs))
 
         return await g.run(op)
 
@@ -317,39 +344,50 @@ class ChatRecords:
         g = self.g
 
         def op() -> RS.ListChatRecordsResponse:
-            with g.read() as session:
+            # Plain rows on a plain connection (one read transaction), each chat converted once per
+            # distinct content (convert.RecordCache): for 1,000 chats, converting was two thirds
+            # of the call and building ORM instances most of the rest.
+            tasks, runtimes, runs_t = TaskRow.__table__, ChatRuntimeRow.__table__, RunRow.__table__
+            with g.engine.connect() as conn:
                 stmt = (
-                    sa.select(TaskRow, ChatRuntimeRow)
-                    .join(ChatRuntimeRow, ChatRuntimeRow.chat_id == TaskRow.id)
-                    .where(TaskRow.chat_number.is_not(None), TaskRow.chat_number > after)
-                    .order_by(TaskRow.chat_number)
+                    sa.select(*convert.hashable_columns(tasks))
+                    .join(runtimes, runtimes.c.chat_id == tasks.c.id)
+                    .where(tasks.c.chat_number.is_not(None), tasks.c.chat_number > after)
+                    .order_by(tasks.c.chat_number)
                     .limit(size + 1)
                 )
                 if not req.include_ended:
                     stmt = stmt.where(
-                        TaskRow.status != S.TASK_STATUS_ABANDONED,
-                        ~sa.exists().where(TaskTag.task_id == TaskRow.id, TaskTag.tag == v.ARCHIVED_TAG),
+                        tasks.c.status != S.TASK_STATUS_ABANDONED,
+                        ~sa.exists().where(TaskTag.task_id == tasks.c.id, TaskTag.tag == v.ARCHIVED_TAG),
                     )
                 if req.supervisor_id:
-                    stmt = stmt.where(ChatRuntimeRow.supervisor_id == req.supervisor_id)
+                    stmt = stmt.where(runtimes.c.supervisor_id == req.supervisor_id)
                 if states:
-                    stmt = stmt.where(ChatRuntimeRow.state.in_(states))
+                    stmt = stmt.where(runtimes.c.state.in_(states))
                 if req.lease_expired:
-                    stmt = stmt.where(ChatRuntimeRow.lease_expires_at <= g.now())
-                rows = [(t, rt) for t, rt in session.execute(stmt)]
+                    stmt = stmt.where(runtimes.c.lease_expires_at <= g.now())
+                rows = conn.execute(stmt).all()
                 more = len(rows) > size
                 rows = rows[:size]
-                ids = [t.id for t, _ in rows]
-                tags = g.tags_of(session, ids)
-                runs = g.runs_of(session, ids)
-                last = rows[-1][0].chat_number if rows else None
-                return RS.ListChatRecordsResponse(
-                    chats=[
-                        RS.ChatRecord(task=convert.task(t, tags[t.id]), runtime=convert.runtime(rt, runs[t.id]))
-                        for t, rt in rows
-                    ],
-                    next_page_token=encode_token(str(last)) if more and last is not None else "",
-                )
+                ids = [t.id for t in rows]
+                tags: dict[str, list[str]] = defaultdict(list)
+                rts: dict[str, Any] = {}
+                runs: dict[str, list[Any]] = defaultdict(list)
+                if ids:
+                    for task_id, tag in conn.execute(sa.select(TaskTag.task_id, TaskTag.tag)
+                                                     .where(TaskTag.task_id.in_(ids))).all():
+                        tags[task_id].append(tag)
+                    rts = {rt.chat_id: rt for rt in conn.execute(sa.select(runtimes).where(runtimes.c.chat_id.in_(ids))).all()}
+                    for run in conn.execute(sa.select(*convert.hashable_columns(runs_t))
+                                            .where(runs_t.c.chat_id.in_(ids)).order_by(runs_t.c.number)).all():
+                        runs[run.chat_id].append(run)
+            last = rows[-1].chat_number if rows else None
+            resp = RS.ListChatRecordsResponse(next_page_token=encode_token(str(last)) if more and last is not None
+                                              else "")
+            for t in rows:
+                resp.chats.add().MergeFromString(self._records.record(t, tags[t.id], rts[t.id], runs[t.id]))
+            return resp
 
         return await g.run(op)
 
@@ -374,13 +412,16 @@ class ChatRecords:
             if expected and rt.state != expected:
                 raise Aborted(f"chat {req.chat_id} is {chat_states.name(rt.state)}, not "
                               f"{chat_states.name(expected)} as the caller expected; re-read it")
-            latest = session.scalar(sa.select(sa.func.max(RunRow.number)).where(RunRow.chat_id == req.chat_id)) or 0
+            # The chat's runs (at most RUNS_KEPT) read once: the latest number, the row to update,
+            # whether any must be pruned and the response all come from them.
+            runs = list(session.scalars(sa.select(RunRow).where(RunRow.chat_id == req.chat_id)))
+            latest = max((r.number for r in runs), default=0)
             if req.run.number < latest:
                 raise FailedPrecondition(f"chat {req.chat_id} already has run {latest}; run {req.run.number} "
                                          "cannot start after it")
             now = g.now()
             set_state(rt, R.RUNTIME_STATE_RUNNING, now, req.chat_id)
-            self._upsert_run(session, req.chat_id, req.run, supervisor, now, started=True)
+            self._upsert_run(session, req.chat_id, req.run, supervisor, now, started=True, runs=runs)
             rt.next_restart_at = None
             rt.last_error = ""  # the chat is healthy now; earlier failures stay in previous_runs
             rt.resume_on_start = False
@@ -390,8 +431,9 @@ class ChatRecords:
             where = f" on {req.run.hostname}" if req.run.hostname else ""
             g.log(session, req.chat_id, supervisor, f"run {req.run.number} started: pid {req.run.pid}{where}", now)
             session.flush()
-            self._prune_runs(session, req.chat_id)
-            return RS.RecordRunStartedResponse(runtime=g.runtime_pb(session, rt))
+            if len(runs) > RUNS_KEPT:
+                self._prune_runs(session, req.chat_id)
+            return RS.RecordRunStartedResponse(runtime=convert.runtime(rt, runs))  # shows the newest RUNS_KEPT
 
         resp = await g.run(g.write, op)
         g.fanout.runtime_changed(req.chat_id)

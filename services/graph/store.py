@@ -312,12 +312,12 @@ class GraphStore:
 
     @staticmethod
     def runtime_row(session: Session, chat_id: str, *, lock: bool = False) -> ChatRuntimeRow:
-        GraphStore.task_row(session, chat_id)
         stmt = sa.select(ChatRuntimeRow).where(ChatRuntimeRow.chat_id == chat_id)
         if lock:
             stmt = stmt.with_for_update()
         rt = session.scalars(stmt).one_or_none()
         if rt is None:
+            GraphStore.task_row(session, chat_id)  # NOT_FOUND if there is no such chat at all
             raise FailedPrecondition(f"chat {chat_id} has no runtime record")
         return rt
 

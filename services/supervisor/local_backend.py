@@ -17,6 +17,12 @@ from wgs.v1 import runtime_pb2
 
 log = logging.getLogger("wgs.supervisor.backend")
 
+# Idle run monitors kept started (procs.WarmMonitor). With one, each of several creates in quick
+# succession waited for the interpreter start-up of the monitor the create before had started
+# (10-20 ms of CreateChat's p50 in benchmarks/views.py, more on a busy machine); with three, each
+# finds one started creates ago. Each costs ~10 MiB of RSS, mostly pages shared with the others.
+WARM_MONITORS = 3
+
 
 def _signal_name(number: int | None) -> str:
     if number is None:
@@ -47,7 +53,7 @@ class LocalProcessBackend:
         self.hostname = socket.gethostname()
         self.max_log_bytes = max_log_bytes
         self.stop_grace = stop_grace
-        self._warm = procs.WarmMonitor(state_dir, supervisor_id=supervisor_id)
+        self._warm = procs.WarmMonitor(state_dir, supervisor_id=supervisor_id, size=WARM_MONITORS)
         digest = hashlib.sha256(supervisor_id.encode()).hexdigest()[:12]
         self.lease_file = state_dir / "run" / f"lease-{digest}.deadline"
 

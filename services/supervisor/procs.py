@@ -51,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -844,25 +845,29 @@ def _start_idle(state_dir: Path, supervisor_id: str = "") -> _Idle:
 
 
 class WarmMonitor:
-    """At most one idle, pre-started run monitor, refilled in a background thread.
+    """Up to `size` idle, pre-started run monitors, refilled in background threads.
 
-    `take()` hands the idle monitor to exactly one caller (a lock around it, so two concurrent
-    spawns never share one) and starts a replacement; the replacement's start (a fork+exec,
-    ~1-3 ms; its interpreter start-up then overlaps with whatever the supervisor does next) runs in
-    a thread, never on the caller's path. A caller that finds the replacement still being started
-    waits for it (never longer than starting a monitor itself). Nothing is started before the first
-    `prime()` or `take()`. `close()` ends the idle monitor (EOF on its command pipe). The idle
-    monitor also exits on SIGTERM (e.g. from `wgs down`).
+    `take()` hands the oldest idle monitor (the one most likely done starting its interpreter) to
+    exactly one caller (a lock around it, so two concurrent spawns never share one) and starts a
+    replacement; a replacement's start (a fork+exec, ~1-3 ms; its interpreter start-up, ~20 ms,
+    then overlaps with whatever the supervisor does next) runs in a thread, never on the caller's
+    path. With one monitor, creates in quick succession each wait for the interpreter start-up of
+    the monitor the previous one started; with two, each gets one started a create earlier. A
+    caller that finds none ready but one being started waits for it (never longer than starting a
+    monitor itself). Nothing is started before the first `prime()` or `take()`. `close()` ends the
+    idle monitors (EOF on their command pipes). An idle monitor also exits on SIGTERM (e.g. from
+    `wgs down`).
     """
 
     FILL_WAIT = 0.5
 
-    def __init__(self, state_dir: Path, *, supervisor_id: str = "") -> None:
+    def __init__(self, state_dir: Path, *, supervisor_id: str = "", size: int = 1) -> None:
         self._state_dir = state_dir
         self.supervisor_id = supervisor_id
+        self.size = max(1, size)
         self._cond = threading.Condition()
-        self._ready: _Idle | None = None
-        self._filling = False
+        self._ready: deque[_Idle] = deque()
+        self._filling = 0  # monitors being started
         self._closed = False
 
     @property
@@ -870,15 +875,14 @@ class WarmMonitor:
         return self._state_dir
 
     def prime(self) -> None:
-        """Start the idle monitor in the background if there is none (returns at once)."""
+        """Start the idle monitors in the background if there are none (returns at once)."""
         with self._cond:
             self._fill_locked()
 
     def _fill_locked(self) -> None:
-        if self._closed or self._ready is not None or self._filling:
-            return
-        self._filling = True
-        threading.Thread(target=self._fill, name="wgs-warm-monitor", daemon=True).start()
+        while not self._closed and len(self._ready) + self._filling < self.size:
+            self._filling += 1
+            threading.Thread(target=self._fill, name="wgs-warm-monitor", daemon=True).start()
 
     def _fill(self) -> None:
         idle: _Idle | None = None
@@ -888,46 +892,46 @@ class WarmMonitor:
             log.warning("could not start a warm run monitor: %s", exc)
         with self._cond:
             if idle is not None and not self._closed:
-                self._ready, idle = idle, None
+                self._ready.append(idle)
+                idle = None
             if idle is None:
-                self._filling = False
+                self._filling -= 1
                 self._cond.notify_all()
                 return
         idle.discard()  # closed meanwhile: end it before close() returns
         with self._cond:
-            self._filling = False
+            self._filling -= 1
             self._cond.notify_all()
 
     def take(self) -> _Idle | None:
-        """The idle monitor for one spawn (None: none ready, use one-shot); starts a replacement."""
+        """An idle monitor for one spawn (None: none ready, use one-shot); starts a replacement."""
         with self._cond:
             if self._closed:
                 return None
-            if self._ready is None and not self._filling:
+            if not self._ready and not self._filling:
                 self._fill_locked()
-            if self._ready is None:
-                self._cond.wait_for(lambda: self._ready is not None or not self._filling or self._closed,
-                                    self.FILL_WAIT)
-            idle, self._ready = self._ready, None
-            if not self._closed:
-                self._fill_locked()
+            if not self._ready:
+                self._cond.wait_for(lambda: bool(self._ready) or not self._filling or self._closed, self.FILL_WAIT)
+            idle = self._ready.popleft() if self._ready and not self._closed else None
+            self._fill_locked()
             return idle
 
     def idle_pid(self, timeout: float = 5.0) -> int | None:
-        """Pid of the idle monitor, waiting up to `timeout` for one being started (introspection)."""
+        """Pid of the idle monitor `take()` would hand out next, waiting up to `timeout` for one
+        being started (introspection)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._ready is not None or not self._filling, timeout)
-            return self._ready.popen.pid if self._ready is not None else None
+            self._cond.wait_for(lambda: bool(self._ready) or not self._filling, timeout)
+            return self._ready[0].popen.pid if self._ready else None
 
     def close(self) -> None:
-        """End the idle monitor and stop refilling (blocking a few ms: call via asyncio.to_thread)."""
+        """End the idle monitors and stop refilling (blocking a few ms: call via asyncio.to_thread)."""
         with self._cond:
             self._closed = True
-            idle, self._ready = self._ready, None
+            idle, self._ready = list(self._ready), deque()
             self._cond.notify_all()
-            self._cond.wait_for(lambda: not self._filling, 5.0)  # one being started ends it itself
-        if idle is not None:
-            idle.discard()
+            self._cond.wait_for(lambda: not self._filling, 5.0)  # those being started end themselves
+        for one in idle:
+            one.discard()
 
 
 def spawn(

@@ -53,8 +53,11 @@ def owner_notice(runtime: runtime_pb2.ChatRuntime, now: datetime) -> str:
     """What to say when the chat's supervisor let its lease lapse while the chat was live."""
     if runtime.state not in (chat_states.STARTING, chat_states.RUNNING, chat_states.BACKOFF):
         return ""
-    expired = from_ts(runtime.lease_expires_at)
-    if expired is None or expired > now or not runtime.supervisor_id:
+    lease = runtime.lease_expires_at
+    if lease.seconds > now.timestamp() or not runtime.supervisor_id:  # valid: no datetime built (lists ask 1,000 times)
+        return ""
+    expired = from_ts(lease)
+    if expired is None or expired > now:
         return ""
     return (f"supervisor {runtime.supervisor_id!r} has not renewed its lease since it lapsed at "
             f"{expired.isoformat(timespec='seconds')} (lost, frozen or cut off); its agent ended itself before then, "
@@ -62,13 +65,22 @@ def owner_notice(runtime: runtime_pb2.ChatRuntime, now: datetime) -> str:
 
 
 def to_chat(task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, *, redactor: Redactor,
-            live_tail: str | None = None, now: datetime | None = None) -> chat_pb2.Chat:
-    """The Chat of a graph record. `live_tail`: the live run's output tail (GetChat only)."""
-    chat = chat_pb2.Chat(
-        id=task.id, name=chat_name(task), title=task.title, status=task.status, tags=list(task.tags),
-        model=task.model, executor=task.executor, endpoint=task.endpoint, command=list(task.command_argv),
-        runtime=runtime, trace_id=runtime.trace_id,
-    )
+            live_tail: str | None = None, now: datetime | None = None,
+            out: chat_pb2.Chat | None = None) -> chat_pb2.Chat:
+    """The Chat of a graph record. `live_tail`: the live run's output tail (GetChat only). `out`: an
+    empty Chat to fill (e.g. an element of a list response) instead of a new one to be copied."""
+    chat = chat_pb2.Chat() if out is None else out
+    chat.id = task.id
+    chat.name = chat_name(task)
+    chat.title = task.title
+    chat.status = task.status
+    chat.tags.extend(task.tags)
+    chat.model = task.model
+    chat.executor = task.executor
+    chat.endpoint = task.endpoint
+    chat.command.extend(task.command_argv)
+    chat.runtime.CopyFrom(runtime)
+    chat.trace_id = runtime.trace_id
     if task.HasField("created_at"):
         chat.created_at.CopyFrom(task.created_at)
     if task.HasField("generation"):
@@ -77,7 +89,8 @@ def to_chat(task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, *, redactor: 
     if run_is_live(runtime) and not chat.owner_notice:
         chat.pid = runtime.current_run.pid
     tail = live_tail if live_tail else runtime.current_run.stderr_tail
-    chat.stderr_tail = redactor.text(tail)
+    if tail:
+        chat.stderr_tail = redactor.text(tail)
     return chat
 
 
@@ -99,26 +112,34 @@ class ChatViews:
             return live.redactor
         return agentenv.redactor_for(runtime.plan)
 
-    def view(self, task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, live_tail: str | None = None
-             ) -> chat_pb2.Chat:
+    def view(self, task: task_pb2.Task, runtime: runtime_pb2.ChatRuntime, live_tail: str | None = None,
+             out: chat_pb2.Chat | None = None) -> chat_pb2.Chat:
         return to_chat(task, runtime, redactor=self.redactor(task.id, runtime), live_tail=live_tail,
-                       now=self.clock.now())
+                       now=self.clock.now(), out=out)
 
     async def get_chat(self, chat_id: str) -> chat_pb2.Chat:
         validation.chat_id(chat_id)
-        rec = await self.graph.record(chat_id)
         live = self._held(chat_id)
-        tail = None
-        if live is not None and live.run is not None and run_is_live(rec.runtime):
-            tail = await asyncio.to_thread(self.backend.tail, live.run)
+        handle = live.run if live is not None else None
+        # The live run's tail is read (off the event loop) while the graph is asked, not after it.
+        reading = asyncio.ensure_future(asyncio.to_thread(self.backend.tail, handle)) if handle is not None else None
+        try:
+            rec = await self.graph.record(chat_id)
+        finally:
+            tail = await reading if reading is not None else None
+        if handle is None or live is None or live.run is not handle or not run_is_live(rec.runtime) \
+                or rec.runtime.current_run.number != handle.number:
+            tail = None  # the record's run is not the one read (it ended, or another started meanwhile)
         return self.view(rec.task, rec.runtime, live_tail=tail)
 
     async def list_chats(self, req: chat_pb2.ListChatsRequest) -> chat_pb2.ListChatsResponse:
         size = validation.page_size(req.page_size)
         resp = await self.graph.list_records(include_ended=req.include_ended, page_size=size,
                                              page_token=req.page_token)
-        return chat_pb2.ListChatsResponse(chats=[self.view(c.task, c.runtime) for c in resp.chats],
-                                          next_page_token=resp.next_page_token)
+        out = chat_pb2.ListChatsResponse(next_page_token=resp.next_page_token)
+        for c in resp.chats:
+            self.view(c.task, c.runtime, out=out.chats.add())  # filled in place, not built and copied
+        return out
 
     async def watch_chat(self, chat_id: str) -> AsyncIterator[chat_pb2.Chat]:
         """The chat now, then each change of it as the graph records it (whoever made it: this

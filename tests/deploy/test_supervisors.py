@@ -28,7 +28,7 @@ ENV_DEFAULTS = {v.name: v.default for v in ENV_VARS}
 MIB = 1 << 20
 # Memory the supervisor needs besides its chats' processes, counted in the capacity arithmetic
 # (deploy/README.md "Several supervisors"). Measured: 56 MiB RSS with 100 live native chats, plus its
-# warm run monitor (6 MiB); the rest is room for `kubectl exec … wgs …` commands (~50 MiB each),
+# three warm run monitors (6 MiB each); the rest is room for `kubectl exec … wgs …` commands (~50 MiB each),
 # TLS and span export buffers.
 SUPERVISOR_OVERHEAD_BYTES = 256 * MIB
 # A live native chat (agent after answering + its run monitor), each physical page counted once, as

@@ -133,6 +133,50 @@ async def test_list_chat_records_filters(store: GraphStore, records: ChatRecords
         await store.update_task(g.UpdateTaskRequest(id=".chat-1", update=g.TaskUpdate(remove_tags=["chat-loop"])))
 
 
+async def test_a_listed_chat_is_its_record_after_every_kind_of_change(store: GraphStore,
+                                                                     records: ChatRecords) -> None:
+    """ListChatRecords converts each chat once per distinct content (RecordCache): whatever changes
+    a row — a run, a lease renewal that bumps no version, a tag, a write by another process straight
+    to the database — the list shows the chat exactly as GetChatRecord reads it."""
+    for _ in range(2):
+        await records.create_chat_task(chat_req(command_argv=["/bin/sleep", "60"]))
+
+    async def same() -> None:
+        listed = await records.list_chat_records(rs.ListChatRecordsRequest(include_ended=True))
+        assert len(listed.chats) == 2
+        for rec in listed.chats:
+            got = await records.get_chat_record(rs.GetChatRecordRequest(chat_id=rec.task.id))
+            assert rec.task == got.task and rec.runtime == got.runtime
+
+    await same()
+    await records.record_run_started(rs.RecordRunStartedRequest(chat_id=".chat-1", run=run(1), supervisor_id="sup-a"))
+    await same()
+    await records.renew_leases(rs.RenewLeasesRequest(supervisor_id="sup-a", lease_seconds=600))
+    await same()
+    await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[
+        exit_of(".chat-1", 1, R.RUNTIME_STATE_BACKOFF, last_error="boom")]))
+    await same()
+    await store.update_task(g.UpdateTaskRequest(id=".chat-2", update=g.TaskUpdate(add_tags=["x"])))
+    await same()
+    await force(store, ".chat-2", last_error="written by another replica")
+    await same()
+    listed = await records.list_chat_records(rs.ListChatRecordsRequest())
+    assert [c.runtime.last_error for c in listed.chats] == ["boom", "written by another replica"]
+
+
+async def test_the_record_cache_keeps_within_its_budget(records: ChatRecords) -> None:
+    from services.graph.convert import RecordCache
+
+    records._records = cache = RecordCache(max_bytes=5000)  # room for a few of these records
+    for _ in range(10):
+        await records.create_chat_task(chat_req(command_argv=["/bin/sleep", "60"]))
+    listed = await records.list_chat_records(rs.ListChatRecordsRequest())
+    assert [c.task.id for c in listed.chats] == [f".chat-{i}" for i in range(1, 11)]
+    assert 0 < len(cache._items) < 10 and cache._bytes <= cache.max_bytes
+    again = await records.list_chat_records(rs.ListChatRecordsRequest())
+    assert again == listed
+
+
 # -- runs ----------------------------------------------------------------------------------------
 
 
@@ -166,6 +210,8 @@ async def test_run_records_owner_check_and_pruning(store: GraphStore, records: C
         running = await records.record_run_started(rs.RecordRunStartedRequest(
             chat_id=chat, run=run(n, pid=1000 + n), supervisor_id="sup-a"))
         assert running.runtime.last_error == ""  # healthy again: the failure stays with its run only
+        # The answer is the record as stored (built from the rows written, not read back).
+        assert running.runtime == (await records.get_chat_record(rs.GetChatRecordRequest(chat_id=chat))).runtime
         await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[
             exit_of(chat, n, R.RUNTIME_STATE_BACKOFF, last_error="again")]))
     rt = (await records.get_chat_record(rs.GetChatRecordRequest(chat_id=chat))).runtime

@@ -145,6 +145,30 @@ async def test_two_concurrent_spawns_get_two_monitors(tmp_path: Path, warm: proc
             run.popen.wait(timeout=10)
 
 
+def test_a_pool_hands_out_distinct_started_monitors_and_ends_them_all(tmp_path: Path) -> None:
+    """Creates in quick succession each get a monitor started beforehand (oldest first), never a
+    shared one, and close() leaves none of them behind."""
+    w = procs.WarmMonitor(tmp_path, size=3)
+    w.prime()
+    taken: list[procs._Idle] = []
+    try:
+        first = _idle(w)
+        for _ in range(3):
+            idle = w.take()
+            assert idle is not None and idle.popen.poll() is None
+            taken.append(idle)
+        assert taken[0].popen.pid == first  # the oldest first
+        assert len({i.popen.pid for i in taken}) == 3
+        refill = _idle(w)  # replacements were started
+        assert refill not in {i.popen.pid for i in taken}
+    finally:
+        for idle in taken:
+            idle.discard()
+        w.close()
+    assert not Path(f"/proc/{refill}").exists()  # every idle monitor ended and reaped
+    assert w.take() is None
+
+
 async def test_dead_warm_monitor_falls_back_to_one_shot(tmp_path: Path, warm: procs.WarmMonitor) -> None:
     idle = _idle(warm)
     os.kill(idle, signal.SIGKILL)

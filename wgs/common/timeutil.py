@@ -19,6 +19,7 @@ from wgs.common.errors import InvalidArgument
 MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
 MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 _TIMESTAMP = Timestamp.DESCRIPTOR.full_name
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utcnow() -> datetime:
@@ -26,13 +27,27 @@ def utcnow() -> datetime:
 
 
 def to_ts(value: datetime | None) -> Timestamp | None:
+    """The Timestamp of `value` (naive means UTC). Integer arithmetic on the offset from the epoch:
+    the same result as Timestamp.FromDatetime for every datetime, in half the time (lists convert
+    thousands)."""
     if value is None:
         return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
+    delta = value - _EPOCH  # days may be negative; seconds and microseconds never are
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+
+
+def set_ts(field: Timestamp, value: datetime | None) -> None:
+    """Set a message's Timestamp field in place to `value` (None leaves it unset): no Timestamp is
+    built and copied, which is most of the cost of converting a row with several times."""
+    if value is None:
+        return
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    field.seconds = delta.days * 86_400 + delta.seconds
+    field.nanos = delta.microseconds * 1000
 
 
 def timestamp_problem(ts: Timestamp) -> str | None:
