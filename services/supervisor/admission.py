@@ -4,7 +4,8 @@ deadlines expire.
 - **Concurrency.** At most `max_concurrent` creates spawn at once. A create waits for a slot only
   while waiting can still help: no longer than `queue_seconds`, never past the caller's deadline,
   and not at all when `max_waiting` creates already wait. Otherwise it is RESOURCE_EXHAUSTED at once,
-  with a google.rpc.RetryInfo hint, before anything is written.
+  with a google.rpc.RetryInfo hint, before anything is written. A slot is held by the create's
+  work (`Ticket`), not by the call: a create that runs on after its caller gave up still counts.
 - **Memory.** A new chat is refused (RESOURCE_EXHAUSTED naming the limit and the use) when the
   container's cgroup memory in use plus what one chat costs would pass its limit (less a reserve),
   so the kernel never OOM-kills the pod and every chat in it.
@@ -131,9 +132,10 @@ class Admission:
                 f"{_mib(mem.limit)} limit and a chat needs about {_mib(self.chat_bytes)} (WGS_CHAT_MEMORY_BYTES); "
                 "stop or delete chats, or give the supervisor more memory (or another replica)", retry_after=30.0)
 
-    @asynccontextmanager
-    async def slot(self, time_remaining: float | None = None) -> AsyncIterator[None]:
-        """Hold a create slot for the block; RESOURCE_EXHAUSTED if none can be had in time."""
+    async def acquire(self, time_remaining: float | None = None) -> Ticket:
+        """Take a create slot, waiting only while waiting can help; RESOURCE_EXHAUSTED (with a retry
+        hint) otherwise. The slot is held until `Ticket.release()` — by the work, not by the caller:
+        a create that runs on after its caller gave up still counts against the limit."""
         if self._slots.locked():
             wait = min(self.queue_seconds, time_remaining if time_remaining is not None else self.queue_seconds)
             queued_ahead = self._waiting // self.max_concurrent + 1
@@ -154,11 +156,33 @@ class Admission:
         else:
             await self._slots.acquire()
         self._busy += 1
-        started = time.monotonic()
+        return Ticket(self)
+
+    def _release(self, started: float) -> None:
+        self._busy -= 1
+        self._slots.release()
+        self._recent.append(time.monotonic() - started)
+        del self._recent[:-50]
+
+    @asynccontextmanager
+    async def slot(self, time_remaining: float | None = None) -> AsyncIterator[None]:
+        """Hold a create slot for the block; RESOURCE_EXHAUSTED if none can be had in time."""
+        ticket = await self.acquire(time_remaining)
         try:
             yield
         finally:
-            self._busy -= 1
-            self._slots.release()
-            self._recent.append(time.monotonic() - started)
-            del self._recent[:-50]
+            ticket.release()
+
+
+class Ticket:
+    """One held create slot; `release()` (idempotent, also usable as a done-callback) frees it."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._started = time.monotonic()
+        self._held = True
+
+    def release(self, *_: object) -> None:
+        if self._held:
+            self._held = False
+            self._admission._release(self._started)
