@@ -270,6 +270,7 @@ class Lifecycle:
         create either leaves a recorded chat or nothing — never an agent nobody knows."""
         validation.request_id(req.request_id)
         validation.chat_name(req.name)
+        self.admission.refuse_if_busy(time_remaining)  # first: under a storm most calls end here, cheaply
         if (req.working_dir and os.path.isabs(req.working_dir)
                 and not await asyncio.to_thread(os.path.isdir, req.working_dir)):
             raise errors.InvalidArgument(f"working_dir {req.working_dir!r} is not an existing directory on the "
