@@ -843,24 +843,27 @@ def _start_idle(state_dir: Path, supervisor_id: str = "") -> _Idle:
 
 
 class WarmMonitor:
-    """At most one idle, pre-started run monitor, refilled in a background thread.
+    """Up to `size` idle, pre-started run monitors, refilled in a background thread.
 
-    `take()` hands the idle monitor to exactly one caller (a lock around it, so two concurrent
-    spawns never share one) and starts a replacement; the replacement's start (a fork+exec,
-    ~1-3 ms; its interpreter start-up then overlaps with whatever the supervisor does next) runs in
-    a thread, never on the caller's path. A caller that finds the replacement still being started
+    `take()` hands an idle monitor (the oldest, whose interpreter is most likely up) to exactly one
+    caller (a lock around it, so two concurrent spawns never share one) and starts a replacement; the
+    replacement's start (a fork+exec, ~1-3 ms; its interpreter start-up then overlaps with whatever
+    the supervisor does next) runs in a thread, never on the caller's path. With `size` as large as
+    the creates allowed at once (WGS_MAX_CONCURRENT_CREATES), concurrent spawns do not queue behind
+    one monitor's interpreter start-up. A caller that finds none ready while one is being started
     waits for it (never longer than starting a monitor itself). Nothing is started before the first
-    `prime()` or `take()`. `close()` ends the idle monitor (EOF on its command pipe). The idle
+    `prime()` or `take()`. `close()` ends the idle monitors (EOF on their command pipes). An idle
     monitor also exits on SIGTERM (e.g. from `wgs down`).
     """
 
     FILL_WAIT = 0.5
 
-    def __init__(self, state_dir: Path, *, supervisor_id: str = "") -> None:
+    def __init__(self, state_dir: Path, *, supervisor_id: str = "", size: int = 1) -> None:
         self._state_dir = state_dir
         self.supervisor_id = supervisor_id
+        self.size = max(1, size)
         self._cond = threading.Condition()
-        self._ready: _Idle | None = None
+        self._ready: list[_Idle] = []
         self._filling = False
         self._closed = False
 
@@ -869,64 +872,79 @@ class WarmMonitor:
         return self._state_dir
 
     def prime(self) -> None:
-        """Start the idle monitor in the background if there is none (returns at once)."""
+        """Start the idle monitors in the background if there are too few (returns at once)."""
         with self._cond:
             self._fill_locked()
 
     def _fill_locked(self) -> None:
-        if self._closed or self._ready is not None or self._filling:
+        if self._closed or len(self._ready) >= self.size or self._filling:
             return
         self._filling = True
         threading.Thread(target=self._fill, name="wgs-warm-monitor", daemon=True).start()
 
     def _fill(self) -> None:
-        idle: _Idle | None = None
-        try:
-            idle = _start_idle(self._state_dir, self.supervisor_id)
-        except Exception as exc:  # spawn falls back to one-shot; say why once here
-            log.warning("could not start a warm run monitor: %s", exc)
-        with self._cond:
-            if idle is not None and not self._closed:
-                self._ready, idle = idle, None
-            if idle is None:
+        while True:
+            with self._cond:
+                if self._closed or len(self._ready) >= self.size:
+                    self._filling = False
+                    self._cond.notify_all()
+                    return
+            idle: _Idle | None = None
+            try:
+                idle = _start_idle(self._state_dir, self.supervisor_id)
+            except Exception as exc:  # spawn falls back to one-shot; say why once here
+                log.warning("could not start a warm run monitor: %s", exc)
+            with self._cond:
+                if idle is not None and not self._closed:
+                    self._ready.append(idle)
+                    self._cond.notify_all()
+                    continue
+                if idle is None:
+                    self._filling = False
+                    self._cond.notify_all()
+                    return
+            idle.discard()  # closed meanwhile: end it before close() returns
+            with self._cond:
                 self._filling = False
                 self._cond.notify_all()
-                return
-        idle.discard()  # closed meanwhile: end it before close() returns
-        with self._cond:
-            self._filling = False
-            self._cond.notify_all()
+            return
 
     def take(self) -> _Idle | None:
-        """The idle monitor for one spawn (None: none ready, use one-shot); starts a replacement."""
+        """An idle monitor for one spawn (None: none ready, use one-shot); starts a replacement."""
         with self._cond:
             if self._closed:
                 return None
-            if self._ready is None and not self._filling:
+            if not self._ready and not self._filling:
                 self._fill_locked()
-            if self._ready is None:
-                self._cond.wait_for(lambda: self._ready is not None or not self._filling or self._closed,
+            if not self._ready:
+                self._cond.wait_for(lambda: bool(self._ready) or not self._filling or self._closed,
                                     self.FILL_WAIT)
-            idle, self._ready = self._ready, None
+            idle = self._ready.pop(0) if self._ready and not self._closed else None
             if not self._closed:
                 self._fill_locked()
             return idle
 
     def idle_pid(self, timeout: float = 5.0) -> int | None:
-        """Pid of the idle monitor, waiting up to `timeout` for one being started (introspection)."""
+        """Pid of the oldest idle monitor, waiting up to `timeout` for one being started (introspection)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._ready is not None or not self._filling, timeout)
-            return self._ready.popen.pid if self._ready is not None else None
+            self._cond.wait_for(lambda: bool(self._ready) or not self._filling, timeout)
+            return self._ready[0].popen.pid if self._ready else None
+
+    def idle_pids(self, timeout: float = 5.0) -> list[int]:
+        """Pids of the idle monitors, oldest first, once all `size` are started (or filling stopped)."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._ready) >= self.size or not self._filling, timeout)
+            return [idle.popen.pid for idle in self._ready]
 
     def close(self) -> None:
-        """End the idle monitor and stop refilling (blocking a few ms: call via asyncio.to_thread)."""
+        """End the idle monitors and stop refilling (blocking a few ms: call via asyncio.to_thread)."""
         with self._cond:
             self._closed = True
-            idle, self._ready = self._ready, None
+            idle, self._ready = self._ready, []
             self._cond.notify_all()
             self._cond.wait_for(lambda: not self._filling, 5.0)  # one being started ends it itself
-        if idle is not None:
-            idle.discard()
+        for one in idle:
+            one.discard()
 
 
 def spawn(
