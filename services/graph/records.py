@@ -457,7 +457,8 @@ class ChatRecords:
         g.log(session, item.chat_id, supervisor,
               f"run {run.number} {how}; state {chat_states.name(state)}" + (f"; {note}" if note else ""), now)
         session.flush()
-        self._prune_runs(session, item.chat_id)
+        if item.run.number > RUNS_KEPT:  # run numbers count up from 1: fewer runs than that, nothing to prune
+            self._prune_runs(session, item.chat_id)
         return g.runtime_pb(session, rt)
 
     async def record_run_exited(self, req: RS.RecordRunExitedRequest) -> RS.RecordRunExitedResponse:
