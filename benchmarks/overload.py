@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -221,6 +222,8 @@ def stack(extra: dict[str, str], keep: Path | None = None) -> Iterator[Stack]:
     finally:
         if read_stack(state) is not None:  # not yet stopped by the mode itself
             s.down()
+        if keep is None and not processes_of(state):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

@@ -75,3 +75,21 @@ async def test_a_create_waits_no_longer_than_its_caller_can() -> None:
     with pytest.raises(ResourceExhausted, match="busy"):
         await adm.acquire(time_remaining=0.0)  # no time left: refused without waiting
     held.release()
+
+
+def test_the_create_limit_follows_the_cores_a_container_may_use(tmp_path: Path) -> None:
+    import os
+
+    from services.supervisor.settings import usable_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == affinity  # no quota file: the CPUs this process may run on
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core (a Kubernetes limit of 500m)
+    assert usable_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(tmp_path) == affinity
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(v1) == 1
