@@ -9,6 +9,7 @@ expired.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
@@ -61,6 +62,7 @@ MAX_ADDRESS = 512
 TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
 SPAN_ID_RE = re.compile(r"[0-9a-f]{16}")
 RUNS_KEPT = 5
+WATCH_BATCH = 256  # chat records a WatchChatRecords stream reads at once
 
 
 def _supervisor_id(value: str, field: str = "supervisor_id") -> str:
@@ -310,6 +312,22 @@ class ChatRecords:
                 rt = g.runtime_row(session, req.chat_id)
                 return RS.GetChatRecordResponse(task=g.task_pb(session, row, with_log=req.with_log),
                                                 runtime=g.runtime_pb(session, rt))
+
+        return await g.run(op)
+
+    async def records_of(self, ids: Sequence[str]) -> list[RS.ChatRecord]:
+        """The records of these chats, in this order (those that do not exist left out), in one read."""
+        g = self.g
+
+        def op() -> list[RS.ChatRecord]:
+            with g.read() as session:
+                rows = {t.id: (t, rt) for t, rt in session.execute(
+                    sa.select(TaskRow, ChatRuntimeRow).join(ChatRuntimeRow, ChatRuntimeRow.chat_id == TaskRow.id)
+                    .where(TaskRow.id.in_(ids)))}
+                tags = g.tags_of(session, list(rows))
+                runs = g.runs_of(session, list(rows))
+                return [RS.ChatRecord(task=convert.task(rows[i][0], tags[i]), runtime=convert.runtime(rows[i][1], runs[i]))
+                        for i in ids if i in rows]
 
         return await g.run(op)
 
@@ -757,13 +775,13 @@ async def watch_chat_records(records: ChatRecords, req: RS.WatchChatRecordsReque
                 if not watcher.changed:
                     await watcher.wake.wait()
                 continue
-            chat_id = next(iter(watcher.changed))
-            del watcher.changed[chat_id]
-            try:
-                rec = await records.get_chat_record(RS.GetChatRecordRequest(chat_id=chat_id))
-            except NotFound:
-                continue
-            yield RS.WatchChatRecordsResponse(chat=RS.ChatRecord(task=rec.task, runtime=rec.runtime))
+            # Every chat changed since the last read, up to WATCH_BATCH, read together (four queries,
+            # not four per chat): 900 runs ending at once change 900 chats.
+            ids = list(itertools.islice(watcher.changed, WATCH_BATCH))
+            for chat_id in ids:
+                del watcher.changed[chat_id]
+            for rec in await records.records_of(ids):
+                yield RS.WatchChatRecordsResponse(chat=rec)
     finally:
         g.fanout.unwatch_records(watcher)
 

@@ -390,3 +390,36 @@ async def test_a_batch_of_exits_records_what_one_call_per_exit_records(records: 
         assert await state_of(a) == await state_of(b)
     rt = (await records.get_chat_record(rs.GetChatRecordRequest(chat_id=batched[5]))).runtime
     assert [r.number for r in (rt.current_run, *rt.previous_runs)] == [7, 6, 5, 4, 3]
+
+
+async def test_a_watch_of_every_chat_reads_chats_changed_together_in_one_read(
+        records: ChatRecords, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.graph.records import watch_chat_records
+
+    chats = []
+    for _ in range(3):
+        chat = (await records.create_chat_task(chat_req())).task.id
+        await records.record_run_started(rs.RecordRunStartedRequest(chat_id=chat, run=run(1), supervisor_id="sup-a"))
+        chats.append(chat)
+    reads: list[list[str]] = []
+    real = records.records_of
+
+    async def counted(ids: list[str]) -> list[rs.ChatRecord]:
+        reads.append(list(ids))
+        return await real(ids)
+
+    monkeypatch.setattr(records, "records_of", counted)
+    stream = watch_chat_records(records, rs.WatchChatRecordsRequest())
+    first = asyncio.ensure_future(anext(stream))  # the watcher exists once the stream waits
+    await records.transition_chat(rs.TransitionChatRequest(chat_id=chats[0], supervisor_id="sup-a",
+                                                           to_state=R.RUNTIME_STATE_STOPPED))
+    assert (await first).chat.task.id == chats[0]
+    # Two chats end while nobody reads: both are read at once, each as it is now.
+    await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[
+        exit_of(chats[1], 1, R.RUNTIME_STATE_BACKOFF), exit_of(chats[2], 1, R.RUNTIME_STATE_FAILED)]))
+    got = [await anext(stream), await anext(stream)]
+    assert [(r.chat.task.id, r.chat.runtime.state) for r in got] == [
+        (chats[1], R.RUNTIME_STATE_BACKOFF), (chats[2], R.RUNTIME_STATE_FAILED)]
+    assert got[0].chat.runtime.current_run.exit_code == 1
+    assert reads[-1] == [chats[1], chats[2]]
+    await stream.aclose()
