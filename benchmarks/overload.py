@@ -541,9 +541,12 @@ def deaths_once(n: int, extra: dict[str, str], db_url: str | None) -> dict[str, 
         ids = fill(st, n, "die")
         with st.channel() as ch:
             stub = chat_pb2_grpc.ChatServiceStub(ch)
-            pids = {c.id: c.runtime.current_run.pid for c in list_all(stub)
-                    if c.runtime.state == R.RUNTIME_STATE_RUNNING}
-            assert set(ids) <= set(pids), "not every chat is running"
+            chats = list_all(stub)
+            pids = {c.id: c.runtime.current_run.pid for c in chats if c.runtime.state == R.RUNTIME_STATE_RUNNING}
+            if not set(ids) <= set(pids):
+                bad = [f"{c.id} {R.RuntimeState.Name(c.runtime.state)} {c.runtime.last_error}" for c in chats
+                       if c.id not in pids]
+                raise RuntimeError(f"{len(bad)} chats not running before the kill: {bad[:10]}")
             out["machine_at_kill"] = machine()
             watch = stub.WatchChat(chat_pb2.WatchChatRequest(), timeout=600)
             it = iter(watch)
