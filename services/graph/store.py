@@ -19,11 +19,12 @@ import contextvars
 import logging
 import random
 import re
+import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
@@ -204,6 +205,10 @@ class GraphStore:
         self.engine = engine
         self._clock = clock
         self._write_engine = engine.execution_options(**{WRITE_OPTION: True})
+        # SQLite has one writer: this process's writers take turns on a lock, handed over at once,
+        # instead of on SQLite's busy handler, which sleeps in steps of up to 100 ms and left writes
+        # waiting long after the lock was free when creates and deletes came many at once.
+        self._write_turn: threading.Lock | None = threading.Lock() if engine.dialect.name == "sqlite" else None
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="graph-db")
         self.fanout = Fanout()
         self._closing = asyncio.Event()
@@ -227,7 +232,8 @@ class GraphStore:
         delay = 0.01
         for attempt in range(1, MAX_WRITE_ATTEMPTS + 1):
             try:
-                with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+                with self._write_turn or nullcontext(), Session(self._write_engine, expire_on_commit=False) as session, \
+                        session.begin():
                     return fn(session)
             except _Conflict:
                 pass

@@ -201,6 +201,7 @@ class Lifecycle:
         create either leaves a recorded chat or nothing — never an agent nobody knows."""
         validation.request_id(req.request_id)
         validation.chat_name(req.name)
+        self.admission.refuse_if_busy(time_remaining)  # first: under a storm most calls end here, cheaply
         if (req.working_dir and os.path.isabs(req.working_dir)
                 and not await asyncio.to_thread(os.path.isdir, req.working_dir)):
             raise errors.InvalidArgument(f"working_dir {req.working_dir!r} is not an existing directory on the "
@@ -210,16 +211,22 @@ class Lifecycle:
             raise errors.ResourceExhausted(
                 f"{self.live_chats()} chats are live on this supervisor and its cap is {self.s.max_live_chats} "
                 "(WGS_MAX_LIVE_CHATS); stop, archive or delete a chat first, or raise the cap")
-        async with self.admission.slot(time_remaining):
+        ticket = await self.admission.acquire(time_remaining)
+        try:
             plan = await self.dispatch.plan(
                 executor=req.executor, model=req.model, endpoint=req.endpoint, command=list(req.command),
                 working_dir=req.working_dir, generation=req.generation if req.HasField("generation") else None,
                 origin=dispatch_pb2.SETTINGS_ORIGIN_REQUEST)
-            work = asyncio.ensure_future(self._create(req, plan, trace.get_current_span().get_span_context()))
-            self._tasks.add(work)
-            work.add_done_callback(self._tasks.discard)
-            # Shielded: a caller that gives up does not cancel a create under way.
-            return await asyncio.shield(work)
+        except BaseException:
+            ticket.release()  # nothing written yet: a caller gone during planning leaves nothing
+            raise
+        work = asyncio.ensure_future(self._create(req, plan, trace.get_current_span().get_span_context()))
+        self._tasks.add(work)
+        work.add_done_callback(self._tasks.discard)
+        # The slot belongs to the work, not to the call: a create whose caller gave up runs on (shielded)
+        # and keeps counting against WGS_MAX_CONCURRENT_CREATES until it is done.
+        work.add_done_callback(ticket.release)
+        return await asyncio.shield(work)
 
     async def _create(self, req: chat_pb2.CreateChatRequest, plan: plan_pb2.SpawnPlan,
                       create_ctx: SpanContext) -> chat_pb2.CreateChatResponse:

@@ -47,13 +47,15 @@ def _exit_info(info: procs.ExitInfo) -> ExitInfo:
 
 class LocalProcessBackend:
     def __init__(self, state_dir: Path, supervisor_id: str, *, max_log_bytes: int = procs.DEFAULT_MAX_LOG_BYTES,
-                 stop_grace: float = 5.0) -> None:
+                 stop_grace: float = 5.0, warm_monitors: int = 1) -> None:
         self.state_dir = state_dir
         self.supervisor_id = supervisor_id
         self.hostname = socket.gethostname()
         self.max_log_bytes = max_log_bytes
         self.stop_grace = stop_grace
-        self._warm = procs.WarmMonitor(state_dir, supervisor_id=supervisor_id, size=WARM_MONITORS)
+        # Idle monitors ready for spawns: at least WARM_MONITORS (creates in quick succession each find
+        # one whose interpreter is up), and one per create allowed at once.
+        self._warm = procs.WarmMonitor(state_dir, supervisor_id=supervisor_id, size=max(WARM_MONITORS, warm_monitors))
         digest = hashlib.sha256(supervisor_id.encode()).hexdigest()[:12]
         self.lease_file = state_dir / "run" / f"lease-{digest}.deadline"
 

@@ -923,6 +923,12 @@ class WarmMonitor:
             self._cond.wait_for(lambda: bool(self._ready) or not self._filling, timeout)
             return self._ready[0].popen.pid if self._ready else None
 
+    def idle_pids(self, timeout: float = 5.0) -> list[int]:
+        """Pids of the idle monitors, oldest first, once all `size` are started (or filling stopped)."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self._ready) >= self.size or not self._filling, timeout)
+            return [idle.popen.pid for idle in self._ready]
+
     def close(self) -> None:
         """End the idle monitors and stop refilling (blocking a few ms: call via asyncio.to_thread)."""
         with self._cond:

@@ -33,7 +33,10 @@ tracer = telemetry.tracer("wgs.supervisor")
 RS = runtime_service_pb2
 
 BATCH_WINDOW = 0.005  # exits arriving within this many seconds are recorded in one transaction
-BATCH_MAX = 500
+# At most this many exits per RecordRunExited call. 500 took the graph longer than the call's deadline on
+# PostgreSQL on a busy machine (~20 ms per exit): the batch was retried from scratch and never landed,
+# and the transaction's row locks made the lease renewals time out too, so every run fenced itself.
+BATCH_MAX = 100
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0, 30.0)  # ~2 min while the graph is unavailable
 
 

@@ -36,7 +36,8 @@ async def build(settings: CommonSettings) -> Service:
                         sup.supervisor_id)
     dispatch = DispatchClient(dispatch_pb2_grpc.DispatchServiceStub(dispatch_channel))  # type: ignore[arg-type]
     backend = LocalProcessBackend(sup.state_dir, sup.supervisor_id, max_log_bytes=sup.max_log_bytes,
-                                  stop_grace=sup.stop_grace)
+                                  stop_grace=sup.stop_grace,
+                                  warm_monitors=sup.max_concurrent_creates)  # one per create allowed at once
     secret = auth.stack_secret(sup.state_dir)
 
     def agent_credentials(chat_id: str, run_number: int) -> dict[str, str]:

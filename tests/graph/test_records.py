@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 
 import pytest
@@ -356,3 +357,118 @@ async def test_validation_rejects_bad_fields_without_writing(store: GraphStore, 
         with pytest.raises(InvalidArgument):
             await call
     assert await count_rows(store, "tasks") == 0
+
+
+async def test_a_batch_of_exits_records_what_one_call_per_exit_records(records: ChatRecords) -> None:
+    """The batched path (one query per table for the whole call) against the one-by-one path (a call
+    per exit): the same runtimes, task changes and log lines for a crash, a failed spawn, a stop with
+    task status and tags, an end recorded twice, a refused exit and a chat with runs to prune."""
+
+    async def make() -> list[str]:
+        chats = []
+        for i in range(6):
+            owner = "sup-b" if i == 4 else "sup-a"
+            chat = (await records.create_chat_task(chat_req(supervisor_id=owner))).task.id
+            chats.append(chat)
+            if i == 1:
+                continue  # STARTING: its spawn fails
+            await records.record_run_started(rs.RecordRunStartedRequest(chat_id=chat, run=run(1),
+                                                                        supervisor_id=owner))
+        for n in range(2, 8):  # chats[5] has had 6 runs: its 7th end prunes the oldest
+            await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[
+                exit_of(chats[5], n - 1, R.RUNTIME_STATE_BACKOFF)]))
+            await records.transition_chat(rs.TransitionChatRequest(chat_id=chats[5], supervisor_id="sup-a",
+                                                                   to_state=R.RUNTIME_STATE_STARTING))
+            await records.record_run_started(rs.RecordRunStartedRequest(chat_id=chats[5], run=run(n),
+                                                                        supervisor_id="sup-a"))
+        twice = runtime_pb2.Run(number=1, exit_code=0)
+        twice.exited_at.FromSeconds(1_800_000_000)
+        await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[
+            rs.RunExit(chat_id=chats[3], run=twice, state=R.RUNTIME_STATE_EXITED)]))
+        return chats
+
+    def exits(chats: list[str]) -> list[rs.RunExit]:
+        twice = runtime_pb2.Run(number=1, exit_code=0)
+        twice.exited_at.FromSeconds(1_800_000_000)
+        return [
+            rs.RunExit(chat_id=chats[0], run=runtime_pb2.Run(number=1, signal=9, signal_name="SIGKILL",
+                                                            stderr_tail="boom"),
+                       state=R.RUNTIME_STATE_BACKOFF, restart_count=1, last_error="killed"),
+            rs.RunExit(chat_id=chats[1], run=runtime_pb2.Run(number=1, error="executable not found: /nope",
+                                                            end=R.RUN_END_SPAWN_FAILED, argv=["/nope"]),
+                       state=R.RUNTIME_STATE_FAILED, last_error="executable not found"),
+            rs.RunExit(chat_id=chats[2], run=runtime_pb2.Run(number=1, signal=15, end=R.RUN_END_STOPPED,
+                                                            end_detail="ArchiveChat"),
+                       state=R.RUNTIME_STATE_STOPPED, task_status=S.TASK_STATUS_DONE,
+                       add_tags=["archived", "archived"]),
+            rs.RunExit(chat_id=chats[3], run=twice, state=R.RUNTIME_STATE_EXITED),
+            exit_of(chats[4], 1, R.RUNTIME_STATE_BACKOFF),  # owned by sup-b: refused, nothing changed
+            exit_of(chats[5], 7, R.RUNTIME_STATE_FAILED, last_error="gave up"),
+        ]
+
+    def shown(rt: runtime_pb2.ChatRuntime) -> runtime_pb2.ChatRuntime:
+        out = runtime_pb2.ChatRuntime()
+        out.CopyFrom(rt)
+        out.ClearField("state_changed_at")
+        out.ClearField("lease_expires_at")
+        for r in (out.current_run, *out.previous_runs):
+            r.ClearField("started_at")
+            if r.exited_at.seconds != 1_800_000_000:
+                r.ClearField("exited_at")
+        return out
+
+    async def state_of(chat: str) -> tuple[object, ...]:
+        rec = await records.get_chat_record(rs.GetChatRecordRequest(chat_id=chat, with_log=True))
+        return (shown(rec.runtime), rec.task.status, sorted(rec.task.tags), [e.message for e in rec.task.log])
+
+    one_by_one = await make()
+    singles = [await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[e]))
+               for e in exits(one_by_one)]
+    batched = await make()
+    batch = await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=exits(batched)))
+    assert len(batch.results) == 6
+    def message(r: rs.RunExitResult) -> str:  # the chat id and its lease's end differ between the two sets
+        return re.sub(r"expires, at [^)]*", "expires, at T", r.error_message.replace(r.chat_id, "C"))
+
+    for single, res in zip(singles, batch.results, strict=True):
+        (one,) = single.results
+        assert (one.error_code, message(one)) == (res.error_code, message(res))
+        assert shown(one.runtime) == shown(res.runtime)
+    assert batch.results[4].error_code == 9 and batch.results[3].error_code == 0
+    for a, b in zip(one_by_one, batched, strict=True):
+        assert await state_of(a) == await state_of(b)
+    rt = (await records.get_chat_record(rs.GetChatRecordRequest(chat_id=batched[5]))).runtime
+    assert [r.number for r in (rt.current_run, *rt.previous_runs)] == [7, 6, 5, 4, 3]
+
+
+async def test_a_watch_of_every_chat_reads_chats_changed_together_in_one_read(
+        records: ChatRecords, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.graph.records import watch_chat_records
+
+    chats = []
+    for _ in range(3):
+        chat = (await records.create_chat_task(chat_req())).task.id
+        await records.record_run_started(rs.RecordRunStartedRequest(chat_id=chat, run=run(1), supervisor_id="sup-a"))
+        chats.append(chat)
+    reads: list[list[str]] = []
+    real = records.records_of
+
+    async def counted(ids: list[str]) -> list[rs.ChatRecord]:
+        reads.append(list(ids))
+        return await real(ids)
+
+    monkeypatch.setattr(records, "records_of", counted)
+    stream = watch_chat_records(records, rs.WatchChatRecordsRequest())
+    first = asyncio.ensure_future(anext(stream))  # the watcher exists once the stream waits
+    await records.transition_chat(rs.TransitionChatRequest(chat_id=chats[0], supervisor_id="sup-a",
+                                                           to_state=R.RUNTIME_STATE_STOPPED))
+    assert (await first).chat.task.id == chats[0]
+    # Two chats end while nobody reads: both are read at once, each as it is now.
+    await records.record_run_exited(rs.RecordRunExitedRequest(supervisor_id="sup-a", exits=[
+        exit_of(chats[1], 1, R.RUNTIME_STATE_BACKOFF), exit_of(chats[2], 1, R.RUNTIME_STATE_FAILED)]))
+    got = [await anext(stream), await anext(stream)]
+    assert [(r.chat.task.id, r.chat.runtime.state) for r in got] == [
+        (chats[1], R.RUNTIME_STATE_BACKOFF), (chats[2], R.RUNTIME_STATE_FAILED)]
+    assert got[0].chat.runtime.current_run.exit_code == 1
+    assert reads[-1] == [chats[1], chats[2]]
+    await stream.aclose()

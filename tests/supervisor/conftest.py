@@ -42,6 +42,7 @@ class Stack:
     supervisor: ServiceProcess
     sup_env: dict[str, str]
     channels: list[grpc.Channel]
+    db_url: str = ""
 
     def chat(self) -> chat_pb2_grpc.ChatServiceStub:
         ch = authed_channel(self.supervisor.address)
@@ -75,15 +76,15 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
         yield from _stack(tmp_path, db_url)
 
 
-def _stack(tmp_path: Path, db_url: str) -> Iterator[Stack]:
+def _stack(tmp_path: Path, db_url: str, sup_env: dict[str, str] | None = None) -> Iterator[Stack]:
     state = tmp_path / "state"
     state.mkdir()
     graph = start_service("graph", state, env={"WGS_DATABASE_URL": db_url})
     dispatch = start_service("dispatch", state)
     env = {"WGS_GRAPH_ADDR": graph.address, "WGS_DISPATCH_ADDR": dispatch.address,
-           "WGS_SUPERVISOR_ID": "sup-test", "WGS_LEASE_SECONDS": "30", **FAST_POLICY}
+           "WGS_SUPERVISOR_ID": "sup-test", "WGS_LEASE_SECONDS": "30", **FAST_POLICY, **(sup_env or {})}
     sup = start_service("supervisor", state, env)
-    s = Stack(state, graph, dispatch, sup, env, [])
+    s = Stack(state, graph, dispatch, sup, env, [], db_url)
     try:
         yield s
     finally:

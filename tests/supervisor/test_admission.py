@@ -53,3 +53,43 @@ def test_a_chat_that_would_pass_the_limit_is_refused_naming_it() -> None:
         full.check_memory()
     Admission(max_concurrent=1, queue_seconds=0, chat_bytes=40 * MIB,
               memory=lambda: Memory(used=1800 * MIB, limit=2048 * MIB)).check_memory()  # fits under 95 %
+
+
+async def test_a_full_supervisor_refuses_at_once_with_a_retry_hint_and_a_released_slot_admits_again() -> None:
+    adm = Admission(max_concurrent=1, queue_seconds=5.0, chat_bytes=0, max_waiting=0)
+    held = await adm.acquire(time_remaining=10.0)
+    with pytest.raises(ResourceExhausted, match=r"busy: 1 chats are being created and 0 wait") as err:
+        await adm.acquire(time_remaining=10.0)
+    assert err.value.retry_after is not None and err.value.retry_after > 0
+    held.release()
+    held.release()  # idempotent: a done-callback and an error path may both release
+    again = await adm.acquire(time_remaining=10.0)  # one slot, free again (not two)
+    with pytest.raises(ResourceExhausted):
+        await adm.acquire(time_remaining=10.0)
+    again.release()
+
+
+async def test_a_create_waits_no_longer_than_its_caller_can() -> None:
+    adm = Admission(max_concurrent=1, queue_seconds=5.0, chat_bytes=0)
+    held = await adm.acquire()
+    with pytest.raises(ResourceExhausted, match="busy"):
+        await adm.acquire(time_remaining=0.0)  # no time left: refused without waiting
+    held.release()
+
+
+def test_the_create_limit_follows_the_cores_a_container_may_use(tmp_path: Path) -> None:
+    import os
+
+    from services.supervisor.settings import usable_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == affinity  # no quota file: the CPUs this process may run on
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core (a Kubernetes limit of 500m)
+    assert usable_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(tmp_path) == affinity
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert usable_cores(v1) == 1

@@ -169,6 +169,32 @@ def test_a_pool_hands_out_distinct_started_monitors_and_ends_them_all(tmp_path: 
     assert w.take() is None
 
 
+async def test_concurrent_spawns_each_get_a_pre_started_monitor_and_all_are_ended_at_close(tmp_path: Path) -> None:
+    """With as many idle monitors as spawns allowed at once, concurrent spawns do not wait for a
+    replacement's interpreter start-up: each runs in one that was started before it was asked."""
+    w = procs.WarmMonitor(tmp_path, size=3)
+    w.prime()
+    runs: list[procs.Run] = []
+    refilled: list[int] = []
+    try:
+        idle = w.idle_pids()
+        assert len(set(idle)) == 3
+        runs = list(await asyncio.gather(*(asyncio.to_thread(
+            procs.spawn, tmp_path, chat, 1, ["/bin/sleep", "30"], dict(os.environ), str(tmp_path), warm=w)
+            for chat in (".chat-1", ".chat-2", ".chat-3"))))
+        assert sorted(r.monitor_pid for r in runs) == sorted(idle)
+        refilled = w.idle_pids()
+        assert len(refilled) == 3 and not set(refilled) & set(idle)
+    finally:
+        w.close()
+        for run in runs:
+            assert await procs.stop_group(run, grace=2.0) == []
+            assert run.popen is not None
+            run.popen.wait(timeout=10)
+    for pid in refilled:
+        _wait_gone(pid)
+
+
 async def test_dead_warm_monitor_falls_back_to_one_shot(tmp_path: Path, warm: procs.WarmMonitor) -> None:
     idle = _idle(warm)
     os.kill(idle, signal.SIGKILL)

@@ -93,7 +93,8 @@ def _wrap_behavior(behavior: Behavior, streams_responses: bool,
                    before: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
                    on_error: Callable[[Exception, grpc.aio.ServicerContext], Awaitable[None]]) -> Behavior:
     """`behavior` preceded by `before(request, context)` (which returns the request to pass on, or
-    raises) and with every Exception handed to `on_error` (which aborts the call)."""
+    raises) and with every Exception handed to `on_error` (which ends the call with a status; for a
+    unary response, what it returns is the call's response: None, discarded with a non-OK code)."""
     if streams_responses and inspect.isasyncgenfunction(behavior):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
@@ -112,7 +113,7 @@ def _wrap_behavior(behavior: Behavior, streams_responses: bool,
             request = await before(request, context)
             return await behavior(request, context)
         except Exception as exc:
-            await on_error(exc, context)
+            return await on_error(exc, context)
 
     return call
 
@@ -165,20 +166,35 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self.service = service
         self._warnings = RateLimit(warn_interval)
 
+    def _status(self, exc: Exception, method: str) -> tuple[grpc.StatusCode, str, tuple[tuple[str, Any], ...]]:
+        """The status for `exc`: code, message, trailing metadata (rich details, if any)."""
+        if isinstance(exc, WgsError):
+            if exc.details():  # e.g. google.rpc.BadRequest naming the field (grpc-status-details-bin)
+                return exc.code, exc.message, tuple(rpc_status.to_status(exc.to_status()).trailing_metadata)
+            return exc.code, exc.message, ()
+        if type(exc) is NotImplementedError:  # a generated servicer base method (e.g. health List)
+            return grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server", ()
+        log.exception("unhandled error in %s", method, extra=fields(method=method))
+        return grpc.StatusCode.INTERNAL, _internal_message(self.service, exc), ()
+
     async def _abort(self, exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
-        """End the call with the status for `exc` (re-raising aborts already under way)."""
+        """End a streaming call with the status for `exc` (re-raising aborts already under way)."""
         if isinstance(exc, grpc.aio.AbortError):
             raise exc
-        if isinstance(exc, WgsError):
-            details = exc.details()
-            if details:  # e.g. google.rpc.BadRequest naming the field (grpc-status-details-bin)
-                status = rpc_status.to_status(exc.to_status())
-                await context.abort(exc.code, exc.message, trailing_metadata=status.trailing_metadata)
-            await context.abort(exc.code, exc.message)
-        if type(exc) is NotImplementedError:  # a generated servicer base method (e.g. health List)
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by this server")
-        log.exception("unhandled error in %s", method, extra=fields(method=method))
-        await context.abort(grpc.StatusCode.INTERNAL, _internal_message(self.service, exc))
+        code, message, trailing = self._status(exc, method)
+        await context.abort(code, message, trailing_metadata=trailing)
+
+    def _answer(self, exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:
+        """End a unary-response call with the status for `exc` by setting it, not by raising: an
+        exception would cost a formatted traceback in the tracing interceptor per refused call, the
+        price of every RESOURCE_EXHAUSTED under overload. (grpc sends no message with a non-OK code.)"""
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc
+        code, message, trailing = self._status(exc, method)
+        if trailing:
+            context.set_trailing_metadata(trailing)
+        context.set_code(code)
+        context.set_details(message)
 
     def _admit(self, request: Any, method: str, peer: str) -> Any:
         if isinstance(request, Unparseable):
@@ -205,10 +221,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 return _checked_requests(request, lambda r: self._admit(r, method, context.peer()))
             return self._admit(request, method, context.peer())
 
-        async def on_error(exc: Exception, context: grpc.aio.ServicerContext) -> None:
-            await self._abort(exc, context, method)
+        streams = kind.endswith("_stream")
 
-        wrapped = _wrap_behavior(behavior, kind.endswith("_stream"), before, on_error)
+        async def on_error(exc: Exception, context: grpc.aio.ServicerContext) -> None:
+            if streams:
+                await self._abort(exc, context, method)
+            else:
+                self._answer(exc, context, method)
+
+        wrapped = _wrap_behavior(behavior, streams, before, on_error)
         return _rebuild(handler, wrapped, _safe_deserializer(handler.request_deserializer))
 
 

@@ -54,9 +54,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("WGS_CHAT_MEMORY_BYTES", "41943040", "Memory one live chat costs (agent + run monitor); CreateChat is "
            "RESOURCE_EXHAUSTED when it would not fit under the container's memory limit (0: no check).",
            ("supervisor",)),
-    EnvVar("WGS_MAX_CONCURRENT_CREATES", "8", "CreateChat calls spawning at once; more wait briefly or are "
-           "RESOURCE_EXHAUSTED.", ("supervisor",)),
-    EnvVar("WGS_CREATE_QUEUE_SECONDS", "2", "Longest a CreateChat waits for a spawn slot before RESOURCE_EXHAUSTED.",
+    EnvVar("WGS_MAX_CONCURRENT_CREATES", "<1 per usable core, 2-32>", "CreateChat calls spawning at once; more "
+           "wait briefly or are RESOURCE_EXHAUSTED with a retry hint.", ("supervisor",)),
+    EnvVar("WGS_CREATE_QUEUE_SECONDS", "0.2", "Longest a CreateChat waits for a spawn slot before RESOURCE_EXHAUSTED.",
            ("supervisor",)),
     EnvVar("WGS_RESTART_START_SECONDS", "1", "An agent exiting sooner than this after its start is a failed start.",
            ("supervisor",)),

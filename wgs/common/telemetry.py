@@ -9,7 +9,8 @@
 Health checks and reflection are never traced, nor are the calls that carry a reply's pieces
 (UNTRACED_CALLS: a trace of their own for every piece, dozens a second while a reply streams, grew
 the embedded trace store by 200-300 KB per second of streaming and cost the graph 1-3 ms of CPU per
-piece; see docs/performance.md, "Streaming replies"). Our own attributes live under `wgs.*`.
+piece; see docs/performance.md, "Streaming replies"). Calls refused for load (RESOURCE_EXHAUSTED)
+are exported at most one a second (ThinRefusals). Our own attributes live under `wgs.*`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanKind
@@ -103,6 +105,39 @@ class UntracedCalls(Sampler):
         return f"UntracedCalls{{{self.inner.get_description()}}}"
 
 
+REFUSED_CODE = 8  # google.rpc.Code RESOURCE_EXHAUSTED
+REFUSAL_SPAN_INTERVAL = 1.0
+
+
+class ThinRefusals(SpanProcessor):
+    """`inner`, except that server spans of calls refused for load (RESOURCE_EXHAUSTED) are passed
+    on at most once per REFUSAL_SPAN_INTERVAL. Under a storm a refusal must cost next to nothing, and
+    encoding and writing a span for each was most of what one cost (docs/performance.md, "Overload");
+    the supervisor logs how many calls it refused instead (services/supervisor/admission.py)."""
+
+    def __init__(self, inner: SpanProcessor, interval: float = REFUSAL_SPAN_INTERVAL) -> None:
+        self.inner = inner
+        self.interval = interval
+        self._last = -interval
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.inner.on_start(span, parent_context=parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.kind == SpanKind.SERVER and (span.attributes or {}).get("rpc.grpc.status_code") == REFUSED_CODE:
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return
+            self._last = now
+        self.inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
 def _otlp_configured() -> bool:
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
@@ -132,7 +167,7 @@ def setup_tracing(service: str, state_dir: Path | None, *, instrument_grpc_serve
             # OTEL_BSP_* apply as the SDK defines them; only the export delay defaults shorter than
             # the SDK's 5 s, so `wgs trace` right after a call sees it.
             delay = float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY") or 500)
-            provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay))
+            provider.add_span_processor(ThinRefusals(BatchSpanProcessor(exporter, schedule_delay_millis=delay)))
         trace.set_tracer_provider(provider)
         _provider = provider
     _instrument(instrument_grpc_server, instrument_grpc_client, instrument_httpx)
