@@ -802,13 +802,27 @@ class ChatRecords:
 
 async def watch_chat_records(records: ChatRecords, req: RS.WatchChatRecordsRequest
                              ) -> AsyncIterator[RS.WatchChatRecordsResponse]:
-    """Each change of the chat's (or any chat's) runtime, as the record after it."""
+    """Each change of the chat's (or any chat's) runtime, as the record after it (first the current
+    record(s), with include_current)."""
     if req.chat_id:
         v.chat_id(req.chat_id)
         await records.get_chat_record(RS.GetChatRecordRequest(chat_id=req.chat_id))  # NOT_FOUND first
     g = records.g
     watcher = g.fanout.watch_records(req.chat_id)
     try:
+        if req.include_current:  # read after the watcher is registered: no change falls in between
+            if req.chat_id:
+                watcher.changed[req.chat_id] = None
+            else:
+                token = ""
+                while True:
+                    page = await records.list_chat_records(RS.ListChatRecordsRequest(page_size=1000,
+                                                                                      page_token=token))
+                    for record in page.chats:
+                        yield RS.WatchChatRecordsResponse(chat=record)
+                    token = page.next_page_token
+                    if not token:
+                        break
         while True:
             if g.closing:
                 raise Unavailable("the graph service is shutting down; watch the chat records again")

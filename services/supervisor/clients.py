@@ -138,9 +138,12 @@ class GraphClient:
             RS.ListSupervisorsRequest(include_expired=include_expired), timeout=deadline()))
         return list(resp.supervisors)
 
-    async def watch_records(self, chat_id: str) -> AsyncGenerator[RS.ChatRecord, None]:
-        """Each later change of the chat's (or, with "", every chat's) record."""
-        stream = self._runtime.WatchChatRecords(RS.WatchChatRecordsRequest(chat_id=chat_id))
+    async def watch_records(self, chat_id: str, *, include_current: bool = False
+                            ) -> AsyncGenerator[RS.ChatRecord, None]:
+        """Each later change of the chat's (or, with "", every chat's) record; with include_current,
+        first the record(s) as they are once the watch is registered."""
+        stream = self._runtime.WatchChatRecords(RS.WatchChatRecordsRequest(chat_id=chat_id,
+                                                                           include_current=include_current))
         try:
             async for item in stream:
                 yield item.chat

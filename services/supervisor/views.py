@@ -25,7 +25,7 @@ from services.supervisor.live import ChatLive
 from services.supervisor.redact import Redactor
 from wgs.common import chat_states, errors, validation
 from wgs.common.timeutil import from_ts
-from wgs.v1 import chat_pb2, runtime_pb2, task_pb2
+from wgs.v1 import chat_pb2, runtime_pb2, runtime_service_pb2, task_pb2
 
 LOG_CHUNK = 64 * 1024
 
@@ -143,29 +143,30 @@ class ChatViews:
 
     async def watch_chat(self, chat_id: str) -> AsyncIterator[chat_pb2.Chat]:
         """The chat now, then each change of it as the graph records it (whoever made it: this
-        supervisor, the agent's own reports, a Reconcile, another replica). "" watches every chat."""
+        supervisor, the agent's own reports, a Reconcile, another replica). "" watches every chat.
+
+        The snapshot is the graph's first answer on the watch itself (include_current): read after
+        the watch is registered there, so a change made between the two is never missed."""
         if chat_id:
             validation.chat_id(chat_id)
-        changes = self.graph.watch_records(chat_id)
-        first = asyncio.ensure_future(anext(changes))  # subscribed before the snapshot: nothing is missed
+        changes = self.graph.watch_records(chat_id, include_current=True)
         try:
             if chat_id:
-                yield await self.get_chat(chat_id)
-            else:
-                async for rec in self.graph.all_records():
-                    yield self.view(rec.task, rec.runtime)
-            rec = await first
-            while True:
-                yield self.view(rec.task, rec.runtime)
                 rec = await anext(changes)
+                yield await self._with_live_tail(rec)
+            async for rec in changes:
+                yield self.view(rec.task, rec.runtime)
         finally:
-            # `first` runs `changes` in a task of its own: let it end before closing the generator
-            # (closing it while it runs raises "aclose(): asynchronous generator is already running").
-            first.cancel()
-            await asyncio.wait({first})
-            if not first.cancelled():
-                first.exception()  # retrieved: a graph error after the watcher left concerns nobody
             await changes.aclose()
+
+    async def _with_live_tail(self, rec: runtime_service_pb2.ChatRecord) -> chat_pb2.Chat:
+        """The chat of a record, with the live run's stderr tail if this supervisor holds that run."""
+        live = self._held(rec.task.id)
+        handle = live.run if live is not None else None
+        tail = None
+        if handle is not None and run_is_live(rec.runtime) and rec.runtime.current_run.number == handle.number:
+            tail = await asyncio.to_thread(self.backend.tail, handle)
+        return self.view(rec.task, rec.runtime, live_tail=tail)
 
     async def list_messages(self, req: chat_pb2.ListChatMessagesRequest) -> chat_pb2.ListChatMessagesResponse:
         validation.chat_id(req.chat_id)

@@ -472,3 +472,48 @@ async def test_a_watch_of_every_chat_reads_chats_changed_together_in_one_read(
     assert got[0].chat.runtime.current_run.exit_code == 1
     assert reads[-1] == [chats[1], chats[2]]
     await stream.aclose()
+
+
+async def test_a_watch_with_include_current_starts_with_the_record_read_after_it_is_registered(
+        records: ChatRecords, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WatchChat's snapshot comes from the watch itself: a change made right after the watch is
+    registered is streamed after the snapshot, never lost between a separate read and the watch (a
+    lost replica's chat restarted at that moment stayed STARTING in `wgs chat show --watch`)."""
+    from services.graph.records import watch_chat_records
+
+    chat = (await records.create_chat_task(chat_req())).task.id
+    other = (await records.create_chat_task(chat_req())).task.id
+    # With nothing changing, the current record comes at once.
+    quiet = watch_chat_records(records, rs.WatchChatRecordsRequest(chat_id=other, include_current=True))
+    now = (await asyncio.wait_for(anext(quiet), 10)).chat
+    assert (now.task.id, now.runtime.state) == (other, R.RUNTIME_STATE_STARTING)
+    await quiet.aclose()
+    real_watch = records.g.fanout.watch_records
+
+    def watch_then_change(chat_id: str):  # type: ignore[no-untyped-def]
+        watcher = real_watch(chat_id)
+        # The change races the snapshot: made the moment the watcher is registered, before any read.
+        asyncio.get_running_loop().create_task(records.record_run_started(
+            rs.RecordRunStartedRequest(chat_id=chat, run=run(1), supervisor_id="sup-a")))
+        return watcher
+
+    monkeypatch.setattr(records.g.fanout, "watch_records", watch_then_change)
+    stream = watch_chat_records(records, rs.WatchChatRecordsRequest(chat_id=chat, include_current=True))
+    seen = [(await anext(stream)).chat.runtime.state]
+    while seen[-1] != R.RUNTIME_STATE_RUNNING:  # the snapshot (either state), then the change if it came later
+        seen.append((await asyncio.wait_for(anext(stream), 10)).chat.runtime.state)
+    assert seen in ([R.RUNTIME_STATE_STARTING, R.RUNTIME_STATE_RUNNING], [R.RUNTIME_STATE_RUNNING])
+    await stream.aclose()
+    monkeypatch.undo()
+
+    # Every chat: first each chat as it is (the default selection of ListChatRecords), then changes.
+    every = watch_chat_records(records, rs.WatchChatRecordsRequest(include_current=True))
+    firsts = [(await anext(every)).chat for _ in range(2)]
+    assert [(c.task.id, c.runtime.state) for c in firsts] == [
+        (chat, R.RUNTIME_STATE_RUNNING), (other, R.RUNTIME_STATE_STARTING)]
+    await records.transition_chat(rs.TransitionChatRequest(chat_id=other, supervisor_id="sup-a",
+                                                           from_state=R.RUNTIME_STATE_STARTING,
+                                                           to_state=R.RUNTIME_STATE_STOPPED))
+    nxt = (await asyncio.wait_for(anext(every), 10)).chat
+    assert (nxt.task.id, nxt.runtime.state) == (other, R.RUNTIME_STATE_STOPPED)
+    await every.aclose()

@@ -299,10 +299,12 @@ class ListSupervisorsResponse(_message.Message):
     def __init__(self, supervisors: _Optional[_Iterable[_Union[SupervisorInfo, _Mapping]]] = ...) -> None: ...
 
 class WatchChatRecordsRequest(_message.Message):
-    __slots__ = ("chat_id",)
+    __slots__ = ("chat_id", "include_current")
     CHAT_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CURRENT_FIELD_NUMBER: _ClassVar[int]
     chat_id: str
-    def __init__(self, chat_id: _Optional[str] = ...) -> None: ...
+    include_current: bool
+    def __init__(self, chat_id: _Optional[str] = ..., include_current: _Optional[bool] = ...) -> None: ...
 
 class WatchChatRecordsResponse(_message.Message):
     __slots__ = ("chat",)

@@ -176,8 +176,10 @@ class RuntimeServiceServicer:
     def WatchChatRecords(self, request, context):
         """Streams a chat's record (or every chat's) each time its runtime changes:
         a run started or ended, a transition, an agent report, a claim, a
-        Reconcile reset. Nothing is sent for changes before the call; read the
-        record first. Ends with UNAVAILABLE when the graph shuts down.
+        Reconcile reset. Nothing is sent for changes before the call: ask for
+        include_current to start with the record as it is (reading it separately
+        races with the first change). Ends with UNAVAILABLE when the graph shuts
+        down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -76,8 +76,10 @@ class RuntimeServiceStub:
     WatchChatRecords: _grpc.UnaryStreamMultiCallable[_runtime_service_pb2.WatchChatRecordsRequest, _runtime_service_pb2.WatchChatRecordsResponse]
     """Streams a chat's record (or every chat's) each time its runtime changes:
     a run started or ended, a transition, an agent report, a claim, a
-    Reconcile reset. Nothing is sent for changes before the call; read the
-    record first. Ends with UNAVAILABLE when the graph shuts down.
+    Reconcile reset. Nothing is sent for changes before the call: ask for
+    include_current to start with the record as it is (reading it separately
+    races with the first change). Ends with UNAVAILABLE when the graph shuts
+    down.
     """
 
 @_typing.type_check_only
@@ -128,8 +130,10 @@ class RuntimeServiceAsyncStub(RuntimeServiceStub):
     WatchChatRecords: _aio.UnaryStreamMultiCallable[_runtime_service_pb2.WatchChatRecordsRequest, _runtime_service_pb2.WatchChatRecordsResponse]  # type: ignore[assignment]
     """Streams a chat's record (or every chat's) each time its runtime changes:
     a run started or ended, a transition, an agent report, a claim, a
-    Reconcile reset. Nothing is sent for changes before the call; read the
-    record first. Ends with UNAVAILABLE when the graph shuts down.
+    Reconcile reset. Nothing is sent for changes before the call: ask for
+    include_current to start with the record as it is (reading it separately
+    races with the first change). Ends with UNAVAILABLE when the graph shuts
+    down.
     """
 
 class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -237,8 +241,10 @@ class RuntimeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_runtime_service_pb2.WatchChatRecordsResponse], _abc.AsyncIterator[_runtime_service_pb2.WatchChatRecordsResponse]]:
         """Streams a chat's record (or every chat's) each time its runtime changes:
         a run started or ended, a transition, an agent report, a claim, a
-        Reconcile reset. Nothing is sent for changes before the call; read the
-        record first. Ends with UNAVAILABLE when the graph shuts down.
+        Reconcile reset. Nothing is sent for changes before the call: ask for
+        include_current to start with the record as it is (reading it separately
+        races with the first change). Ends with UNAVAILABLE when the graph shuts
+        down.
         """
 
 def add_RuntimeServiceServicer_to_server(servicer: RuntimeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
