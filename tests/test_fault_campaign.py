@@ -346,8 +346,11 @@ def explain(camp: Campaign, chat: Chat, got: chat_pb2.Chat) -> list[str]:
         if before is not None and kind == "monitor_killed":
             # Not the agent's fault: not counted; the record says the monitor died and its agent was ended.
             # (SIGKILL when the monitor was this supervisor's child; unknown after an adoption)
+            # The agent ended before the restart (proven below); if the supervisor that ended it was
+            # killed before recording it, its successor finds nothing of the run left and says that.
             need(before.end == R.RUN_END_UNKNOWN and "run monitor" in before.error and "died" in before.error
-                 and f"pid {pid} ended before restart" in before.error,
+                 and (f"pid {pid} ended before restart" in before.error
+                      or f"no process of run {killed} was left" in before.error),
                  f"run {killed} says {R.RunEnd.Name(before.end)}: {before.error!r}")
             need(rt.restart_count == 0, f"restart_count {rt.restart_count} for a killed monitor")
         elif before is not None:

@@ -303,6 +303,10 @@ class Ownership:
                              f"the chat now runs on supervisor {self.me}")
             if leftovers:
                 notes.append(f"{describe_leftovers(leftovers)} before restart")
+            elif info is not None and info.unknown and not lost_owner:
+                # Its monitor died without a record (as a live supervisor says it, see Lifecycle):
+                # what lives of the run was checked — nothing (a supervisor killed after ending it).
+                notes.append(f"no process of run {cur.number} was left")
             if info is None or (info.unknown and lost_owner):  # its monitor was not ours to know
                 info = ExitInfo(None, None, self.clock.now(), error="exit status unknown", unknown=True)
             adopt_log.info("%s run %d ended while its supervisor was away: %s%s", task.id, cur.number,
