@@ -433,8 +433,10 @@ def run_campaign(seed: int, state: Path, tmp: Path, env: dict[str, str], endpoin
         assert not camp.failures, f"seed {seed}: {camp.failures}"
 
         # Both stack faults were repaired by the keeper, on the same addresses.
-        record = wait_record(state, lambda r: all(s["state"] == "serving" for s in r["services"].values()),
-                             "every service serving again")
+        # (the supervisor may have been killed a moment ago: wait until the keeper has restarted it)
+        record = wait_record(state, lambda r: all(s["state"] == "serving" for s in r["services"].values())
+                             and r["services"]["supervisor"]["restarts"] >= 1
+                             and r["services"]["graph"]["restarts"] >= 1, "every service restarted and serving")
         assert record["services"]["supervisor"]["restarts"] == 1 and record["services"]["graph"]["restarts"] == 1
         assert record["services"]["supervisor"]["address"] == address
 
