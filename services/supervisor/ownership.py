@@ -42,6 +42,7 @@ from wgs.v1 import runtime_pb2, runtime_service_pb2, task_pb2
 log = logging.getLogger("wgs.supervisor.ownership")
 adopt_log = logging.getLogger("wgs.supervisor")
 RS = runtime_service_pb2
+TAKEOVER_CONCURRENCY = 8  # chats of lost replicas claimed and adopted at once by one survivor
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class Ownership:
         self.chats = chats
         self._timer: Timer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._takeover: asyncio.Future[int] | None = None
         self._closed = False
         self.last_renewal: float | None = None  # wall-clock time of the last successful renewal
 
@@ -142,37 +144,53 @@ class Ownership:
         return True
 
     async def take_over_orphans(self) -> int:
-        """Claim live chats whose owner's lease expired; returns how many were taken over."""
-        taken = 0
+        """Claim live chats whose owner's lease expired and adopt them, up to TAKEOVER_CONCURRENCY at a
+        time (a lost replica's hundred chats are running again in seconds, not one after another);
+        returns how many were taken over."""
         try:
             records = [r async for r in self.graph.all_records(lease_expired=True)]
         except errors.WgsError as exc:
             log.warning("failover scan failed: %s", exc.message)
             return 0
         random.shuffle(records)  # survivors scanning at once spread the chats between them
-        for rec in records:
-            if rec.runtime.supervisor_id == self.me or rec.task.status != task_pb2.TASK_STATUS_IN_PROGRESS:
-                continue
-            if rec.runtime.state not in (chat_states.STARTING, chat_states.RUNNING, chat_states.BACKOFF):
-                continue
-            if self.chats.capacity().free <= 0:
-                log.warning("failover: no capacity left for more chats of lost supervisors")
-                break
-            try:
-                claimed = await self.claim(rec.task.id)
-            except errors.FailedPrecondition:
-                continue  # another survivor was faster, or the owner came back
-            except errors.WgsError as exc:
-                log.warning("failover: could not claim %s: %s", rec.task.id, exc.message)
-                continue
-            taken += 1
-            log.warning("failover: took over %s from lost supervisor %r", rec.task.id, claimed.previous_supervisor_id,
-                        extra=fields(chat_id=rec.task.id, previous_supervisor_id=claimed.previous_supervisor_id))
-            try:
-                await self.adopt_claimed(claimed)
-            except errors.WgsError as exc:
-                log.error("failover: could not adopt %s: %s", rec.task.id, exc.message,
-                          extra=fields(chat_id=rec.task.id))
+        orphans = [rec for rec in records
+                   if rec.runtime.supervisor_id != self.me and rec.task.status == task_pb2.TASK_STATUS_IN_PROGRESS
+                   and rec.runtime.state in (chat_states.STARTING, chat_states.RUNNING, chat_states.BACKOFF)]
+        slots = asyncio.Semaphore(TAKEOVER_CONCURRENCY)
+        taking = 0  # claimed here, not yet counted by capacity()
+        taken = 0
+        full = False
+
+        async def take(rec: RS.ChatRecord) -> None:
+            nonlocal taking, taken, full
+            async with slots:
+                if full or self.chats.capacity().free - taking <= 0:
+                    if not full:
+                        log.warning("failover: no capacity left for more chats of lost supervisors")
+                    full = True
+                    return
+                taking += 1
+                try:
+                    try:
+                        claimed = await self.claim(rec.task.id)
+                    except errors.FailedPrecondition:
+                        return  # another survivor was faster, or the owner came back
+                    except errors.WgsError as exc:
+                        log.warning("failover: could not claim %s: %s", rec.task.id, exc.message)
+                        return
+                    taken += 1
+                    log.warning("failover: took over %s from lost supervisor %r", rec.task.id,
+                                claimed.previous_supervisor_id,
+                                extra=fields(chat_id=rec.task.id, previous_supervisor_id=claimed.previous_supervisor_id))
+                    try:
+                        await self.adopt_claimed(claimed)
+                    except errors.WgsError as exc:
+                        log.error("failover: could not adopt %s: %s", rec.task.id, exc.message,
+                                  extra=fields(chat_id=rec.task.id))
+                finally:
+                    taking -= 1
+
+        await asyncio.gather(*(take(rec) for rec in orphans))
         return taken
 
     @property
@@ -202,21 +220,23 @@ class Ownership:
 
     async def _round(self) -> None:
         try:
-            if await self.renew():
-                await self.take_over_orphans()
+            renewed = await self.renew()
         finally:
-            self._schedule()
+            self._schedule()  # the next renewal never waits for a takeover (it would fence our own runs)
+        if renewed and (self._takeover is None or self._takeover.done()):
+            self._takeover = asyncio.ensure_future(self.take_over_orphans())
 
     async def close(self) -> None:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in (self._task, self._takeover):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
 
     # -- lost chats, takeover, adoption --------------------------------------------------------
 

@@ -312,9 +312,10 @@ class World:
     async def settle(self) -> None:
         for life in self.lifecycles:
             await life.settle()
-            task = life.owner._task
-            if task is not None and not task.done():
-                await asyncio.gather(task, return_exceptions=True)
+            for which in ("_task", "_takeover"):  # a renewal round, then the takeover it began
+                task = getattr(life.owner, which)
+                if task is not None and not task.done():
+                    await asyncio.gather(task, return_exceptions=True)
         for _ in range(3):
             await asyncio.sleep(0)
         for life in self.lifecycles:

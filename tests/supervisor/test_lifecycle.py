@@ -397,6 +397,65 @@ async def test_a_lost_supervisors_chats_are_taken_over_and_explained(world: Worl
     assert "now runs on supervisor sup-a" in first.error and rt.restart_count == 0
 
 
+async def test_a_lost_supervisors_many_chats_are_taken_over_several_at_a_time(
+        world: World, sup: Lifecycle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A survivor adopts a lost replica's chats several at once: one after another, a hundred chats
+    took most of a minute (seen in benchmarks/replicas.py)."""
+    from services.supervisor.ownership import TAKEOVER_CONCURRENCY
+
+    other_backend = type(world.backend)(world.tmp, hostname="other-host", now=world.clock.now)
+    b = world.supervisor("sup-b", backend=other_backend)
+    await b.start()
+    chats = [await create(b) for _ in range(TAKEOVER_CONCURRENCY * 2 + 1)]
+    await b.close()
+    real = sup.owner.adopt_claimed
+    active = peak = 0
+
+    async def adopt(claimed: rs.ClaimChatResponse) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        for _ in range(5):  # let the others in, as a real adoption's round trips would
+            await asyncio.sleep(0)
+        try:
+            await real(claimed)
+        finally:
+            active -= 1
+
+    monkeypatch.setattr(sup.owner, "adopt_claimed", adopt)
+    await world.clock.advance(31)
+    await world.clock.advance(10)
+    assert peak == TAKEOVER_CONCURRENCY
+    for chat in chats:
+        rt = (await record(world, chat.id)).runtime
+        assert rt.supervisor_id == "sup-a" and rt.state == R.RUNTIME_STATE_RUNNING and rt.current_run.number == 2
+
+
+async def test_lease_renewals_go_on_while_a_takeover_is_slow(
+        world: World, sup: Lifecycle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A takeover that takes longer than the lease must not hold up this replica's own renewals: its
+    runs would fence themselves (the renewal was scheduled only after the takeover ended)."""
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow_takeover() -> int:
+        started.set()
+        await release.wait()
+        return 0
+
+    monkeypatch.setattr(sup.owner, "take_over_orphans", slow_takeover)
+    await sup.owner._round()
+    await started.wait()
+    takeover = sup.owner._takeover
+    renewed = len(world.backend.deadlines)
+    for _ in range(3):  # three renewal periods while the takeover is still running
+        await asyncio.wait_for(sup.owner._round(), 10)
+    assert len(world.backend.deadlines) == renewed + 3  # each renewed and moved the fencing deadline
+    assert sup.owner._takeover is takeover and not takeover.done()  # one takeover at a time
+    release.set()
+    assert await takeover == 0
+
+
 # -- views ---------------------------------------------------------------------------------------
 
 
