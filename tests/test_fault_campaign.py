@@ -336,8 +336,11 @@ def explain(camp: Campaign, chat: Chat, got: chat_pb2.Chat) -> list[str]:
     elif kind in ACTED:
         killed = chat.acted.get("run")
         before = next((r for r in rt.previous_runs if r.number == killed), None)
-        need(running and run.number == killed + 1 if killed else False,
-             f"{state}, run {run.number} after the kill of run {killed}")
+        # The next run, or a later one: a restart whose start got no answer from the graph (it was
+        # stopped for a moment) is ended and recorded as such, and the chat starts again.
+        later = [r for r in rt.previous_runs if killed and r.number > killed]
+        need(running and run.number > killed and all(r.end == R.RUN_END_STOPPED for r in later) if killed else False,
+             f"{state}, run {run.number} after the kill of run {killed}; between: {[explain_run(r) for r in later]}")
         need(before is not None, f"run {killed} is not in previous_runs")
         pid, ticks = chat.acted.get("agent", (0, 0))
         need(not procfs.is_alive(pid, ticks), f"the agent of run {killed} (pid {pid}) still lives")

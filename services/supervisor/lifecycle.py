@@ -279,11 +279,15 @@ class Lifecycle:
             # The run must not live unrecorded: end it, and try the start again later.
             log.error("could not record run %d of %s (%s); ending it", number, live.chat_id, exc.message,
                       extra=fields(chat_id=live.chat_id, run=number))
-            handle.stop_reason = "its start could not be recorded"
+            handle.stop_reason = (f"its start could not be confirmed with the graph ({exc.message}); it was ended "
+                                  "so that no agent runs unrecorded, and the chat was started again")
             handle.recorded = True
             live.run = None
             await self.backend.stop(handle, self.s.stop_grace)
-            if live.state == chat_states.STARTING and not isinstance(exc, errors.FailedPrecondition):
+            refused = isinstance(exc, (errors.FailedPrecondition, errors.InvalidArgument, errors.NotFound))
+            if not refused:  # no answer: the graph may have written the start (settled by _restart_due)
+                live.unconfirmed = handle
+            if live.state == chat_states.STARTING and not refused:
                 self._schedule_start(live, self.s.policy.initial_backoff)
             raise
         return task, runtime
@@ -474,6 +478,8 @@ class Lifecycle:
                 rec = await self._read(live)
                 if rec.runtime.supervisor_id != self.me:
                     return
+                if live.unconfirmed is not None:
+                    rec.runtime.CopyFrom(await self._settle_unconfirmed(live, rec.runtime))
                 if rec.runtime.state not in (chat_states.BACKOFF, chat_states.STARTING):
                     return
                 if views.is_deleted(rec.task) or views.is_archived(rec.task):
@@ -484,6 +490,38 @@ class Lifecycle:
                 log.error("restart of %s failed: %s", chat_id, exc.message, extra=fields(chat_id=chat_id))
                 # Try again later rather than leaving the chat waiting forever.
                 self._schedule_start(live, self.s.policy.max_backoff)
+
+    async def _settle_unconfirmed(self, live: ChatLive, runtime: runtime_pb2.ChatRuntime) -> runtime_pb2.ChatRuntime:
+        """The graph did not answer when run N's start was recorded, so the run was ended: if the graph
+        wrote the start all the same, it shows run N RUNNING with an agent that is gone. Record that
+        run's end (stopped, with why) so the chat moves on to a new run, instead of showing a dead
+        agent as live forever (lock held). Returns the runtime as it is now."""
+        handle = live.unconfirmed
+        assert handle is not None
+        current = runtime.current_run
+        if not (runtime.state == chat_states.RUNNING and current.number == handle.number
+                and current.pid == handle.pid and current.process_start_ticks == handle.start_ticks):
+            live.unconfirmed = None  # the start was not written: nothing shows the ended run as live
+            return runtime
+        info = handle.exit
+        if info is None:  # stop_run waits for the end; its report may not have reached the handle yet
+            try:
+                await asyncio.wait_for(handle.ended.wait(), self.s.stop_grace + 5)
+            except TimeoutError:
+                pass
+            info = handle.exit or ExitInfo(exit_code=None, signal=None, exited_at=self.clock.now(),
+                                           error="the end of the run was not observed", unknown=True)
+        now = self.clock.now()
+        item = RS.RunExit(chat_id=live.chat_id, state=chat_states.BACKOFF,
+                          run=self.runs.ended_run(handle, info, live.redactor, end=R.RUN_END_STOPPED,
+                                                  detail=handle.stop_reason),
+                          restart_count=live.history.restart_count)
+        item.next_restart_at.FromDatetime(now)
+        log.warning("%s run %d: the graph had recorded its start after all; recording its end (%s)",
+                    live.chat_id, handle.number, handle.stop_reason, extra=fields(chat_id=live.chat_id, run=handle.number))
+        _, runtime = await self.change_state(live, chat_states.BACKOFF, RunEnded(item))
+        live.unconfirmed = None
+        return runtime
 
     # ---------------------------------------------------------------------------- commands
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from services.supervisor.lifecycle import Lifecycle
 from services.supervisor.live import Transition
 from tests.supervisor.inprocess import World, make_world
 from wgs.common import chat_states
-from wgs.common.errors import FailedPrecondition, InvalidArgument
+from wgs.common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from wgs.v1 import chat_pb2, graph_pb2, plan_pb2, runtime_pb2, task_pb2
 from wgs.v1 import runtime_service_pb2 as rs
 
@@ -244,6 +244,59 @@ async def test_a_run_ended_by_fencing_restarts_at_once_and_is_not_counted(world:
     rt = (await record(world, chat.id)).runtime
     assert rt.state == R.RUNTIME_STATE_RUNNING and rt.restart_count == 0
     assert runs(rt)[1].end == R.RUN_END_FENCED
+
+
+class _LostReply:
+    """The graph's RuntimeService as a supervisor sees it when a RecordRunStarted reply is lost once
+    (the graph restarting, a deadline): the write happened (`written`) or not, the caller cannot tell."""
+
+    def __init__(self, runtime: object, written: bool) -> None:
+        self._runtime, self.written, self.armed = runtime, written, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._runtime, name)
+
+    def RecordRunStarted(self, req: rs.RecordRunStartedRequest, timeout: float | None = None,
+                         metadata: object = None) -> Awaitable[rs.RecordRunStartedResponse]:
+        return self._record(req, timeout)
+
+    async def _record(self, req: rs.RecordRunStartedRequest, deadline: float | None) -> rs.RecordRunStartedResponse:
+        if not self.armed:
+            return await self._runtime.RecordRunStarted(req, timeout=deadline)  # type: ignore[attr-defined, no-any-return]
+        self.armed = False
+        if self.written:
+            await self._runtime.RecordRunStarted(req, timeout=deadline)  # type: ignore[attr-defined]
+        raise Unavailable("graph RecordRunStarted: the connection was lost before the reply")
+
+
+@pytest.mark.parametrize("written", [True, False], ids=["written", "not-written"])
+async def test_a_restart_whose_start_reply_is_lost_ends_that_run_and_never_shows_it_live(
+        world: World, sup: Lifecycle, written: bool) -> None:
+    """A run whose start got no answer is ended (it must not live unrecorded). If the graph wrote the
+    start all the same, the chat must not show that dead agent RUNNING for ever: its end is recorded
+    with why, and the chat goes on to a new run. (A fault campaign found chat show saying RUNNING with
+    a pid that had been ended, after a graph restart.)"""
+    chat = await create(sup)
+    lossy = _LostReply(sup.graph._runtime, written)
+    sup.graph._runtime = lossy  # type: ignore[assignment]
+    lossy.armed = True
+    world.backend.exit(chat.id, 1, sig=9)  # the agent is killed: a restart is due
+    await world.settle()
+    await world.clock.advance(sup.s.policy.max_backoff)  # the restart; its start's reply is lost
+    assert not lossy.armed
+    await world.clock.advance(sup.s.policy.max_backoff)  # the start is tried again
+    rt = (await record(world, chat.id)).runtime
+    shown = runs(rt)
+    live = world.backend.live(chat.id)
+    assert rt.state == R.RUNTIME_STATE_RUNNING and live == [rt.current_run.number], (rt, live)
+    assert rt.current_run.pid == world.backend.runs[(chat.id, rt.current_run.number)].handle.pid
+    assert rt.restart_count == 1  # the kill counts; the lost reply is not the agent's fault
+    if written:  # run 2 was shown RUNNING by the graph: its end is recorded, run 3 runs
+        assert rt.current_run.number == 3
+        assert shown[2].end == R.RUN_END_STOPPED and "could not be confirmed with the graph" in shown[2].end_detail
+        assert "connection was lost" in shown[2].end_detail
+    else:  # nothing was written: run 2 is simply started again
+        assert rt.current_run.number == 2 and sorted(shown) == [1, 2]
 
 
 # -- stops ---------------------------------------------------------------------------------------
