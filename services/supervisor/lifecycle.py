@@ -284,12 +284,13 @@ class Lifecycle:
             handle.recorded = True
             live.run = None
             await self.backend.stop(handle, self.s.stop_grace)
-            refused = isinstance(exc, (errors.FailedPrecondition, errors.InvalidArgument, errors.NotFound))
-            if not refused:  # no answer: the graph may have written the start (settled by _restart_due)
-                live.unconfirmed = handle
-            if live.state == chat_states.STARTING and not refused:
+            # The graph may show this run RUNNING all the same (a write that lands after the deadline):
+            # the next attempt reads the record and settles it (_settle_unconfirmed).
+            live.unconfirmed = [*live.unconfirmed[-7:], handle]
+            if live.state == chat_states.STARTING and not isinstance(exc, (errors.InvalidArgument, errors.NotFound)):
                 self._schedule_start(live, self.s.policy.initial_backoff)
             raise
+        live.unconfirmed = []  # a start is recorded: an earlier attempt's late write can no longer land
         return task, runtime
 
     async def _spawn_failed(self, live: ChatLive, number: int, shown: plan_pb2.SpawnPlan, message: str,
@@ -478,7 +479,7 @@ class Lifecycle:
                 rec = await self._read(live)
                 if rec.runtime.supervisor_id != self.me:
                     return
-                if live.unconfirmed is not None:
+                if live.unconfirmed:
                     rec.runtime.CopyFrom(await self._settle_unconfirmed(live, rec.runtime))
                 if rec.runtime.state not in (chat_states.BACKOFF, chat_states.STARTING):
                     return
@@ -492,17 +493,15 @@ class Lifecycle:
                 self._schedule_start(live, self.s.policy.max_backoff)
 
     async def _settle_unconfirmed(self, live: ChatLive, runtime: runtime_pb2.ChatRuntime) -> runtime_pb2.ChatRuntime:
-        """The graph did not answer when run N's start was recorded, so the run was ended: if the graph
-        wrote the start all the same, it shows run N RUNNING with an agent that is gone. Record that
-        run's end (stopped, with why) so the chat moves on to a new run, instead of showing a dead
-        agent as live forever (lock held). Returns the runtime as it is now."""
-        handle = live.unconfirmed
-        assert handle is not None
+        """Recording a run's start failed, so the run was ended: if the graph wrote the start all the
+        same, it shows that run RUNNING with an agent that is gone. Record that run's end (stopped,
+        with why) so the chat moves on to a new run instead of showing a dead agent as live for ever
+        (lock held). Returns the runtime as it is now."""
         current = runtime.current_run
-        if not (runtime.state == chat_states.RUNNING and current.number == handle.number
-                and current.pid == handle.pid and current.process_start_ticks == handle.start_ticks):
-            live.unconfirmed = None  # the start was not written: nothing shows the ended run as live
-            return runtime
+        handle = next((h for h in live.unconfirmed if h.number == current.number and h.pid == current.pid
+                       and h.start_ticks == current.process_start_ticks), None)
+        if runtime.state != chat_states.RUNNING or handle is None:
+            return runtime  # not written (yet): nothing shows an ended run as live
         info = handle.exit
         if info is None:  # stop_run waits for the end; its report may not have reached the handle yet
             try:
@@ -520,7 +519,7 @@ class Lifecycle:
         log.warning("%s run %d: the graph had recorded its start after all; recording its end (%s)",
                     live.chat_id, handle.number, handle.stop_reason, extra=fields(chat_id=live.chat_id, run=handle.number))
         _, runtime = await self.change_state(live, chat_states.BACKOFF, RunEnded(item))
-        live.unconfirmed = None
+        live.unconfirmed.remove(handle)
         return runtime
 
     # ---------------------------------------------------------------------------- commands

@@ -65,9 +65,10 @@ class ChatLive:
     redactor: Redactor = field(default_factory=Redactor)
     create_span: SpanContext | None = None  # the creating call, for links from later spans
     lost: bool = False  # taken over by another supervisor: never act on it again
-    # A run ended because recording its start got no answer (the graph restarting, a deadline): the
-    # graph may have written it all the same, and then shows it RUNNING until its end is recorded.
-    unconfirmed: RunHandle | None = None
+    # Runs ended because recording their start failed (no answer: the graph restarting, a deadline):
+    # the graph may have written one all the same, even after the caller gave up, and then shows it
+    # RUNNING until its end is recorded. Cleared once a start is recorded.
+    unconfirmed: list[RunHandle] = field(default_factory=list)
 
     def cancel_timer(self) -> None:
         if self.timer is not None:

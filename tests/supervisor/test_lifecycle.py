@@ -247,11 +247,14 @@ async def test_a_run_ended_by_fencing_restarts_at_once_and_is_not_counted(world:
 
 
 class _LostReply:
-    """The graph's RuntimeService as a supervisor sees it when a RecordRunStarted reply is lost once
-    (the graph restarting, a deadline): the write happened (`written`) or not, the caller cannot tell."""
+    """The graph's RuntimeService as a supervisor sees it when one RecordRunStarted reply is lost (the
+    graph restarting, a deadline); the caller cannot tell whether the write happened. `when`: the
+    write happened before the reply was lost ("written"), never ("not-written"), or lands late, just
+    before the next RecordRunStarted reaches the graph ("late": a handler that outlived its deadline)."""
 
-    def __init__(self, runtime: object, written: bool) -> None:
-        self._runtime, self.written, self.armed = runtime, written, False
+    def __init__(self, runtime: object, when: str) -> None:
+        self._runtime, self.when, self.armed = runtime, when, False
+        self._late: rs.RecordRunStartedRequest | None = None
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._runtime, name)
@@ -261,42 +264,48 @@ class _LostReply:
         return self._record(req, timeout)
 
     async def _record(self, req: rs.RecordRunStartedRequest, deadline: float | None) -> rs.RecordRunStartedResponse:
+        real = self._runtime.RecordRunStarted  # type: ignore[attr-defined]
+        if self._late is not None:
+            late, self._late = self._late, None
+            await real(late, timeout=deadline)
         if not self.armed:
-            return await self._runtime.RecordRunStarted(req, timeout=deadline)  # type: ignore[attr-defined, no-any-return]
+            return await real(req, timeout=deadline)  # type: ignore[no-any-return]
         self.armed = False
-        if self.written:
-            await self._runtime.RecordRunStarted(req, timeout=deadline)  # type: ignore[attr-defined]
+        if self.when == "written":
+            await real(req, timeout=deadline)
+        elif self.when == "late":
+            self._late = req
         raise Unavailable("graph RecordRunStarted: the connection was lost before the reply")
 
 
-@pytest.mark.parametrize("written", [True, False], ids=["written", "not-written"])
+@pytest.mark.parametrize("when", ["written", "not-written", "late"])
 async def test_a_restart_whose_start_reply_is_lost_ends_that_run_and_never_shows_it_live(
-        world: World, sup: Lifecycle, written: bool) -> None:
+        world: World, sup: Lifecycle, when: str) -> None:
     """A run whose start got no answer is ended (it must not live unrecorded). If the graph wrote the
-    start all the same, the chat must not show that dead agent RUNNING for ever: its end is recorded
-    with why, and the chat goes on to a new run. (A fault campaign found chat show saying RUNNING with
-    a pid that had been ended, after a graph restart.)"""
+    start all the same — at once or late — the chat must not show that dead agent RUNNING for ever:
+    its end is recorded with why, and the chat goes on to a new run. (A fault campaign found chat
+    show saying RUNNING with a pid that had been ended, after a graph restart.)"""
     chat = await create(sup)
-    lossy = _LostReply(sup.graph._runtime, written)
+    lossy = _LostReply(sup.graph._runtime, when)
     sup.graph._runtime = lossy  # type: ignore[assignment]
     lossy.armed = True
     world.backend.exit(chat.id, 1, sig=9)  # the agent is killed: a restart is due
     await world.settle()
-    await world.clock.advance(sup.s.policy.max_backoff)  # the restart; its start's reply is lost
+    for _ in range(3):  # the restart whose reply is lost, the next try, (late: the one after)
+        await world.clock.advance(sup.s.policy.max_backoff)
     assert not lossy.armed
-    await world.clock.advance(sup.s.policy.max_backoff)  # the start is tried again
     rt = (await record(world, chat.id)).runtime
     shown = runs(rt)
     live = world.backend.live(chat.id)
     assert rt.state == R.RUNTIME_STATE_RUNNING and live == [rt.current_run.number], (rt, live)
     assert rt.current_run.pid == world.backend.runs[(chat.id, rt.current_run.number)].handle.pid
     assert rt.restart_count == 1  # the kill counts; the lost reply is not the agent's fault
-    if written:  # run 2 was shown RUNNING by the graph: its end is recorded, run 3 runs
-        assert rt.current_run.number == 3
-        assert shown[2].end == R.RUN_END_STOPPED and "could not be confirmed with the graph" in shown[2].end_detail
-        assert "connection was lost" in shown[2].end_detail
-    else:  # nothing was written: run 2 is simply started again
+    if when == "not-written":  # nothing was written: run 2 is simply started again
         assert rt.current_run.number == 2 and sorted(shown) == [1, 2]
+    else:  # the graph showed run 2 RUNNING: its end is recorded, with why, and run 3 runs
+        assert rt.current_run.number == 3 and sorted(shown) == [1, 2, 3]
+        assert shown[2].end == R.RUN_END_STOPPED and "could not be confirmed with the graph" in shown[2].end_detail
+        assert not any(r.alive and r.handle.pid == shown[2].pid for r in world.backend.runs.values())
 
 
 # -- stops ---------------------------------------------------------------------------------------
