@@ -23,7 +23,7 @@ from services.supervisor.clients import GraphClient
 from services.supervisor.clock import Clock
 from services.supervisor.live import ChatLive
 from services.supervisor.redact import Redactor
-from wgs.common import chat_states, errors, validation
+from wgs.common import chat_states, errors, paths, validation
 from wgs.common.timeutil import from_ts
 from wgs.v1 import chat_pb2, runtime_pb2, runtime_service_pb2, task_pb2
 
@@ -208,7 +208,7 @@ class ChatViews:
         live = self._held(req.chat_id)
         handle = live.run if live is not None and live.run is not None and live.run.number == run.number else None
         try:
-            fh = await asyncio.to_thread(open, path, "rb")
+            fh = await asyncio.to_thread(paths.open_regular, path)
         except OSError:
             yield chat_pb2.StreamChatLogResponse(data=redactor.text(run.stderr_tail).encode(), run_number=run.number,
                                                  ended=True, from_record=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from pathlib import Path
@@ -534,6 +535,36 @@ async def test_what_is_shown_is_redacted_and_true_now(world: World, sup: Lifecyc
     assert "boom" in tail and SECRET not in tail and token not in tail
     listed = await sup.views.list_chats(chat_pb2.ListChatsRequest())
     assert listed.chats[0].pid == 0 and listed.chats[0].runtime.state == R.RUNTIME_STATE_BACKOFF
+
+
+async def test_chat_logs_streams_the_run_file_but_never_through_a_symlink_or_a_fifo(
+        world: World, sup: Lifecycle) -> None:
+    """The run file sits in a directory its agent can write to: an agent that replaces it with a
+    symlink (to the stack secret, another chat's file) or a FIFO must not have that streamed to a
+    client or block the stream; `wgs chat logs` then shows the tail kept with the run's record."""
+    chat = await create(sup, command=[], executor="native", endpoint="lab")
+    run_file = world.backend.log_path(chat.id, 1)
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+
+    async def logs() -> list[chat_pb2.StreamChatLogResponse]:
+        return [r async for r in sup.views.stream_log(chat_pb2.StreamChatLogRequest(chat_id=chat.id))]
+
+    run_file.write_text(f"starting\nkey {SECRET}\n")
+    got = await logs()
+    shown = b"".join(r.data for r in got)
+    assert shown.startswith(b"starting\nkey ") and SECRET.encode() not in shown and not got[-1].from_record
+
+    secret = world.tmp / "stack-secret"
+    secret.write_text("the stack secret\n")
+    run_file.unlink()
+    run_file.symlink_to(secret)
+    got = await logs()
+    assert b"stack secret" not in b"".join(r.data for r in got) and got[-1].from_record
+
+    run_file.unlink()
+    os.mkfifo(run_file)
+    got = await asyncio.wait_for(logs(), 5)  # no writer: a plain open would block for ever
+    assert got[-1].from_record
 
 
 async def test_watch_chat_of_every_chat_keeps_streaming_after_the_snapshot(world: World, sup: Lifecycle) -> None:

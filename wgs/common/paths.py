@@ -3,6 +3,7 @@
 - `inside(state_dir, path)`: a path read from a record (a run's stderr path, a stack file) is
   opened only if it resolves (symlinks followed) to a place inside the state dir; a forged record
   cannot make the CLI or a service read /etc/shadow.
+- `open_regular(path)`: a run file is read only if it is a regular file, not through a symlink.
 - `private_dir`, `tighten`: state files hold conversations and credentials, so they are 0600 and
   their directories 0700, created so and tightened at start when an older stack left them wider.
 """
@@ -13,6 +14,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from wgs.common.logs import fields
 
@@ -45,6 +47,26 @@ def inside(state_dir: str | Path, path: str | Path) -> Path:
     if resolved != root and not resolved.is_relative_to(root):
         raise OutsideStateDir(path, root)
     return resolved
+
+
+class NotARegularFile(OSError):
+    """A run file that is a symlink, a FIFO or a device: never read (its content is not the run's)."""
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open `path` for reading if it is a regular file and not a symlink (O_NOFOLLOW), else raise
+    OSError. A run file lives in a directory the agent can write to: an agent that replaced its
+    file with a symlink to the stack secret or another chat's file must not have it streamed to a
+    client, and a FIFO must not block the reader (O_NONBLOCK only for the open)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def private_dir(path: Path) -> Path:
