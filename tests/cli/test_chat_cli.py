@@ -175,6 +175,33 @@ def test_send_wait_ends_at_once_when_the_chat_is_stopped(stack: Path) -> None:
         chat_cli(stack, "delete", chat_id)
 
 
+def test_send_says_at_once_when_the_agent_cannot_be_started_for_the_message(stack: Path, tmp_path: Path) -> None:
+    """A message to an idle (EXITED) chat starts its agent again; if that start fails for good, the
+    message is kept but `wgs chat send` must say the agent could not be started — not "sent"."""
+    from wgs.v1 import chat_pb2, chat_pb2_grpc, runtime_pb2
+
+    agent = tmp_path / "agent.sh"
+    agent.write_text("#!/bin/sh\nexit 0\n")
+    agent.chmod(0o755)
+    created = chat_cli(stack, "create", "--settle", "0", "--json", "--", str(agent))
+    assert created.returncode == 0, created.stderr
+    chat_id = json.loads(created.stdout)["id"]
+    try:
+        address = recorded(stack)["services"]["supervisor"]["address"]
+        with authed_channel(address) as ch:
+            stream = chat_pb2_grpc.ChatServiceStub(ch).WatchChat(chat_pb2.WatchChatRequest(chat_id=chat_id), timeout=30)
+            assert any(c.chat.runtime.state == runtime_pb2.RUNTIME_STATE_EXITED for c in stream)
+        agent.unlink()  # the program is gone: the start for the message cannot work
+        res = chat_cli(stack, "send", chat_id, "hello")
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith(
+            f"wgs: message stored in {chat_id} (seq 1) but its agent could not be started: "), res.stderr
+        assert "executable not found" in res.stderr and f"wgs chat restart {chat_id}" in res.stderr
+        assert "user: hello" in chat_cli(stack, "history", chat_id).stdout
+    finally:
+        chat_cli(stack, "delete", chat_id)
+
+
 def test_native_chat_conversation_through_send_and_attach(stack: Path) -> None:
     from tests.fakes.fake_openai import FakeOpenAI
 

@@ -351,6 +351,13 @@ def cmd_send(ns: argparse.Namespace) -> int:
         resp = conn.call(lambda: conn.chat().SendMessage(req, timeout=conn.timeout))
         msg = resp.message
         note = " (agent restarted to answer)" if resp.respawned else ""
+        rt = resp.runtime
+        if rt.state == runtime_pb2.RUNTIME_STATE_FAILED:  # the agent could not be started for it
+            raise CliError(f"message stored in {chat_id} (seq {msg.seq}) but its agent could not be started: "
+                           f"{one_line(rt.last_error) or 'FAILED'}; fix the cause, then `wgs chat restart {chat_id}`")
+        if rt.state == runtime_pb2.RUNTIME_STATE_BACKOFF:  # answered once a restart succeeds
+            print(f"wgs: {chat_id}: the agent could not be started yet ({one_line(rt.last_error) or 'BACKOFF'}); "
+                  "it is retried, and the message is answered once it runs", file=sys.stderr)
         if ns.wait is None:
             print(f"sent to {chat_id}: seq {msg.seq}, request {msg.request_id}{note}")
             return 0
