@@ -196,6 +196,12 @@ class TailReader:
     async def _read(self, batch: list[tuple[RunHandle, asyncio.Future[str]]]) -> None:
         try:
             texts = await asyncio.to_thread(self._backend.tails, [h for h, _ in batch])
+        except asyncio.CancelledError:  # shutdown: nobody is left to read for
+            for _, future in (*batch, *self._queue):
+                future.cancel()
+            self._queue = []
+            self._reading = False
+            raise
         except Exception as exc:  # each caller gets the error
             for _, future in batch:
                 if not future.done():
@@ -204,8 +210,7 @@ class TailReader:
             for (_, future), text in zip(batch, texts, strict=True):
                 if not future.done():
                     future.set_result(text)
-        finally:
-            self._next()
+        self._next()
 
 
 class Runs:

@@ -1,17 +1,22 @@
 """ExitRecorder (services/supervisor/runs.py): exits recorded in batches, two batches under way at
 once, each chat's exits in order and never in two batches at the same time; retried while the
-graph is unavailable. Against a fake graph whose answers the test holds back."""
+graph is unavailable. Against a fake graph whose answers the test holds back. And TailReader: the
+output tails of runs that ended together read in one call."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.supervisor import runs
-from services.supervisor.runs import ExitRecorder
+from services.supervisor.backend import RunHandle
+from services.supervisor.runs import ExitRecorder, TailReader
 from wgs.common import errors
 from wgs.v1 import runtime_pb2
 from wgs.v1 import runtime_service_pb2 as rs
@@ -161,3 +166,43 @@ async def test_an_unavailable_graph_is_given_up_on_after_the_retries_and_a_refus
     assert isinstance(b, errors.WgsError) and "b refused" in str(b)
     assert isinstance(c, runtime_pb2.ChatRuntime)
     assert not rec.busy_chats()
+
+
+class Files:
+    """A backend's tails(): each call kept; held until the test lets it go (a worker thread waits)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.go = threading.Event()
+        self.error: Exception | None = None
+
+    def tails(self, handles: list[RunHandle]) -> list[str]:
+        self.calls.append([h.chat_id for h in handles])
+        self.go.wait(5)
+        if self.error is not None:
+            raise self.error
+        return [f"tail of {h.chat_id}" for h in handles]
+
+
+def handle(chat: str) -> RunHandle:
+    return RunHandle(chat_id=chat, number=1, pid=1, start_ticks=1, monitor_pid=2, monitor_start_ticks=2,
+                     log_path=Path("/nonexistent") / chat / "run-1.log", argv=[], started_at=datetime.now(UTC),
+                     hostname="h")
+
+
+async def test_tails_asked_for_together_are_read_in_one_call_and_later_ones_in_the_next() -> None:
+    files = Files()
+    reader = TailReader(files)  # type: ignore[arg-type]
+    first = [asyncio.ensure_future(reader.read(handle(c))) for c in ("a", "b", "c")]
+    await until(lambda: len(files.calls) == 1, "the first read")
+    later = [asyncio.ensure_future(reader.read(handle(c))) for c in ("d", "e")]
+    await asyncio.sleep(0.02)
+    assert files.calls == [["a", "b", "c"]]  # one read under way at a time
+    files.go.set()
+    assert await asyncio.gather(*first, *later) == [f"tail of {c}" for c in "abcde"]
+    assert files.calls == [["a", "b", "c"], ["d", "e"]]
+    files.error = OSError("disk gone")
+    results = await asyncio.gather(reader.read(handle("f")), reader.read(handle("g")), return_exceptions=True)
+    assert [str(r) for r in results] == ["disk gone", "disk gone"] and files.calls[-1] == ["f", "g"]
+    files.error = None
+    assert await reader.read(handle("h")) == "tail of h"  # still reading after an error
