@@ -12,7 +12,7 @@ ended). It replaces an untyped `extra` dict.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -175,6 +175,10 @@ class RunBackend(Protocol):
 
     def tail(self, handle_or_path: RunHandle | Path | str) -> str:
         """The last lines of a run's output file (blocking file read: call off the event loop)."""
+        ...
+
+    def tails(self, handles_or_paths: Sequence[RunHandle | Path | str]) -> list[str]:
+        """`tail` of each, read together (blocking file reads: call off the event loop)."""
         ...
 
     def set_lease_deadline(self, deadline: float) -> None:

@@ -404,7 +404,7 @@ class Lifecycle:
         `stay_stopped`: the chat was stopped while this supervisor was away (Reconcile): the run's
         end is recorded as it happened, and the chat stays STOPPED."""
         now = self.clock.now()
-        tail = await asyncio.to_thread(self.backend.tail, handle)
+        tail = await self.runs.tail(handle)  # read once: the classification and the record use it
         if not handle.stop_reason and info.stopped and not info.fenced:
             handle.stop_reason = "stopped through its run monitor (wgs down while the supervisor was away)"
             resume = resume or task_status is None
@@ -429,7 +429,7 @@ class Lifecycle:
             end = R.RUN_END_EXITED
         live.history = decision.history
         state = decision.state
-        run = self.runs.ended_run(handle, info, live.redactor, end=end, detail=handle.stop_reason)
+        run = self.runs.ended_run(handle, info, live.redactor, tail, end=end, detail=handle.stop_reason)
         if lost_detail:  # what is known of an end nobody saw (it includes the exit record's own error)
             run.error = lost_detail
         log.info("agent for %s run %d (pid %d) %s -> %s", live.chat_id, handle.number, handle.pid,

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import signal
 import socket
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class LocalProcessBackend:
         self._warm = procs.WarmMonitor(state_dir, supervisor_id=supervisor_id, size=max(WARM_MONITORS, warm_monitors))
         digest = hashlib.sha256(supervisor_id.encode()).hexdigest()[:12]
         self.lease_file = state_dir / "run" / f"lease-{digest}.deadline"
+        self._files = procs.RunFiles(state_dir)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -65,16 +67,12 @@ class LocalProcessBackend:
         return procs.run_paths(self.state_dir, chat_id, number)[0]
 
     def tail(self, handle_or_path: RunHandle | Path | str) -> str:
-        path = handle_or_path.log_path if isinstance(handle_or_path, RunHandle) else handle_or_path
-        if not self._in_state_dir(path):
-            return ""
-        return procs.tail_text(path)
+        return self.tails([handle_or_path])[0]
 
-    def _in_state_dir(self, path: Path | str) -> bool:
-        try:
-            return Path(path).resolve().is_relative_to((self.state_dir / "chats").resolve())
-        except (OSError, ValueError):
-            return False
+    def tails(self, handles_or_paths: Sequence[RunHandle | Path | str]) -> list[str]:
+        """The tails of several runs' output files in one go; "" for a file that is not a run file of
+        this state dir, is reached through a symlink, or is not a regular file (procs.RunFiles)."""
+        return self._files.tails([h.log_path if isinstance(h, RunHandle) else h for h in handles_or_paths])
 
     # -- runs -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -142,7 +142,9 @@ class FakeBackend:
     runs: dict[tuple[str, int], FakeRun] = field(default_factory=dict)
     fail_next: list[SpawnFailed] = field(default_factory=list)
     leftovers: dict[str, list[Leftover]] = field(default_factory=dict)  # what end_leftovers finds, per chat
-    tails: dict[str, str] = field(default_factory=dict)  # output file text, per chat
+    tail_text: dict[str, str] = field(default_factory=dict)  # output file text, per chat
+    tail_reads: list[Path] = field(default_factory=list)  # every output file read, in order
+    tail_batches: list[int] = field(default_factory=list)  # how many files each tails() call read
     deadlines: list[float] = field(default_factory=list)
     end_leftovers_calls: list[tuple[str, list[int]]] = field(default_factory=list)
     on_spawn: Callable[[RunSpec], None] | None = None
@@ -246,7 +248,12 @@ class FakeBackend:
 
     def tail(self, handle_or_path: RunHandle | Path | str) -> str:
         path = handle_or_path.log_path if isinstance(handle_or_path, RunHandle) else Path(handle_or_path)
-        return self.tails.get(path.parent.name, "")
+        self.tail_reads.append(path)
+        return self.tail_text.get(path.parent.name, "")
+
+    def tails(self, handles_or_paths: Sequence[RunHandle | Path | str]) -> list[str]:
+        self.tail_batches.append(len(handles_or_paths))
+        return [self.tail(h) for h in handles_or_paths]
 
     def set_lease_deadline(self, deadline: float) -> None:
         self.deadlines.append(deadline)

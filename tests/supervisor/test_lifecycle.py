@@ -157,7 +157,7 @@ async def test_a_missing_executable_fails_at_once_with_the_fix_and_keeps_its_std
 async def test_a_retryable_spawn_failure_backs_off_and_keeps_its_stderr_path(world: World, sup: Lifecycle) -> None:
     world.backend.fail_next.append(SpawnFailed("could not start the run monitor: [Errno 11] Resource temporarily "
                                                "unavailable"))
-    world.backend.tails[".chat-1"] = "wgs: fork failed\n"
+    world.backend.tail_text[".chat-1"] = "wgs: fork failed\n"
     chat = await create(sup)
     rt = chat.runtime
     assert rt.state == R.RUNTIME_STATE_BACKOFF and "could not start the run monitor" in rt.last_error
@@ -174,12 +174,30 @@ async def test_a_retryable_spawn_failure_backs_off_and_keeps_its_stderr_path(wor
 
 async def test_an_agent_reporting_a_configuration_problem_fails_at_once(world: World, sup: Lifecycle) -> None:
     chat = await create(sup, command=[], executor="native", endpoint="lab")
-    world.backend.tails[chat.id] = "starting\nwgs-agent: endpoint lab refused authentication: HTTP 401\n"
+    world.backend.tail_text[chat.id] = "starting\nwgs-agent: endpoint lab refused authentication: HTTP 401\n"
     world.backend.exit(chat.id, 1, code=5)
     await world.settle()
     rt = (await record(world, chat.id)).runtime
     assert rt.state == R.RUNTIME_STATE_FAILED
     assert "refused authentication: HTTP 401" in rt.last_error and "api_key_env" in rt.last_error
+
+
+async def test_exits_at_once_read_their_tails_together_once_each(world: World, sup: Lifecycle) -> None:
+    """Each exit's output tail is read once (it explains the death and goes on the run), and the
+    tails of runs that ended together are read in one call off the event loop, not one hop each."""
+    chats = [await create(sup) for _ in range(6)]
+    for chat in chats:
+        world.backend.tail_text[chat.id] = f"last words of {chat.id}\n"
+    world.backend.tail_reads.clear()
+    world.backend.tail_batches.clear()
+    for chat in chats:
+        world.backend.exit(chat.id, 1, sig=9)
+    await world.settle()
+    assert sorted(p.parent.name for p in world.backend.tail_reads) == sorted(c.id for c in chats)
+    assert world.backend.tail_batches == [6]
+    for chat in chats:
+        run = (await record(world, chat.id)).runtime.current_run
+        assert run.signal == 9 and run.stderr_tail == f"last words of {chat.id}\n"
 
 
 async def test_a_crash_loop_backs_off_doubling_then_fails(world: World, sup: Lifecycle) -> None:
@@ -525,7 +543,7 @@ async def test_lease_renewals_go_on_while_a_takeover_is_slow(
 async def test_what_is_shown_is_redacted_and_true_now(world: World, sup: Lifecycle) -> None:
     chat = await create(sup, command=[], executor="native", endpoint="lab")
     token = world.backend.spawned[0].env["WGS_TOKEN"]
-    world.backend.tails[chat.id] = f"using key {SECRET}\ntoken {token}\nboom\n"
+    world.backend.tail_text[chat.id] = f"using key {SECRET}\ntoken {token}\nboom\n"
     shown = await sup.views.get_chat(chat.id)
     assert SECRET not in shown.stderr_tail and token not in shown.stderr_tail and "boom" in shown.stderr_tail
     world.backend.exit(chat.id, 1, sig=11)

@@ -226,6 +226,50 @@ def test_tail_limits(tmp_path: Path) -> None:
     assert len(procs.tail_text(p)) <= 4096
 
 
+def _run_file(state: Path, chat: str = ".chat-1", name: str = "run-1.log", text: str = "line\n") -> Path:
+    d = state / "chats" / chat
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_text(text)
+    return d / name
+
+
+def test_run_files_read_the_tails_of_this_state_dirs_run_files(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    one = _run_file(state, text="".join(f"l{i}\n" for i in range(500)))
+    two = _run_file(state, ".chat-22", "run-3.log", "boom\n")
+    files = procs.RunFiles(state)
+    tails = files.tails([one, two, str(two), state / "chats" / ".chat-9" / "run-1.log"])
+    assert tails[0] == procs.tail_text(one) and tails[0].splitlines()[-1] == "l499"
+    assert tails[1:] == ["boom", "boom", ""]  # the missing file: ""
+    # The state dir named through a link (as a relative or linked WGS_STATE_DIR would): the same files.
+    (tmp_path / "alias").symlink_to(state)
+    assert procs.RunFiles(tmp_path / "alias").tails([tmp_path / "alias" / "chats" / ".chat-22" / "run-3.log",
+                                                     two]) == ["boom", "boom"]
+
+
+def test_run_files_refuse_a_symlinked_run_file_or_chat_dir_and_anything_else(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    secret = tmp_path / "secret"
+    secret.write_text("not yours\n")
+    real = _run_file(state, ".chat-1", "run-1.log", "mine\n")
+    linked = state / "chats" / ".chat-1" / "run-2.log"
+    linked.symlink_to(secret)
+    inner = state / "chats" / ".chat-1" / "run-3.log"
+    inner.symlink_to(real)  # even a link to a run file of the same state dir
+    elsewhere = tmp_path / "elsewhere"
+    _run_file(elsewhere, ".chat-5", "run-1.log", "other\n")
+    (state / "chats" / ".chat-5").symlink_to(elsewhere / "chats" / ".chat-5")  # a linked chat directory
+    fifo = state / "chats" / ".chat-1" / "run-4.log"
+    os.mkfifo(fifo)  # would block a plain open() for ever
+    files = procs.RunFiles(state)
+    assert files.tails([real, linked, inner, state / "chats" / ".chat-5" / "run-1.log", fifo]) == [
+        "mine", "", "", "", ""]
+    # Paths that are not a chat's run file of this state dir are not read at all.
+    assert files.tails([secret, state / "chats" / ".chat-1" / ".." / ".chat-1" / "run-1.log",
+                        state / "chats" / "x" / "run-1.log", state / "chats" / ".chat-1" / "notes.txt",
+                        elsewhere / "chats" / ".chat-5" / "run-1.log", "chats/.chat-1/run-1.log"]) == [""] * 6
+
+
 async def test_stop_also_kills_descendant_that_left_the_group(tmp_path: Path,
                                                               warm: procs.WarmMonitor | None) -> None:
     code = """

@@ -15,44 +15,194 @@ are exported at most one a second (ThinRefusals). Our own attributes live under 
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
+import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
 
 _provider: TracerProvider | None = None
 _instrumented: set[str] = set()
 
-HEX_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+_log = logging.getLogger("wgs.telemetry")
+
+# OTLP/JSON of spans, built as dicts straight from the SDK's spans. It is what
+# MessageToDict(encode_spans(spans)) gives with the trace and span ids as hex (the OTLP/JSON rule,
+# where protobuf JSON has base64): camelCase names, fields in field-number order, 64-bit integers as
+# strings, enums by name, default values left out, a message field that is set written even when
+# empty (`"status": {}`). Going through the protobuf messages and MessageToDict cost the supervisor
+# ~15 % of its CPU while 900 exits were recorded at once (docs/performance.md, "900 deaths at
+# once"); tests/telemetry/test_file_export.py compares the two on every kind of span and value.
+_KIND_NAMES = {
+    SpanKind.INTERNAL: "SPAN_KIND_INTERNAL", SpanKind.SERVER: "SPAN_KIND_SERVER",
+    SpanKind.CLIENT: "SPAN_KIND_CLIENT", SpanKind.PRODUCER: "SPAN_KIND_PRODUCER",
+    SpanKind.CONSUMER: "SPAN_KIND_CONSUMER",
+}
+_STATUS_NAMES = {StatusCode.OK: "STATUS_CODE_OK", StatusCode.ERROR: "STATUS_CODE_ERROR"}
+_FLAGS_HAS_IS_REMOTE = 0x100  # SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+_FLAGS_IS_REMOTE = 0x200  # SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
-def _hexify(obj: Any) -> Any:
-    """OTLP/JSON wants trace and span ids as hex strings, not protobuf-JSON base64."""
-    import base64
+def _json_double(value: float) -> float | str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
 
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if k in HEX_ID_FIELDS and isinstance(v, str):
-                out[k] = base64.b64decode(v).hex()
-            else:
-                out[k] = _hexify(v)
+
+def _any_value(value: Any) -> dict[str, Any]:
+    """An AnyValue; ValueError for what the protobuf encoder refuses too (the attribute is dropped)."""
+    if value is None:
+        return {}
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(f"{value} is out of the range of int64")
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": _json_double(value)}
+    if isinstance(value, bytes):
+        return {"bytesValue": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Sequence):
+        values = [_any_value(v) for v in value]
+        return {"arrayValue": {"values": values} if values else {}}
+    if isinstance(value, Mapping):
+        kvs = [{"key": str(k), "value": _any_value(v)} if str(k) else {"value": _any_value(v)}
+               for k, v in value.items()]
+        return {"kvlistValue": {"values": kvs} if kvs else {}}
+    raise ValueError(f"Invalid type {type(value)} of value {value}")
+
+
+def _attributes(attributes: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if not attributes:
         return out
-    if isinstance(obj, list):
-        return [_hexify(v) for v in obj]
-    return obj
+    for key, value in attributes.items():
+        try:
+            kv: dict[str, Any] = {"key": key} if key else {}
+            kv["value"] = _any_value(value)
+        except (ValueError, TypeError) as exc:
+            _log.exception("Failed to encode key %s: %s", key, exc)
+            continue
+        out.append(kv)
+    return out
+
+
+def _flags(context: SpanContext | None) -> int:
+    return _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if context is not None and context.is_remote else 0)
+
+
+def _span_json(span: ReadableSpan) -> dict[str, Any]:
+    ctx = span.get_span_context()
+    assert ctx is not None
+    doc: dict[str, Any] = {"traceId": format(ctx.trace_id, "032x"), "spanId": format(ctx.span_id, "016x")}
+    if ctx.trace_state:
+        doc["traceState"] = ",".join(f"{k}={v}" for k, v in ctx.trace_state.items())
+    if span.parent is not None:
+        doc["parentSpanId"] = format(span.parent.span_id, "016x")
+    if span.name:
+        doc["name"] = span.name
+    doc["kind"] = _KIND_NAMES[span.kind]
+    if span.start_time:
+        doc["startTimeUnixNano"] = str(span.start_time)
+    if span.end_time:
+        doc["endTimeUnixNano"] = str(span.end_time)
+    attributes = _attributes(span.attributes)
+    if attributes:
+        doc["attributes"] = attributes
+    if span.dropped_attributes:
+        doc["droppedAttributesCount"] = span.dropped_attributes
+    if span.events:
+        events = []
+        for event in span.events:
+            ev: dict[str, Any] = {}
+            if event.timestamp:
+                ev["timeUnixNano"] = str(event.timestamp)
+            if event.name:
+                ev["name"] = event.name
+            ev_attributes = _attributes(event.attributes)
+            if ev_attributes:
+                ev["attributes"] = ev_attributes
+            if event.dropped_attributes:
+                ev["droppedAttributesCount"] = event.dropped_attributes
+            events.append(ev)
+        doc["events"] = events
+    if span.dropped_events:
+        doc["droppedEventsCount"] = span.dropped_events
+    if span.links:
+        links = []
+        for link in span.links:
+            ln: dict[str, Any] = {"traceId": format(link.context.trace_id, "032x"),
+                                  "spanId": format(link.context.span_id, "016x")}
+            link_attributes = _attributes(link.attributes)
+            if link_attributes:
+                ln["attributes"] = link_attributes
+            if link.dropped_attributes:
+                ln["droppedAttributesCount"] = link.dropped_attributes
+            ln["flags"] = _flags(link.context)
+            links.append(ln)
+        doc["links"] = links
+    if span.dropped_links:
+        doc["droppedLinksCount"] = span.dropped_links
+    status: dict[str, Any] = {}
+    if span.status.description:
+        status["message"] = span.status.description
+    if span.status.status_code in _STATUS_NAMES:
+        status["code"] = _STATUS_NAMES[span.status.status_code]
+    doc["status"] = status
+    doc["flags"] = _flags(span.parent)
+    return doc
+
+
+def otlp_json(spans: Sequence[ReadableSpan]) -> dict[str, Any]:
+    """The OTLP/JSON ExportTraceServiceRequest of `spans` (grouped by resource, then scope, as the
+    OTLP exporters group them)."""
+    grouped: dict[Any, dict[Any, list[dict[str, Any]]]] = {}
+    for span in spans:
+        scopes = grouped.setdefault(span.resource, {})
+        scopes.setdefault(span.instrumentation_scope or None, []).append(_span_json(span))
+    resource_spans = []
+    for resource, scopes in grouped.items():
+        scope_spans = []
+        for scope, docs in scopes.items():
+            scope_doc: dict[str, Any] = {}
+            if scope is not None:
+                if scope.name:
+                    scope_doc["name"] = scope.name
+                if scope.version:
+                    scope_doc["version"] = scope.version
+                scope_attributes = _attributes(scope.attributes)
+                if scope_attributes:
+                    scope_doc["attributes"] = scope_attributes
+            entry: dict[str, Any] = {"scope": scope_doc, "spans": docs}
+            if scope is not None and scope.schema_url:
+                entry["schemaUrl"] = scope.schema_url
+            scope_spans.append(entry)
+        resource_attributes = _attributes(resource.attributes)
+        rs: dict[str, Any] = {"resource": {"attributes": resource_attributes} if resource_attributes else {},
+                              "scopeSpans": scope_spans}
+        if resource.schema_url:
+            rs["schemaUrl"] = resource.schema_url
+        resource_spans.append(rs)
+    return {"resourceSpans": resource_spans} if resource_spans else {}
 
 
 class OtlpJsonFileExporter(SpanExporter):
@@ -64,11 +214,8 @@ class OtlpJsonFileExporter(SpanExporter):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # spans name chats and files: private
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
         try:
-            doc = _hexify(MessageToDict(encode_spans(spans)))
-            line = json.dumps(doc, separators=(",", ":")) + "\n"
+            line = json.dumps(otlp_json(spans), separators=(",", ":")) + "\n"
             with self._lock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
