@@ -512,7 +512,8 @@ class Lifecycle:
                                            error="the end of the run was not observed", unknown=True)
         now = self.clock.now()
         item = RS.RunExit(chat_id=live.chat_id, state=chat_states.BACKOFF,
-                          run=self.runs.ended_run(handle, info, live.redactor, end=R.RUN_END_STOPPED,
+                          run=self.runs.ended_run(handle, info, live.redactor, await self.runs.tail(handle),
+                                                  end=R.RUN_END_STOPPED,
                                                   detail=handle.stop_reason),
                           restart_count=live.history.restart_count)
         item.next_restart_at.FromDatetime(now)

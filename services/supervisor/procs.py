@@ -47,7 +47,6 @@ import os
 import re
 import select
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -59,7 +58,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from wgs.common import procfs, validation
+from wgs.common import paths, procfs, validation
 from wgs.common.procfs import is_alive, start_ticks, stat_fields
 from wgs.common.settings import env_str
 
@@ -395,10 +394,6 @@ def _tail_of(fd: int, max_bytes: int, max_lines: int) -> str:
     return "\n".join(lines[-max_lines:])
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
 class RunFiles:
     """Reads the run files of one state dir's chats (`<state>/chats/<chat>/run-<n>.log`) safely and
     cheaply: the chats directory is resolved once, and a file is opened below it only through real
@@ -425,16 +420,16 @@ class RunFiles:
                     return chat, name
         return None
 
-    def tails(self, paths: Sequence[Path | str], max_bytes: int = 4096, max_lines: int = 80) -> list[str]:
+    def tails(self, files: Sequence[Path | str], max_bytes: int = 4096, max_lines: int = 80) -> list[str]:
         """The tail of each file (tail_text's rules); "" for a file that is missing, not a regular
         file, reached through a symlink, or not a run file of this state dir. One opening of the
         chats directory for all of them."""
-        out = [""] * len(paths)
-        wanted = [(i, w) for i, w in enumerate(map(self.where, paths)) if w is not None]
+        out = [""] * len(files)
+        wanted = [(i, w) for i, w in enumerate(map(self.where, files)) if w is not None]
         if not wanted:
             return out
         try:
-            root = os.open(self.root, _DIR_FLAGS)
+            root = os.open(self.root, paths.DIR_FLAGS)
         except OSError:
             return out
         try:
@@ -447,18 +442,16 @@ class RunFiles:
     @staticmethod
     def _tail_below(root: int, chat: str, name: str, max_bytes: int, max_lines: int) -> str:
         try:
-            d = os.open(chat, _DIR_FLAGS, dir_fd=root)
+            d = os.open(chat, paths.DIR_FLAGS, dir_fd=root)
         except OSError:
             return ""
         try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=d)
-        except OSError:  # ELOOP: a symlink; ENOENT: not there
+            fd = paths.open_regular_fd(name, d)
+        except OSError:  # ELOOP: a symlink; ENOENT: not there; a FIFO or device
             return ""
         finally:
             os.close(d)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or never end
-                return ""
             return _tail_of(fd, max_bytes, max_lines)
         except OSError:
             return ""

@@ -584,6 +584,15 @@ async def test_chat_logs_streams_the_run_file_but_never_through_a_symlink_or_a_f
     got = await asyncio.wait_for(logs(), 5)  # no writer: a plain open would block for ever
     assert got[-1].from_record
 
+    elsewhere = world.tmp / "elsewhere"  # the chat's directory itself replaced by a link
+    elsewhere.mkdir()
+    (elsewhere / run_file.name).write_text("the stack secret\n")
+    run_file.unlink()
+    run_file.parent.rmdir()
+    run_file.parent.symlink_to(elsewhere)
+    got = await logs()
+    assert b"stack secret" not in b"".join(r.data for r in got) and got[-1].from_record
+
 
 async def test_watch_chat_of_every_chat_keeps_streaming_after_the_snapshot(world: World, sup: Lifecycle) -> None:
     old = await create(sup)

@@ -3,7 +3,8 @@
 - `inside(state_dir, path)`: a path read from a record (a run's stderr path, a stack file) is
   opened only if it resolves (symlinks followed) to a place inside the state dir; a forged record
   cannot make the CLI or a service read /etc/shadow.
-- `open_regular(path)`: a run file is read only if it is a regular file, not through a symlink.
+- `open_regular(path)`, `open_regular_fd`: a run file is read only if it is a regular file, reached
+  without following a symlink (neither the file nor its directory).
 - `private_dir`, `tighten`: state files hold conversations and credentials, so they are 0600 and
   their directories 0700, created so and tightened at start when an older stack left them wider.
 """
@@ -50,23 +51,39 @@ def inside(state_dir: str | Path, path: str | Path) -> Path:
 
 
 class NotARegularFile(OSError):
-    """A run file that is a symlink, a FIFO or a device: never read (its content is not the run's)."""
+    """A run file that is a FIFO or a device: never read (it would block, or is not the run's)."""
 
 
-def open_regular(path: str | Path) -> BinaryIO:
-    """Open `path` for reading if it is a regular file and not a symlink (O_NOFOLLOW), else raise
-    OSError. A run file lives in a directory the agent can write to: an agent that replaced its
-    file with a symlink to the stack secret or another chat's file must not have it streamed to a
-    client, and a FIFO must not block the reader (O_NONBLOCK only for the open)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def open_regular_fd(name: str | Path, dir_fd: int | None = None) -> int:
+    """A descriptor (blocking) for reading `name` (relative to `dir_fd` if given) if it is a regular
+    file reached without following a symlink; else OSError (ELOOP for a link, NotARegularFile)."""
+    fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)  # O_NONBLOCK: opening a FIFO must not wait for a writer
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotARegularFile(f"{path} is not a regular file")
+            raise NotARegularFile(f"{name} is not a regular file")
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return fd
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a run file for reading: a regular file, neither it nor its directory a symlink. A run
+    file lives in a directory its agent can write to: an agent that replaced the file (or its chat
+    directory) with a link to the stack secret or another chat's file must not have it streamed to
+    a client, and a FIFO must not block the reader."""
+    path = Path(path)
+    parent = os.open(path.parent, DIR_FLAGS)
+    try:
+        fd = open_regular_fd(path.name, parent)
+    finally:
+        os.close(parent)
+    return os.fdopen(fd, "rb")
 
 
 def private_dir(path: Path) -> Path:
