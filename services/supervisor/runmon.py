@@ -15,6 +15,8 @@ Two modes, both started by the supervisor in a new session (we are the process-g
   pipe or died), SIGTERM, SIGINT or SIGHUP while idle = exit 0 without doing anything: an idle
   monitor never becomes a run. An unusable command is answered with "error: ..." on the report
   fd and exit 2 (the supervisor then falls back to one-shot).
+- the agent's pid is written to the report fd once the child has exec'd it (or failed to: the exit
+  record then says why), so a pid the supervisor records is the agent, never the child before exec.
 
 --state-dir and --supervisor-id are the monitor's identity: the supervisor signals a process only
 after checking its /proc cmdline names runmon.py with its own state dir and id (procs.verify_monitor).
@@ -748,8 +750,10 @@ def main(argv: list[str]) -> int:
         _agent(cmd, env, cwd, opts["cgroup"], err_w, (err_r, report_fd, wake_r, wake_w), original_mask)
     signal.pthread_sigmask(signal.SIG_SETMASK, original_mask)
     os.close(err_w)
-    _report(report_fd, pid)
     exec_errno, exec_error, cgroup_error = _exec_result(err_r)
+    # Reported once the child has exec'd (or failed to): the pid the supervisor records as RUNNING is
+    # then the agent itself, not a copy of this monitor still setting it up (environment, cwd, cgroup).
+    _report(report_fd, pid)
     if not subreaper:
         _say("could not become a child subreaper; descendants that outlive their parent may escape the run")
     if cgroup_error:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,10 +122,18 @@ def retry_delay(exc: grpc.RpcError) -> float | None:
 
 
 def assert_every_agent_is_a_recorded_live_run(stub: chat_pb2_grpc.ChatServiceStub, state: Path) -> None:
-    """Every agent process of the state dir is the current run of a RUNNING chat, and vice versa."""
+    """Every agent process of the state dir is the current run of a RUNNING chat, and vice versa.
+
+    A run is recorded with its pid once its monitor has forked it; until the child has exec'd the
+    agent, /proc shows the monitor's environment, without the chat id: scan again (bounded) until
+    every recorded agent has exec'd."""
     chats = all_chats(stub)
     running = {c.id: c.runtime.current_run.pid for c in chats if c.runtime.state == R.RUNTIME_STATE_RUNNING}
+    deadline = time.monotonic() + 10
     agents = agents_of(state)
+    while {chat: pid for pid, chat in agents.items()} != running and time.monotonic() < deadline:
+        time.sleep(0.05)
+        agents = agents_of(state)
     assert {chat: pid for pid, chat in agents.items()} == running, (agents, running)
     assert len(agents) == len(running)
 
