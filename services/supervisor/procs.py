@@ -1157,6 +1157,23 @@ def _spawn_oneshot(full: list[str], env: dict[str, str], cwd: str, log_fd: int,
     return popen, pid
 
 
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL every process of this user whose environment carries WGS_RUN_ID=`marker` (one run's),
+    each through a pidfd after its start ticks were read; returns their pids. For a run no monitor
+    accounts for: nothing of it may live on."""
+    if not marker:
+        return []
+    entry = f"{RUN_ID_VAR}={marker}"
+    me, killed = os.getuid(), []
+    for pid in procfs.pids():
+        if pid == os.getpid() or procfs.owner_uid(pid) != me or not procfs.environ_has(pid, entry):
+            continue
+        ticks = start_ticks(pid)
+        if ticks is not None and procfs.signal_process(pid, ticks, signal.SIGKILL):
+            killed.append(pid)
+    return killed
+
+
 def _spawn_warm(warm: WarmMonitor, full: list[str], env: dict[str, str], cwd: str,
                 monitor: _MonitorArgs) -> tuple[subprocess.Popen[bytes], int] | None:
     """Hand the run to the warm monitor; None (after cleaning up) when it cannot take it."""
@@ -1180,12 +1197,18 @@ def _spawn_warm(warm: WarmMonitor, full: list[str], env: dict[str, str], cwd: st
         idle.cmd_w = -1
         pid, why = _read_report(idle.report_r, REPORT_TIMEOUT)
     if pid is None:
-        # Kill its group (an agent it may have forked included) before starting one afresh.
+        # Kill its group and the run's cgroup before starting one afresh; an agent it may have forked
+        # is in a session of its own, and outside any cgroup on a host without one: find it by the
+        # run's marker (only this attempt of this run carries it: the chat's lock is held).
         log.warning("the warm run monitor (pid %d) could not take the run (%s); starting a one-shot monitor",
                     idle.popen.pid, why)
         idle.discard(kill=True)
         if monitor.cgroup is not None:
             _cgroup_kill(monitor.cgroup)
+        killed = kill_marked(env.get(RUN_ID_VAR, ""))
+        if killed:
+            log.warning("killed %s forked for the run by the warm run monitor that could not take it",
+                        ", ".join(f"pid {p}" for p in killed))
         monitor.exit_path.unlink(missing_ok=True)
         return None
     os.close(idle.report_r)

@@ -207,6 +207,33 @@ async def test_dead_warm_monitor_falls_back_to_one_shot(tmp_path: Path, warm: pr
     assert warm.idle_pid() not in (None, idle, run.monitor_pid)  # refilled
 
 
+async def test_a_warm_monitor_that_cannot_take_the_run_leaves_nothing_of_it(tmp_path: Path,
+                                                                          warm: procs.WarmMonitor) -> None:
+    """A warm monitor that got the command but never reported (killed or stuck after forking the
+    agent): the agent it may have forked is in a session of its own, and outside any cgroup on a
+    host without one. Before the one-shot fallback starts the run, whatever carries this run's
+    marker is ended — and nothing carrying another run's."""
+    def marked(number: int) -> subprocess.Popen[bytes]:  # stands for the agent the lost monitor forked
+        env = {**os.environ, procs.RUN_ID_VAR: procs.run_marker(tmp_path, ".chat-1", number)}
+        return subprocess.Popen([SLEEP, "600"], env=env, start_new_session=True)
+
+    escaped, other_run = marked(1), marked(2)
+    idle = _idle(warm)
+    os.kill(idle, signal.SIGSTOP)  # takes the command into its pipe, never answers
+    try:
+        run = await asyncio.to_thread(procs.spawn, tmp_path, ".chat-1", 1, [SLEEP, "600"], dict(os.environ),
+                                      str(tmp_path), warm=warm)
+        assert run.monitor_pid != idle and procfs.is_alive(run.pid, run.start_ticks)
+        assert escaped.wait(5) == -signal.SIGKILL  # ended before the new run started
+        assert other_run.poll() is None  # another run's process is not this run's to end
+        await procs.stop_run(run, 1.0)
+    finally:
+        for proc in (escaped, other_run):
+            proc.kill()
+            proc.wait()
+    _wait_gone(idle)
+
+
 def test_spawn_error_leaves_the_warm_monitor_unused(tmp_path: Path, warm: procs.WarmMonitor) -> None:
     idle = _idle(warm)
     with pytest.raises(procs.SpawnError, match="executable not found"):
