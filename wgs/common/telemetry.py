@@ -110,6 +110,16 @@ def _flags(context: SpanContext | None) -> int:
     return _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if context is not None and context.is_remote else 0)
 
 
+def _put_attributes(doc: dict[str, Any], attributes: Any, dropped: int) -> None:
+    """`attributes` and `droppedAttributesCount` of a span, event or link, each only when non-empty
+    (as MessageToDict leaves out default values)."""
+    encoded = _attributes(attributes)
+    if encoded:
+        doc["attributes"] = encoded
+    if dropped:
+        doc["droppedAttributesCount"] = dropped
+
+
 def _span_json(span: ReadableSpan) -> dict[str, Any]:
     ctx = span.get_span_context()
     assert ctx is not None
@@ -125,11 +135,7 @@ def _span_json(span: ReadableSpan) -> dict[str, Any]:
         doc["startTimeUnixNano"] = str(span.start_time)
     if span.end_time:
         doc["endTimeUnixNano"] = str(span.end_time)
-    attributes = _attributes(span.attributes)
-    if attributes:
-        doc["attributes"] = attributes
-    if span.dropped_attributes:
-        doc["droppedAttributesCount"] = span.dropped_attributes
+    _put_attributes(doc, span.attributes, span.dropped_attributes)
     if span.events:
         events = []
         for event in span.events:
@@ -138,11 +144,7 @@ def _span_json(span: ReadableSpan) -> dict[str, Any]:
                 ev["timeUnixNano"] = str(event.timestamp)
             if event.name:
                 ev["name"] = event.name
-            ev_attributes = _attributes(event.attributes)
-            if ev_attributes:
-                ev["attributes"] = ev_attributes
-            if event.dropped_attributes:
-                ev["droppedAttributesCount"] = event.dropped_attributes
+            _put_attributes(ev, event.attributes, event.dropped_attributes)
             events.append(ev)
         doc["events"] = events
     if span.dropped_events:
@@ -152,11 +154,7 @@ def _span_json(span: ReadableSpan) -> dict[str, Any]:
         for link in span.links:
             ln: dict[str, Any] = {"traceId": format(link.context.trace_id, "032x"),
                                   "spanId": format(link.context.span_id, "016x")}
-            link_attributes = _attributes(link.attributes)
-            if link_attributes:
-                ln["attributes"] = link_attributes
-            if link.dropped_attributes:
-                ln["droppedAttributesCount"] = link.dropped_attributes
+            _put_attributes(ln, link.attributes, link.dropped_attributes)
             ln["flags"] = _flags(link.context)
             links.append(ln)
         doc["links"] = links
