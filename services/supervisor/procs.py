@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1057,7 +1057,7 @@ def spawn(
         started = None
         if warm is not None and warm.supervisor_id == supervisor_id and \
                 os.path.abspath(warm.state_dir) == os.path.abspath(state_dir):
-            started = _spawn_warm(warm, full, env, cwd, monitor)
+            started = _spawn_warm(warm, full, env, cwd, monitor, chat_id, number)
         if started is None:
             started = _spawn_oneshot(full, env, cwd, log_fd, monitor)
     except BaseException:
@@ -1157,25 +1157,16 @@ def _spawn_oneshot(full: list[str], env: dict[str, str], cwd: str, log_fd: int,
     return popen, pid
 
 
-def kill_marked(marker: str) -> list[int]:
-    """SIGKILL every process of this user whose environment carries WGS_RUN_ID=`marker` (one run's),
-    each through a pidfd after its start ticks were read; returns their pids. For a run no monitor
+def kill_marked(state_dir: Path, chat_id: str, number: int) -> list[int]:
+    """SIGKILL every process of this user whose environment carries run `number`'s WGS_RUN_ID, each
+    through a pidfd after its start ticks were read; returns their pids. For a run no monitor
     accounts for: nothing of it may live on."""
-    if not marker:
-        return []
-    entry = f"{RUN_ID_VAR}={marker}"
-    me, killed = os.getuid(), []
-    for pid in procfs.pids():
-        if pid == os.getpid() or procfs.owner_uid(pid) != me or not procfs.environ_has(pid, entry):
-            continue
-        ticks = start_ticks(pid)
-        if ticks is not None and procfs.signal_process(pid, ticks, signal.SIGKILL):
-            killed.append(pid)
-    return killed
+    return [pid for pid, ticks, n in _carrying_marker(state_dir, chat_id)
+            if n == number and procfs.signal_process(pid, ticks, signal.SIGKILL)]
 
 
-def _spawn_warm(warm: WarmMonitor, full: list[str], env: dict[str, str], cwd: str,
-                monitor: _MonitorArgs) -> tuple[subprocess.Popen[bytes], int] | None:
+def _spawn_warm(warm: WarmMonitor, full: list[str], env: dict[str, str], cwd: str, monitor: _MonitorArgs,
+                chat_id: str, number: int) -> tuple[subprocess.Popen[bytes], int] | None:
     """Hand the run to the warm monitor; None (after cleaning up) when it cannot take it."""
     idle = warm.take()
     if idle is None:
@@ -1205,7 +1196,7 @@ def _spawn_warm(warm: WarmMonitor, full: list[str], env: dict[str, str], cwd: st
         idle.discard(kill=True)
         if monitor.cgroup is not None:
             _cgroup_kill(monitor.cgroup)
-        killed = kill_marked(env.get(RUN_ID_VAR, ""))
+        killed = kill_marked(monitor.state_dir, chat_id, number)
         if killed:
             log.warning("killed %s forked for the run by the warm run monitor that could not take it",
                         ", ".join(f"pid {p}" for p in killed))
@@ -1440,22 +1431,26 @@ def live_processes_of_runs(state_dir: Path, chat_id: str, runs: Sequence[RunIden
                     f"it is not a child of a verified run monitor, not in the run's cgroup and has no "
                     f"{RUN_ID_VAR} marker of this run")
     if scan_environ or (scan_environ is None and unproven):
-        prefix = f"{RUN_ID_VAR}={_marker_prefix(state_dir, chat_id)}".encode()
         agents = {r.number: r.pid for r in runs}
-        me = os.getuid()
-        for pid in procfs.pids():
-            if pid in found or pid == os.getpid() or procfs.owner_uid(pid) != me:
-                continue
-            number = _marker_run(pid, prefix)
-            if number is None:
-                continue
-            live_ticks = start_ticks(pid)
-            if live_ticks is None:
-                continue
+        for pid, live_ticks, number in _carrying_marker(state_dir, chat_id, skip=found):
             add(pid, live_ticks, number, "agent" if agents.get(number) == pid else "descendant", f"carries {RUN_ID_VAR}")
             add_tree(pid, number, "descendant of a process carrying the run's marker", agents.get(number, 0))
     result.processes = list(found.values())
     return result
+
+
+def _carrying_marker(state_dir: Path, chat_id: str, skip: Container[int] = ()) -> Iterator[tuple[int, int, int]]:
+    """(pid, start ticks, run number) of each live process of this user (not this one, not in
+    `skip`) whose environment carries WGS_RUN_ID of a run of the chat."""
+    prefix = f"{RUN_ID_VAR}={_marker_prefix(state_dir, chat_id)}".encode()
+    me = os.getuid()
+    for pid in procfs.pids():
+        if pid in skip or pid == os.getpid() or procfs.owner_uid(pid) != me:
+            continue
+        number = _marker_run(pid, prefix)
+        ticks = start_ticks(pid) if number is not None else None
+        if number is not None and ticks is not None:
+            yield pid, ticks, number
 
 
 def _marker_run(pid: int, prefix: bytes) -> int | None:
